@@ -1,0 +1,186 @@
+"""`SparseEncoder`: text in, vocabulary-sized sparse vectors out.
+
+Echo-Mistral-SPLADE and CSPLADE (decoder LLM, optional LoRA adapter) as well
+as classic masked-LM SPLADE checkpoints, behind one API modelled on
+sentence-transformers: ``encode_queries`` / ``encode_documents`` /
+``save_pretrained`` / ``from_pretrained``.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import overload
+
+import torch
+from tqdm.auto import tqdm
+
+from splade_es.errors import InputError, ModelLoadError
+from splade_es.model import backbone as bb
+from splade_es.model.config import DEFAULT_BACKBONE, Pruning, SpladeConfig
+from splade_es.model.features import FeatureNamer
+from splade_es.model.inputs import Batch, InputBuilder, plan_batches
+from splade_es.model.vectors import SparseVector, empty_vector, prune_rows
+
+# Long inputs get a progress bar; a handful of texts does not.
+PROGRESS_MIN_TEXTS = 256
+
+
+class SparseEncoder:
+    """Encodes queries and documents into pruned sparse vectors.
+
+    Build it with :meth:`from_pretrained`. ``batch_tokens`` caps the padded
+    tokens in one forward pass; ``head_chunk_tokens`` caps how many positions go
+    through the LM head at once (peak memory ``chunk x vocab``).
+    """
+
+    def __init__(
+        self,
+        backbone: bb.Backbone,
+        tokenizer,
+        config: SpladeConfig,
+        batch_tokens: int | None = None,
+        max_batch_size: int = 512,
+        head_chunk_tokens: int = 1024,
+    ) -> None:
+        if backbone.is_mlm != config.is_mlm:
+            raise ModelLoadError(f"mode {config.mode!r} does not fit a {'masked' if backbone.is_mlm else 'causal'} LM")
+        self.backbone = backbone
+        self.tokenizer = tokenizer
+        self.config = config
+        self.inputs = InputBuilder(tokenizer, config)
+        self.namer = FeatureNamer.from_tokenizer(tokenizer, backbone.vocab_size)
+        self.batch_tokens = batch_tokens or (65536 if backbone.device.type == "cuda" else 8192)
+        self.max_batch_size = max_batch_size
+        self.head_chunk_tokens = head_chunk_tokens
+        special = [i for i in tokenizer.all_special_ids if i < backbone.vocab_size]
+        self._special_ids = torch.tensor(sorted(set(special)), dtype=torch.long)
+
+    # ----------------------------------------------------------------- loading
+    @classmethod
+    def from_pretrained(
+        cls,
+        path_or_hub_id: str = DEFAULT_BACKBONE,
+        adapter: str | None = None,
+        quantization: str | None = None,
+        device: str | None = None,
+        dtype: str | torch.dtype | None = None,
+        mode: str | None = None,
+        **encoder_kwargs,
+    ) -> SparseEncoder:
+        """Load a causal LM, a causal LM + LoRA adapter, a masked LM, or a saved bundle.
+
+        ``splade_config.json`` in the directory sets the options; without it
+        decoders default to ``echo`` and masked LMs to ``mlm``. ``mode`` overrides.
+        """
+        source = bb.resolve_source(str(path_or_hub_id), adapter)
+        torch_device = bb.resolve_device(device)
+        torch_dtype = bb.resolve_dtype(dtype, torch_device)
+        requested = mode or (source.config.mode if source.config else None)
+        is_mlm = bb.is_masked_lm(source.base, requested)
+        config = source.config or SpladeConfig(backbone=source.base)
+        config = replace(config, mode=requested or ("mlm" if is_mlm else "echo"), backbone=config.backbone or source.base)
+        backbone = bb.load_model(source, is_mlm, quantization, torch_device, torch_dtype)
+        return cls(backbone, bb.load_tokenizer(source), config, **encoder_kwargs)
+
+    def save_pretrained(self, directory: str | Path) -> Path:
+        """Write a bundle (adapter or full weights, tokenizer, splade_config.json).
+
+        Files are written to a temporary directory first, so a failure leaves
+        no half-written bundle behind.
+        """
+        target = Path(directory).expanduser()
+        target.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+        try:
+            self.backbone.model.save_pretrained(staging)
+            self.tokenizer.save_pretrained(staging)
+            self.config.save(staging)
+            if not target.exists():
+                os.replace(staging, target)
+                return target
+            for item in staging.iterdir():
+                os.replace(item, target / item.name)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        return target
+
+    def merge_adapter(self) -> None:
+        """Fold a LoRA adapter into the base weights (faster inference; same vectors)."""
+        if self.backbone.is_peft:
+            self.backbone = bb.Backbone(self.backbone.model.merge_and_unload(), self.backbone.is_mlm)
+
+    # ---------------------------------------------------------------- encoding
+    @property
+    def device(self) -> torch.device:
+        return self.backbone.device
+
+    @property
+    def vocab_size(self) -> int:
+        return self.backbone.vocab_size
+
+    def forward(self, batch: Batch) -> torch.Tensor:
+        """Pooled ``[batch, vocab]`` weights with special ids zeroed; differentiable (training)."""
+        batch = batch.to(self.device)
+        pooled = self.backbone.pool(batch, self.config.mode == "bidirectional", self.head_chunk_tokens)
+        return pooled.index_fill(1, self._special_ids.to(pooled.device), 0.0)
+
+    @overload
+    def encode_queries(self, texts: str, **kwargs) -> SparseVector: ...
+    @overload
+    def encode_queries(self, texts: Sequence[str], **kwargs) -> list[SparseVector]: ...
+
+    def encode_queries(self, texts, **kwargs):
+        """Query vectors (query template, query pruning defaults)."""
+        return self._encode(texts, is_query=True, **kwargs)
+
+    @overload
+    def encode_documents(self, texts: str, **kwargs) -> SparseVector: ...
+    @overload
+    def encode_documents(self, texts: Sequence[str], **kwargs) -> list[SparseVector]: ...
+
+    def encode_documents(self, texts, **kwargs):
+        """Document vectors (document template, document pruning defaults)."""
+        return self._encode(texts, is_query=False, **kwargs)
+
+    def _encode(
+        self,
+        texts: str | Sequence[str],
+        is_query: bool,
+        pruning: Pruning | None = None,
+        show_progress: bool | None = None,
+    ) -> SparseVector | list[SparseVector]:
+        single = isinstance(texts, str)
+        items = [texts] if single else _check_texts(texts)
+        pruning = pruning or self.config.pruning(is_query)
+        results: list[SparseVector] = [empty_vector(self.namer)] * len(items)
+        todo = [i for i, text in enumerate(items) if text.strip()]
+        encoded = self.inputs.encode([items[i] for i in todo], is_query)
+        batches = plan_batches([len(e) for e in encoded], self.batch_tokens, self.max_batch_size)
+        if show_progress is None:
+            show_progress = len(todo) >= PROGRESS_MIN_TEXTS
+        bar = tqdm(total=len(todo), unit="text", desc="queries" if is_query else "documents", disable=not show_progress)
+        with torch.inference_mode(), bar:
+            for batch_indices in batches:
+                pooled = self.forward(self.inputs.collate([encoded[i] for i in batch_indices]))
+                for position, vector in zip(batch_indices, prune_rows(pooled, pruning, self.namer)):
+                    results[todo[position]] = vector
+                bar.update(len(batch_indices))
+        return results[0] if single else results
+
+    def decode(self, vector: SparseVector, top_k: int | None = None) -> list[tuple[str, float]]:
+        """``[(feature, weight)]``, heaviest first: what a vector means in words."""
+        return vector.top(top_k)
+
+
+def _check_texts(texts: Sequence[str]) -> list[str]:
+    if not isinstance(texts, Sequence):
+        raise InputError(f"texts must be a string or a sequence of strings, got {type(texts).__name__}")
+    for i, text in enumerate(texts):
+        if not isinstance(text, str):
+            raise InputError(f"texts[{i}] is {type(text).__name__}, expected str")
+    return list(texts)

@@ -1,0 +1,124 @@
+"""Text -> token ids plus the mask of positions that are pooled, for every mode.
+
+The mask is built piece by piece: each template piece and each copy of the text
+is tokenised on its own and concatenated, so the pooled positions are known by
+construction (never found by searching token ids).
+
+- ``echo``: ``<s>`` + template with the text twice + ``</s>``; only the second
+  copy's tokens are pooled. Each copy is truncated to ``max_length`` tokens.
+- ``causal`` / ``bidirectional``: ``<s>`` + text; every text token is pooled.
+- ``mlm``: the tokenizer's usual ``[CLS] text [SEP]``; every position is pooled.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from splade_es.model.config import PROMPT_SLOT, TEXT_SLOT, SpladeConfig
+
+
+@dataclass(frozen=True)
+class Encoded:
+    """One text's model input: ``ids[i]`` is pooled when ``pooled[i]``."""
+
+    ids: list[int]
+    pooled: list[bool]
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+@dataclass(frozen=True)
+class Batch:
+    """Right-padded tensors for one forward pass."""
+
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    pool_mask: torch.Tensor
+
+    def to(self, device: torch.device | str) -> Batch:
+        return Batch(self.input_ids.to(device), self.attention_mask.to(device), self.pool_mask.to(device))
+
+
+class InputBuilder:
+    """Builds model inputs for queries and documents under a :class:`SpladeConfig`."""
+
+    def __init__(self, tokenizer, config: SpladeConfig) -> None:
+        self.tokenizer = tokenizer
+        self.config = config
+        self.pad_id = next(
+            (i for i in (tokenizer.pad_token_id, tokenizer.eos_token_id, tokenizer.unk_token_id) if i is not None), 0
+        )
+        self._pieces = {is_query: self._template_pieces(is_query) for is_query in (True, False)}
+
+    def _template_pieces(self, is_query: bool) -> list[list[int]]:
+        """Token ids of the template text around the copies (echo only)."""
+        if self.config.mode != "echo":
+            return [[], [], []]
+        template = self.config.query_template if is_query else self.config.document_template
+        template = template.replace(PROMPT_SLOT, self.config.query_prompt)
+        return [self._tokenize(piece) if piece else [] for piece in template.split(TEXT_SLOT)]
+
+    def _tokenize(self, text: str) -> list[int]:
+        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def encode(self, texts: Sequence[str], is_query: bool) -> list[Encoded]:
+        """Model inputs for non-empty texts (the encoder handles empty ones)."""
+        if not texts:
+            return []
+        if self.config.mode == "mlm":
+            usual = self.tokenizer(list(texts), truncation=True, max_length=self.config.max_length)["input_ids"]
+            return [Encoded(list(ids), [True] * len(ids)) for ids in usual]
+        text_ids = self.tokenizer(list(texts), add_special_tokens=False)["input_ids"]
+        head, middle, tail = self._pieces[is_query]
+        return [self._decoder(list(ids)[: self.config.max_length], head, middle, tail) for ids in text_ids]
+
+    def _decoder(self, text: list[int], head: list[int], middle: list[int], tail: list[int]) -> Encoded:
+        bos = [self.tokenizer.bos_token_id] if self.tokenizer.bos_token_id is not None else []
+        if self.config.mode == "echo":
+            eos = [self.tokenizer.eos_token_id] if self.tokenizer.eos_token_id is not None else []
+            parts = [(bos, False), (head, False), (text, False), (middle, False), (text, True), (tail, False), (eos, False)]
+        else:
+            parts = [(bos, False), (text, True)]
+        ids: list[int] = []
+        pooled: list[bool] = []
+        for piece, is_pooled in parts:
+            ids.extend(piece)
+            pooled.extend([is_pooled] * len(piece))
+        return Encoded(ids, pooled)
+
+    def collate(self, items: Sequence[Encoded]) -> Batch:
+        """Right padding: positions and causal attention of real tokens are unaffected by it."""
+        width = max(len(item) for item in items)
+        input_ids = torch.full((len(items), width), self.pad_id, dtype=torch.long)
+        attention = torch.zeros((len(items), width), dtype=torch.long)
+        pool = torch.zeros((len(items), width), dtype=torch.bool)
+        for row, item in enumerate(items):
+            n = len(item)
+            input_ids[row, :n] = torch.tensor(item.ids, dtype=torch.long)
+            attention[row, :n] = 1
+            pool[row, :n] = torch.tensor(item.pooled, dtype=torch.bool)
+        return Batch(input_ids, attention, pool)
+
+
+def plan_batches(lengths: Sequence[int], batch_tokens: int, max_batch_size: int) -> list[list[int]]:
+    """Group indices longest-first so each padded batch holds at most ``batch_tokens`` tokens.
+
+    Sorting by length keeps padding small; a text longer than the budget still
+    gets a batch of its own.
+    """
+    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
+    batches: list[list[int]] = []
+    current: list[int] = []
+    for index in order:
+        width = lengths[current[0]] if current else lengths[index]
+        if current and ((len(current) + 1) * width > batch_tokens or len(current) >= max_batch_size):
+            batches.append(current)
+            current = []
+        current.append(index)
+    if current:
+        batches.append(current)
+    return batches

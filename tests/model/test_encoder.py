@@ -1,0 +1,220 @@
+"""SparseEncoder against a straightforward reference, and its contract with users."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from splade_es.errors import ConfigError, EncodingError, InputError, ModelLoadError
+from splade_es.model import Pruning, SparseEncoder
+from splade_es.model.vectors import MIN_WEIGHT, prune_rows
+
+NO_PRUNING = Pruning()
+
+
+def reference_vector(model_dir, encoded, mode: str, special_ids) -> np.ndarray:
+    """Full logits for every position of one unpadded text, mask, log1p-relu, max.
+
+    Independent of the encoder's forward path: the plain HF model with eager
+    attention; bidirectional through transformers' own ``is_causal=False``.
+    """
+    from transformers import AutoModelForCausalLM, AutoModelForMaskedLM
+
+    if mode == "mlm":
+        model = AutoModelForMaskedLM.from_pretrained(model_dir)
+    else:
+        model = AutoModelForCausalLM.from_pretrained(model_dir, attn_implementation="eager")
+        model.config.is_causal = mode != "bidirectional"
+    with torch.no_grad():
+        logits = model(input_ids=torch.tensor([encoded.ids])).logits[0]
+    pooled = logits[torch.tensor(encoded.pooled)]
+    weights = torch.log1p(torch.relu(pooled)).max(dim=0).values
+    weights[list(special_ids)] = 0
+    return weights.numpy()
+
+
+@pytest.fixture(scope="module")
+def encoders(tiny_mistral_dir, tiny_bert_dir):
+    out = {mode: SparseEncoder.from_pretrained(tiny_mistral_dir, mode=mode) for mode in ("echo", "causal", "bidirectional")}
+    out["mlm"] = SparseEncoder.from_pretrained(tiny_bert_dir)
+    return out
+
+
+@pytest.mark.parametrize("mode", ["echo", "causal", "bidirectional", "mlm"])
+@pytest.mark.parametrize("is_query", [False, True])
+def test_vectors_equal_full_logit_reference(encoders, tiny_mistral_dir, tiny_bert_dir, mode, is_query):
+    encoder = encoders[mode]
+    texts = ["the boundary layer flow on a flat plate", "shock wave", "heat transfer at mach 3 in a laminar jet"]
+    encode = encoder.encode_queries if is_query else encoder.encode_documents
+    vectors = encode(texts, pruning=NO_PRUNING)
+    model_dir = tiny_bert_dir if mode == "mlm" else tiny_mistral_dir
+    for text, vector in zip(texts, vectors):
+        encoded = encoder.inputs.encode([text], is_query)[0]
+        expected = reference_vector(model_dir, encoded, mode, encoder.tokenizer.all_special_ids)
+        assert len(vector) > 0.5 * np.count_nonzero(expected), "no pruning: every positive weight kept"
+        np.testing.assert_allclose(vector.to_dense(), expected, atol=1e-5, rtol=0)
+
+
+def test_reference_modes_really_differ(encoders):
+    """Guards the reference itself: echo, causal and bidirectional give different vectors."""
+    text = "supersonic flow over a cone"
+    dense = {m: encoders[m].encode_documents(text, pruning=NO_PRUNING).to_dense() for m in ("echo", "causal", "bidirectional")}
+    assert not np.allclose(dense["echo"], dense["causal"], atol=1e-4)
+    assert not np.allclose(dense["causal"], dense["bidirectional"], atol=1e-4)
+
+
+@pytest.mark.parametrize("mode", ["echo", "causal", "bidirectional", "mlm"])
+def test_batch_invariance(encoders, cranfield_texts, mode):
+    encoder = encoders[mode]
+    texts = [cranfield_texts[0][:40], cranfield_texts[1], "lift", cranfield_texts[2][:300], cranfield_texts[3]]
+    together = encoder.encode_documents(texts, pruning=NO_PRUNING)
+    for text, vector in zip(texts, together):
+        alone = encoder.encode_documents(text, pruning=NO_PRUNING)
+        np.testing.assert_allclose(vector.to_dense(), alone.to_dense(), atol=1e-5, rtol=0)
+
+
+def test_small_token_budget_and_head_chunks_change_nothing(tiny_mistral_dir, cranfield_texts):
+    big = SparseEncoder.from_pretrained(tiny_mistral_dir, batch_tokens=1 << 20, head_chunk_tokens=4096)
+    small = SparseEncoder.from_pretrained(tiny_mistral_dir, batch_tokens=300, head_chunk_tokens=7)
+    texts = cranfield_texts[:6]
+    for a, b in zip(big.encode_documents(texts, pruning=NO_PRUNING), small.encode_documents(texts, pruning=NO_PRUNING)):
+        np.testing.assert_allclose(a.to_dense(), b.to_dense(), atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("mode, depends", [("bidirectional", True), ("causal", False)])
+def test_first_token_sees_later_tokens_only_when_bidirectional(encoders, mode, depends):
+    backbone = encoders[mode].backbone
+    ids = torch.tensor([[1, 1500, 1600, 1700], [1, 1500, 1600, 1800]])
+    mask = torch.ones_like(ids)
+    with torch.no_grad():
+        hidden = backbone.hidden_states(ids, mask, bidirectional=mode == "bidirectional")
+    changed = not torch.allclose(hidden[0, 1], hidden[1, 1], atol=1e-6)
+    assert changed is depends
+    assert torch.allclose(hidden[0, :3], hidden[1, :3], atol=1e-6) is not depends
+
+
+def test_outputs_exclude_special_ids_and_are_lucene_safe(encoders, mistral_tokenizer):
+    vector = encoders["echo"].encode_documents("the pressure distribution on a wing", pruning=NO_PRUNING)
+    assert len(mistral_tokenizer.all_special_ids) == 771
+    assert len(vector) > 5000, "a random model is dense, so the special-id check below means something"
+    assert not set(vector.indices.tolist()) & set(mistral_tokenizer.all_special_ids)
+    assert vector.values.dtype == np.float32 and vector.indices.dtype == np.int64
+    assert np.all(np.isfinite(vector.values)) and vector.values.min() >= MIN_WEIGHT
+    assert np.all(np.diff(vector.values) <= 0), "heaviest first"
+
+
+def test_default_pruning_comes_from_config(encoders):
+    encoder = encoders["echo"]
+    assert len(encoder.encode_documents("laminar flow")) == 512
+    assert len(encoder.encode_queries("laminar flow")) == 128
+
+
+def test_pruning_rules(encoders):
+    encoder = encoders["causal"]
+    full = encoder.encode_documents("heat transfer in a turbulent boundary layer", pruning=NO_PRUNING)
+    dense = full.to_dense()
+    top = encoder.encode_documents("heat transfer in a turbulent boundary layer", pruning=Pruning(top_k=10))
+    assert top.indices.tolist() == full.indices[:10].tolist()
+    cut = float(np.median(full.values))
+    by_weight = encoder.encode_documents("heat transfer in a turbulent boundary layer", pruning=Pruning(min_weight=cut))
+    assert set(by_weight.indices.tolist()) == set(np.flatnonzero(dense >= cut).tolist())
+    by_ratio = encoder.encode_documents("heat transfer in a turbulent boundary layer", pruning=Pruning(max_ratio=0.5))
+    assert set(by_ratio.indices.tolist()) == set(np.flatnonzero(dense >= 0.5 * dense.max()).tolist())
+
+
+def test_prune_rows_rejects_non_finite(encoders):
+    dense = torch.zeros(2, encoders["echo"].vocab_size)
+    dense[1, 5] = float("nan")
+    with pytest.raises(EncodingError, match=r"row\(s\) \[1\]"):
+        prune_rows(dense, NO_PRUNING, encoders["echo"].namer)
+
+
+def test_features_and_decode(encoders):
+    encoder = encoders["echo"]
+    vector = encoder.encode_queries("drag of a cylinder", pruning=Pruning(top_k=20))
+    features = vector.to_features()
+    assert len(features) == 20 and all("." not in name and name for name in features)
+    assert [encoder.namer.id(name) for name in features] == vector.indices.tolist()
+    assert encoder.decode(vector, top_k=3) == list(features.items())[:3]
+    assert vector.dot(vector) == pytest.approx(float(np.sum(vector.values.astype(np.float64) ** 2)))
+
+
+def test_save_load_round_trip(tiny_mistral_dir, tmp_path, cranfield_texts):
+    import shutil
+
+    source = tmp_path / "source"
+    shutil.copytree(tiny_mistral_dir, source)
+    options = {"mode": "bidirectional", "max_length": 64, "document_pruning": {"top_k": 40}}
+    (source / "splade_config.json").write_text(json.dumps(options))
+    encoder = SparseEncoder.from_pretrained(source)
+    bundle = encoder.save_pretrained(tmp_path / "bundle")
+    stored = json.loads((bundle / "splade_config.json").read_text())
+    assert stored["mode"] == "bidirectional" and stored["document_pruning"]["top_k"] == 40
+    loaded = SparseEncoder.from_pretrained(bundle)
+    assert loaded.config == encoder.config and loaded.config.max_length == 64
+    for a, b in zip(encoder.encode_documents(cranfield_texts[:4]), loaded.encode_documents(cranfield_texts[:4])):
+        assert len(a) == 40
+        assert a.indices.tolist() == b.indices.tolist() and np.array_equal(a.values, b.values)
+
+
+def test_lora_adapter_changes_output_and_merging_agrees(tiny_mistral_dir, lora_adapter_dir, tmp_path):
+    text = "the lift and drag of a delta wing"
+    base = SparseEncoder.from_pretrained(tiny_mistral_dir).encode_documents(text, pruning=NO_PRUNING).to_dense()
+    adapted = SparseEncoder.from_pretrained(tiny_mistral_dir, adapter=str(lora_adapter_dir))
+    unmerged = adapted.encode_documents(text, pruning=NO_PRUNING).to_dense()
+    assert np.abs(unmerged - base).max() > 1e-3
+    bundle = adapted.save_pretrained(tmp_path / "adapter-bundle")
+    assert (bundle / "adapter_config.json").is_file() and not (bundle / "model.safetensors").exists()
+    reloaded = SparseEncoder.from_pretrained(bundle).encode_documents(text, pruning=NO_PRUNING).to_dense()
+    np.testing.assert_array_equal(reloaded, unmerged)
+    adapted.merge_adapter()
+    assert not adapted.backbone.is_peft
+    merged = adapted.encode_documents(text, pruning=NO_PRUNING).to_dense()
+    np.testing.assert_allclose(merged, unmerged, atol=1e-5, rtol=0)
+
+
+def test_empty_texts_get_empty_vectors_in_place(encoders):
+    vectors = encoders["echo"].encode_documents(["lift", "", "   \n", "drag"])
+    assert [len(v) > 0 for v in vectors] == [True, False, False, True]
+    assert vectors[1].to_features() == {}
+
+
+def test_non_string_input_is_named(encoders):
+    with pytest.raises(InputError, match=r"texts\[1\] is int, expected str"):
+        encoders["echo"].encode_documents(["ok", 3])
+    with pytest.raises(InputError, match="sequence of strings"):
+        encoders["echo"].encode_documents(42)
+
+
+def test_bad_model_paths_give_one_line_errors(tmp_path, tiny_mistral_dir):
+    with pytest.raises(ModelLoadError, match="does not exist"):
+        SparseEncoder.from_pretrained(str(tmp_path / "missing"))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ModelLoadError, match="not a model directory"):
+        SparseEncoder.from_pretrained(str(tmp_path / "empty"))
+    (tmp_path / "file.bin").write_bytes(b"x")
+    with pytest.raises(ModelLoadError, match="is a file"):
+        SparseEncoder.from_pretrained(str(tmp_path / "file.bin"))
+    with pytest.raises(ModelLoadError, match="needs a masked-LM model"):
+        SparseEncoder.from_pretrained(tiny_mistral_dir, mode="mlm")
+    with pytest.raises(ModelLoadError, match="needs a CUDA GPU|needs bitsandbytes"):
+        SparseEncoder.from_pretrained(tiny_mistral_dir, quantization="4bit", device="cpu")
+
+
+def test_bad_splade_config_names_the_key(tmp_path, tiny_mistral_dir):
+    import shutil
+
+    bundle = tmp_path / "bundle"
+    shutil.copytree(tiny_mistral_dir, bundle)
+    (bundle / "splade_config.json").write_text(json.dumps({"mode": "echo", "top_k": 5}))
+    with pytest.raises(ConfigError, match="unknown key\\(s\\) top_k"):
+        SparseEncoder.from_pretrained(bundle)
+    (bundle / "splade_config.json").write_text(json.dumps({"document_pruning": {"top_k": 0}}))
+    with pytest.raises(ConfigError, match="top_k must be a positive integer"):
+        SparseEncoder.from_pretrained(bundle)
+    (bundle / "splade_config.json").write_text("{not json")
+    with pytest.raises(ConfigError, match="invalid JSON at line 1"):
+        SparseEncoder.from_pretrained(bundle)
