@@ -1,0 +1,32 @@
+"""The ``splade-es`` command line.
+
+Each command lives in its own module; this one only assembles the group.
+"""
+
+from __future__ import annotations
+
+import click
+
+from splade_es import __version__
+from splade_es.toolkit.cli.encode import encode
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="splade-es")
+def main() -> None:
+    """Learned sparse retrieval (Echo-Mistral-SPLADE, CSPLADE, SPLADE) for Elasticsearch and OpenSearch.
+
+    Text becomes a sparse vector over the model's vocabulary: every dimension is a
+    readable token, and an ordinary inverted index scores it.
+
+    \b
+    Examples:
+      splade-es encode --model ./bundle "boundary layer transition"
+      splade-es encode --model ./bundle --query --json "lift of a delta wing"
+      splade-es encode --model ./bundle --input docs.jsonl --output vectors.jsonl
+
+    Run 'splade-es COMMAND --help' for a command's options.
+    """
+
+
+main.add_command(encode)

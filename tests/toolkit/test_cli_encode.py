@@ -1,0 +1,102 @@
+"""`splade-es encode` as users run it: help, JSON lines, files, and one-line errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from splade_es.model import SparseEncoder
+from splade_es.toolkit.cli import main
+
+
+@pytest.fixture()
+def runner() -> CliRunner:
+    return CliRunner()
+
+
+def test_every_command_has_help(runner):
+    top = runner.invoke(main, ["--help"])
+    assert top.exit_code == 0 and "encode" in top.output and "Examples" in top.output
+    for name in main.commands:
+        result = runner.invoke(main, [name, "--help"])
+        assert result.exit_code == 0 and "Usage:" in result.output and "Examples" in result.output
+
+
+def test_console_script_is_installed():
+    script = Path(sys.executable).with_name("splade-es")
+    result = subprocess.run([str(script), "--version"], capture_output=True, text=True, check=False)
+    assert result.returncode == 0 and "splade-es" in result.stdout
+
+
+def test_json_output_matches_the_python_api(runner, tiny_mistral_dir):
+    texts = ["shock wave", "laminar boundary layer on a flat plate"]
+    result = runner.invoke(main, ["encode", "--model", str(tiny_mistral_dir), "--query", "--top-k", "7", "--json", *texts])
+    assert result.exit_code == 0, result.output
+    lines = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [line["id"] for line in lines] == ["0", "1"]
+    expected = SparseEncoder.from_pretrained(tiny_mistral_dir).encode_queries(texts)
+    for line, vector in zip(lines, expected):
+        assert list(line["features"]) == list(vector.to_features())[:7]
+        assert line["features"] == pytest.approx(dict(vector.top(7)), rel=1e-6)
+
+
+def test_table_output_is_readable(runner, tiny_mistral_dir):
+    result = runner.invoke(main, ["encode", "--model", str(tiny_mistral_dir), "--mode", "causal", "lift", ""])
+    assert result.exit_code == 0, result.output
+    assert "[0] 'lift'  (512 features)" in result.output
+    assert "... 492 more" in result.output and "[1] ''  (0 features)" in result.output
+
+
+def test_input_file_to_output_file(runner, tiny_mistral_dir, tmp_path):
+    source = tmp_path / "docs.jsonl"
+    source.write_text('{"id": "d1", "text": "heat transfer"}\n\n{"id": 2, "text": ""}\n', encoding="utf-8")
+    out = tmp_path / "vectors.jsonl"
+    result = runner.invoke(main, ["encode", "--model", str(tiny_mistral_dir), "--input", str(source), "--output", str(out), "--top-k", "3"])
+    assert result.exit_code == 0, result.output
+    rows = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
+    assert [r["id"] for r in rows] == ["d1", "2"]
+    assert len(rows[0]["features"]) == 3 and rows[1]["features"] == {}
+    assert "wrote 2 vectors" in result.stderr
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        ('{"id": "a", "text": "ok"}\n{"id": "b"}\n', "docs.jsonl:2: missing field 'text'"),
+        ('{"id": "a", "text": "ok"}\nnot json\n', "docs.jsonl:2: invalid JSON"),
+        ('{"id": "a", "text": 5}\n', "docs.jsonl:1: field 'text' must be a string, got int"),
+        ('["a", "b"]\n', "docs.jsonl:1: expected a JSON object"),
+        ("\n", "docs.jsonl: no records"),
+    ],
+)
+def test_bad_input_lines_fail_with_file_and_line_and_write_nothing(runner, tiny_mistral_dir, tmp_path, content, message):
+    source = tmp_path / "docs.jsonl"
+    source.write_text(content, encoding="utf-8")
+    out = tmp_path / "vectors.jsonl"
+    result = runner.invoke(main, ["encode", "--model", str(tiny_mistral_dir), "--input", str(source), "--output", str(out)])
+    assert result.exit_code == 1
+    assert message in result.stderr and "Traceback" not in result.output
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert os.listdir(tmp_path) == ["docs.jsonl"], "no output, no temporary file left behind"
+
+
+def test_usage_and_model_errors(runner, tmp_path):
+    assert runner.invoke(main, ["encode", "--model", "x"]).exit_code == 2
+    both = runner.invoke(main, ["encode", "--model", "x", "--input", "f.jsonl", "text"])
+    assert both.exit_code == 2 and "exactly one" in both.stderr
+    missing = runner.invoke(main, ["encode", "--model", str(tmp_path / "absent"), "hello"])
+    assert missing.exit_code == 1
+    assert missing.stderr.strip() == f"Error: model directory '{tmp_path / 'absent'}' does not exist (and it is not a hub id)"
+    assert runner.invoke(main, ["encode", "--model", "m", "--top-k", "0", "x"]).exit_code == 2
+
+
+def test_model_comes_from_the_environment(runner, tiny_mistral_dir):
+    result = runner.invoke(main, ["encode", "--json", "--top-k", "2", "wing"], env={"SPLADE_ES_MODEL": str(tiny_mistral_dir)})
+    assert result.exit_code == 0, result.output
+    assert len(json.loads(result.stdout)["features"]) == 2
