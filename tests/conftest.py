@@ -6,13 +6,15 @@ same path users do.
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
 import pytest
 import torch
 
-SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+# The shared test collections live beside the checkout (../shared/data), as in CI.
+SHARED_DATA = Path(os.environ.get("SPLADE_ES_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 
 WORDS = (
     "the of and a to in is for on with by as at from that this are be was it an or which "
@@ -111,5 +113,7 @@ def cranfield_texts() -> list[str]:
     import json
 
     path = SHARED_DATA / "cranfield" / "corpus.jsonl"
+    if not path.is_file():
+        pytest.fail(f"Cranfield not found at {path}: put shared/ beside the checkout or set SPLADE_ES_SHARED_DATA")
     with path.open(encoding="utf-8") as handle:
         return [json.loads(next(handle))["text"] for _ in range(12)]
