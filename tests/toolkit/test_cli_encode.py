@@ -100,3 +100,14 @@ def test_model_comes_from_the_environment(runner, tiny_mistral_dir):
     result = runner.invoke(main, ["encode", "--json", "--top-k", "2", "wing"], env={"SPLADE_ES_MODEL": str(tiny_mistral_dir)})
     assert result.exit_code == 0, result.output
     assert len(json.loads(result.stdout)["features"]) == 2
+
+
+def test_unreachable_hub_id_is_one_line_error():
+    """Hub ids stay supported; without the hub they fail fast with one clear line."""
+    script = Path(sys.executable).with_name("splade-es")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    done = subprocess.run([str(script), "encode", "--model", "some-org/some-model", "text"],
+                          capture_output=True, text=True, env=env, timeout=120, check=False)
+    assert done.returncode == 1
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: could not load model config from 'some-org/some-model'")
