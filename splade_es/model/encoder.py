@@ -26,6 +26,9 @@ from splade_es.model.features import FeatureNamer
 from splade_es.model.inputs import Batch, InputBuilder, plan_batches
 from splade_es.model.vectors import SparseVector, empty_vector, prune_rows
 
+# Files that decide what a bundle loads as; replaced together when saving over a bundle.
+_MODEL_FILES = ("config.json", "generation_config.json", "adapter_config.json", "adapter_model.*",
+                "model*.safetensors", "model.safetensors.index.json", "pytorch_model*.bin")
 # Long inputs get a progress bar; a handful of texts does not.
 PROGRESS_MIN_TEXTS = 256
 
@@ -91,7 +94,8 @@ class SparseEncoder:
         """Write a bundle (adapter or full weights, tokenizer, splade_config.json).
 
         Files are written to a temporary directory first, so a failure leaves
-        no half-written bundle behind.
+        no half-written bundle behind. Saving over an existing bundle replaces
+        its model files; other files in the directory are left alone.
         """
         target = Path(directory).expanduser()
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -103,6 +107,11 @@ class SparseEncoder:
             if not target.exists():
                 os.replace(staging, target)
                 return target
+            written = {item.name for item in staging.iterdir()}
+            for pattern in _MODEL_FILES:  # stale weights/configs would change what loads
+                for stale in target.glob(pattern):
+                    if stale.name not in written:
+                        stale.unlink()
             for item in staging.iterdir():
                 os.replace(item, target / item.name)
         finally:

@@ -170,6 +170,9 @@ def test_lora_adapter_changes_output_and_merging_agrees(tiny_mistral_dir, lora_a
     assert (bundle / "adapter_config.json").is_file() and not (bundle / "model.safetensors").exists()
     reloaded = SparseEncoder.from_pretrained(bundle).encode_documents(text, pruning=NO_PRUNING).to_dense()
     np.testing.assert_array_equal(reloaded, unmerged)
+    over_full_model = adapted.save_pretrained(SparseEncoder.from_pretrained(tiny_mistral_dir).save_pretrained(tmp_path / "reused"))
+    assert not (over_full_model / "config.json").exists(), "stale full-model files would hide the adapter"
+    np.testing.assert_array_equal(SparseEncoder.from_pretrained(over_full_model).encode_documents(text, pruning=NO_PRUNING).to_dense(), unmerged)
     adapted.merge_adapter()
     assert not adapted.backbone.is_peft
     merged = adapted.encode_documents(text, pruning=NO_PRUNING).to_dense()
