@@ -18,34 +18,16 @@ import argparse
 import json
 import platform
 import resource
-import shutil
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+from splade_es.model.tiny import build_tiny_mistral
+
 ROOT = Path(__file__).resolve().parents[1]
 CRANFIELD = ROOT.parent / "shared" / "data" / "cranfield" / "corpus.jsonl"
-
-
-def build_tiny_mistral(directory: Path) -> Path:
-    """A 2-layer random Mistral with the real 32768-token v3 vocabulary (needs mistral-common)."""
-    import mistral_common
-    import torch
-    from transformers import LlamaTokenizer, MistralConfig, MistralForCausalLM
-
-    raw = directory / "raw"
-    raw.mkdir(parents=True)
-    shutil.copy(Path(mistral_common.__file__).parent / "data" / "mistral_instruct_tokenizer_240323.model.v3", raw / "tokenizer.model")
-    tokenizer = LlamaTokenizer.from_pretrained(raw, add_bos_token=True, add_eos_token=False, legacy=False)
-    torch.manual_seed(0)
-    config = MistralConfig(vocab_size=32768, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                           num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=False)
-    model_dir = directory / "tiny-mistral"
-    MistralForCausalLM(config).save_pretrained(model_dir)
-    tokenizer.save_pretrained(model_dir)
-    return model_dir
 
 
 def load_texts(n: int) -> list[str]:
@@ -147,7 +129,7 @@ def main() -> None:
         return
 
     with tempfile.TemporaryDirectory() as scratch:
-        model = args.model or str(build_tiny_mistral(Path(scratch)))
+        model = args.model or str(build_tiny_mistral(Path(scratch) / "tiny-mistral"))
         runs = {impl: measure(model, impl, args.batch, args.docs, args.device) for impl in ("splade_es", "naive")}
         largest = {impl: largest_batch(model, impl, args.device, args.budget_mb, args.max_batch) for impl in runs}
     ours, naive = runs["splade_es"], runs["naive"]

@@ -7,7 +7,6 @@ same path users do.
 from __future__ import annotations
 
 import os
-import shutil
 from pathlib import Path
 
 import pytest
@@ -27,16 +26,11 @@ WORDS = (
 @pytest.fixture(scope="session")
 def mistral_tokenizer_dir(tmp_path_factory) -> Path:
     """The real Mistral-7B-v0.3 SentencePiece vocabulary, shipped in mistral-common."""
-    import mistral_common
-    from transformers import LlamaTokenizer
+    from splade_es.model.tiny import save_mistral_v3_tokenizer
 
-    source = Path(mistral_common.__file__).parent / "data" / "mistral_instruct_tokenizer_240323.model.v3"
-    raw = tmp_path_factory.mktemp("mistral-raw")
-    shutil.copy(source, raw / "tokenizer.model")
-    tokenizer = LlamaTokenizer.from_pretrained(raw, add_bos_token=True, add_eos_token=False, legacy=False)
-    assert len(tokenizer) == 32768 and tokenizer("a")["input_ids"][0] == 1
     out = tmp_path_factory.mktemp("mistral-tokenizer")
-    tokenizer.save_pretrained(out)
+    tokenizer = save_mistral_v3_tokenizer(out)
+    assert len(tokenizer) == 32768 and tokenizer("a")["input_ids"][0] == 1
     return out
 
 
@@ -48,26 +42,11 @@ def mistral_tokenizer(mistral_tokenizer_dir):
 
 
 @pytest.fixture(scope="session")
-def tiny_mistral_dir(tmp_path_factory, mistral_tokenizer) -> Path:
+def tiny_mistral_dir(tmp_path_factory) -> Path:
     """A 2-layer random MistralForCausalLM with the full 32768 vocabulary."""
-    from transformers import MistralConfig, MistralForCausalLM
+    from splade_es.model.tiny import build_tiny_mistral
 
-    torch.manual_seed(0)
-    config = MistralConfig(
-        vocab_size=32768,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=2048,
-        tie_word_embeddings=False,
-    )
-    model = MistralForCausalLM(config)
-    out = tmp_path_factory.mktemp("tiny-mistral")
-    model.save_pretrained(out)
-    mistral_tokenizer.save_pretrained(out)
-    return out
+    return build_tiny_mistral(tmp_path_factory.mktemp("tiny-mistral"))
 
 
 @pytest.fixture(scope="session")

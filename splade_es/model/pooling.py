@@ -43,6 +43,7 @@ def pool_pooled_positions(
     maxima = [torch.stack(parts).amax(dim=0) if parts else zeros for parts in partial]
     return torch.log1p(torch.relu(torch.stack(maxima)))
 
+
 def pool_full_logits(logits: torch.Tensor, pool_mask: torch.Tensor) -> torch.Tensor:
     """``[batch, vocab]`` from full ``[batch, seq, vocab]`` logits: simple, memory-hungry."""
     weights = torch.log1p(torch.relu(logits.float())) * pool_mask.unsqueeze(-1)
