@@ -9,6 +9,7 @@ import click
 
 from splade_es import __version__
 from splade_es.toolkit.cli.encode import encode
+from splade_es.toolkit.cli.engine import engine
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -30,3 +31,4 @@ def main() -> None:
 
 
 main.add_command(encode)
+main.add_command(engine)
