@@ -1,0 +1,145 @@
+"""The one engine interface the rest of the toolkit talks to.
+
+Ingest, query and evaluation call these methods and never ask which engine is behind
+them; differences (field types, query flavours) are described by :class:`Capabilities`,
+read from the server itself.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from splade_es.errors import SpladeError
+
+RETRYABLE_STATUS = frozenset({429, 502, 503, 504})
+
+
+class EngineError(SpladeError):
+    """The engine answered with an error (``status`` is its HTTP status)."""
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+
+    @property
+    def retryable(self) -> bool:
+        return self.status in RETRYABLE_STATUS
+
+
+class EngineUnavailable(EngineError):
+    """The engine could not be reached at all."""
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What this server can do, detected rather than assumed."""
+
+    rank_features: bool
+    sparse_vector_field: bool
+    sparse_vector_query: bool = False
+    neural_sparse: bool = False
+
+    def field_types(self) -> list[str]:
+        return [name for name, ok in (("rank_features", self.rank_features),
+                                      ("sparse_vector", self.sparse_vector_field)) if ok]
+
+
+@dataclass(frozen=True)
+class EngineInfo:
+    kind: str  # "opensearch", "elasticsearch" or "local"
+    version: str
+    capabilities: Capabilities
+    location: str  # URL without credentials, or the local data directory
+
+
+@dataclass(frozen=True)
+class BulkFailure:
+    """One document the engine refused."""
+
+    id: str
+    status: int
+    reason: str
+
+    @property
+    def retryable(self) -> bool:
+        return self.status in RETRYABLE_STATUS
+
+
+@dataclass
+class IndexStats:
+    docs: int
+    size_bytes: int
+    indices: list[str] = field(default_factory=list)
+
+
+class Engine(ABC):
+    """Index management, bulk writes and search over one cluster (or local store)."""
+
+    info: EngineInfo
+
+    @abstractmethod
+    def create_index(self, name: str, body: dict[str, Any]) -> None:
+        """Create ``name`` from a mapping/settings body; an existing index is an error."""
+
+    @abstractmethod
+    def delete_index(self, name: str) -> bool:
+        """Delete ``name``; returns False when it did not exist."""
+
+    @abstractmethod
+    def exists(self, name: str) -> bool:
+        """Whether an index or alias called ``name`` exists."""
+
+    @abstractmethod
+    def mappings(self, name: str) -> dict[str, dict[str, Any]]:
+        """``{concrete index: mappings}`` for an index or an alias."""
+
+    @abstractmethod
+    def alias_targets(self, alias: str) -> list[str]:
+        """Indices the alias points at (empty when there is no such alias)."""
+
+    @abstractmethod
+    def point_alias(self, alias: str, index: str) -> list[str]:
+        """Atomically make ``alias`` point at ``index`` only; returns the indices it left."""
+
+    @abstractmethod
+    def bulk(self, index: str, documents: Sequence[tuple[str, dict[str, Any]]]) -> list[BulkFailure]:
+        """Index (create or replace) documents by id in one request; returns the refused ones.
+
+        A whole-request failure raises :class:`EngineError` (``retryable`` for 429/502/503/504).
+        """
+
+    @abstractmethod
+    def search(self, index: str, body: dict[str, Any]) -> dict[str, Any]:
+        """A search response in the engines' shape (``hits.hits[]._id/_score/_source``)."""
+
+    def msearch(self, index: str, bodies: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Several searches; engines override this with one round trip."""
+        return [self.search(index, body) for body in bodies]
+
+    @abstractmethod
+    def count(self, index: str) -> int:
+        """Documents in the index or alias."""
+
+    @abstractmethod
+    def stats(self, index: str) -> IndexStats:
+        """Document count and size on disk."""
+
+    @abstractmethod
+    def get(self, index: str, doc_id: str) -> dict[str, Any] | None:
+        """The stored ``_source`` of one document, or None."""
+
+    @abstractmethod
+    def refresh(self, index: str) -> None:
+        """Make everything written so far searchable."""
+
+    def close(self) -> None:
+        """Release connections and files."""
+
+    def __enter__(self) -> Engine:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

@@ -1,0 +1,141 @@
+"""Pick and open an engine: a URL means a server (kind read from the server), none means local."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import urllib3
+
+from splade_es.toolkit.engines.base import Engine, EngineError, EngineUnavailable
+
+ENGINE_KINDS = ("opensearch", "elasticsearch", "local")
+
+
+@dataclass(frozen=True)
+class Credentials:
+    """How to authenticate and verify TLS. Secrets never appear in ``repr`` or messages."""
+
+    api_key: str | None = field(default=None, repr=False)
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)
+    ca_certs: str | None = None
+    verify_certs: bool = True
+
+    @classmethod
+    def from_env(cls, **given) -> Credentials:
+        """Explicit values win; otherwise SPLADE_ES_API_KEY / _USERNAME / _PASSWORD / _CA_CERTS."""
+        def pick(name: str) -> str | None:
+            value = given.get(name)
+            return value if value else (os.environ.get(f"SPLADE_ES_{name.upper()}") or None)
+
+        verify = given.get("verify_certs")
+        return cls(pick("api_key"), pick("username"), pick("password"), pick("ca_certs"),
+                   True if verify is None else bool(verify))
+
+    def headers(self) -> dict[str, str]:
+        if self.api_key:
+            return {"authorization": f"ApiKey {self.api_key}"}
+        if self.username:
+            token = base64.b64encode(f"{self.username}:{self.password or ''}".encode()).decode()
+            return {"authorization": f"Basic {token}"}
+        return {}
+
+
+def redact(url: str) -> str:
+    """The URL without user:password, for messages and logs."""
+    parts = urlsplit(url)
+    if parts.username is None and parts.password is None:
+        return url
+    host = parts.hostname or ""
+    netloc = f"{host}:{parts.port}" if parts.port else host
+    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+
+
+def split_credentials(url: str, credentials: Credentials) -> tuple[str, Credentials]:
+    """Move ``user:password@`` out of the URL into the credentials."""
+    parts = urlsplit(url)
+    if parts.username is None:
+        return url, credentials
+    from dataclasses import replace
+
+    return redact(url), replace(credentials, username=parts.username, password=parts.password)
+
+
+def resolve_url(url: str | None) -> str | None:
+    """``--url`` or SPLADE_ES_URL; an empty value counts as unset."""
+    value = url if url is not None else os.environ.get("SPLADE_ES_URL")
+    return value.strip() or None if value else None
+
+
+def connect(url: str | None = None, engine: str | None = None, data_dir: str | Path | None = None,
+            credentials: Credentials | None = None, timeout: float = 30.0) -> Engine:
+    """Open the engine at ``url`` (kind detected unless ``engine`` says), or the local one."""
+    if engine is not None and engine not in ENGINE_KINDS:
+        raise EngineError(f"unknown engine {engine!r}: choose {', '.join(ENGINE_KINDS)}")
+    url = resolve_url(url)
+    if engine == "local" or (url is None and engine is None):
+        from splade_es.toolkit.engines.local import LocalEngine
+
+        return LocalEngine(data_dir)
+    if url is None:
+        raise EngineError(f"--engine {engine} needs --url (or SPLADE_ES_URL)")
+    url, credentials = split_credentials(url, credentials or Credentials.from_env())
+    kind, version, modules = probe(url, credentials, timeout)
+    if engine is not None and engine != kind:
+        raise EngineError(f"{url} is {kind} {version}, not {engine}")
+    if kind == "opensearch":
+        from splade_es.toolkit.engines.opensearch import OpenSearchEngine
+
+        return OpenSearchEngine(url, credentials, version, modules, timeout)
+    from splade_es.toolkit.engines.elastic import ElasticsearchEngine
+
+    return ElasticsearchEngine(url, credentials, version, modules, timeout)
+
+
+def probe(url: str, credentials: Credentials, timeout: float) -> tuple[str, str, set[str]]:
+    """Ask the server what it is: kind, version and installed modules/plugins.
+
+    Elasticsearch marks every answer with ``X-Elastic-Product``; the node info lists
+    version, modules and plugins on both engines (the root endpoint may be absent).
+    """
+    pool = _pool(url, credentials, timeout)
+    path = "/_nodes/_local/plugins?filter_path=nodes.*.version,nodes.*.modules.name,nodes.*.plugins.name"
+    try:
+        reply = pool.request("GET", url.rstrip("/") + path, headers=credentials.headers(), retries=False)
+    except urllib3.exceptions.SSLError as exc:
+        raise EngineUnavailable(f"TLS verification failed for {url}: {_first_line(exc)} "
+                                "(pass --ca-certs, or --insecure to skip verification)") from None
+    except urllib3.exceptions.HTTPError as exc:
+        raise EngineUnavailable(f"cannot reach the engine at {url}: {_first_line(exc)}") from None
+    if reply.status in (401, 403):
+        raise EngineError(f"{url} refused the credentials (HTTP {reply.status}): check the API key or user",
+                          reply.status)
+    if reply.status >= 400:
+        raise EngineError(f"{url} answered HTTP {reply.status} to a node-info request", reply.status)
+    try:
+        nodes = json.loads(reply.data)["nodes"]
+        node = next(iter(nodes.values()))
+    except (ValueError, KeyError, StopIteration):
+        raise EngineError(f"{url} does not look like Elasticsearch or OpenSearch") from None
+    kind = "elasticsearch" if reply.headers.get("X-Elastic-Product") == "Elasticsearch" else "opensearch"
+    modules = {m["name"] for m in node.get("modules", [])} | {p["name"] for p in node.get("plugins", [])}
+    return kind, str(node.get("version", "0")), modules
+
+
+def _pool(url: str, credentials: Credentials, timeout: float) -> urllib3.PoolManager:
+    if not url.startswith("https"):
+        return urllib3.PoolManager(timeout=timeout)
+    if not credentials.verify_certs:
+        urllib3.disable_warnings(urllib3.exceptions.InsecureRequestWarning)
+        return urllib3.PoolManager(timeout=timeout, cert_reqs="CERT_NONE")
+    return urllib3.PoolManager(timeout=timeout, cert_reqs="CERT_REQUIRED", ca_certs=credentials.ca_certs)
+
+
+def _first_line(exc: Exception) -> str:
+    reason = getattr(exc, "reason", None) or exc
+    return str(reason).splitlines()[0][:300]

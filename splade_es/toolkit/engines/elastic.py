@@ -1,0 +1,68 @@
+"""Elasticsearch 8.x / 9.x through elasticsearch-py 8.x."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import elastic_transport
+import elasticsearch
+
+from splade_es.toolkit.engines.base import Capabilities, EngineError, EngineUnavailable
+from splade_es.toolkit.engines.connect import Credentials
+from splade_es.toolkit.engines.rest import RestEngine, error_reason
+
+_JSON = "application/vnd.elasticsearch+json; compatible-with=8"
+_NDJSON = "application/vnd.elasticsearch+x-ndjson; compatible-with=8"
+
+
+def _version_tuple(version: str) -> tuple[int, int]:
+    major, minor, *_ = (version.split("-")[0].split(".") + ["0", "0"])
+    return int(major), int(minor)
+
+
+class ElasticsearchEngine(RestEngine):
+    kind = "elasticsearch"
+
+    def __init__(self, url: str, credentials: Credentials, version: str, modules: set[str], timeout: float) -> None:
+        auth: dict[str, Any] = {}
+        if credentials.api_key:
+            auth["api_key"] = credentials.api_key
+        elif credentials.username:
+            auth["basic_auth"] = (credentials.username, credentials.password or "")
+        if url.startswith("https"):
+            auth.update(verify_certs=credentials.verify_certs, ca_certs=credentials.ca_certs,
+                        ssl_show_warn=credentials.verify_certs)
+        self.client = elasticsearch.Elasticsearch(url, request_timeout=timeout, max_retries=0, retry_on_status=(),
+                                                  retry_on_timeout=False, **auth)
+        self._url = url
+        super().__init__(url, version, modules)
+
+    @classmethod
+    def detect_capabilities(cls, version: str, modules: set[str]) -> Capabilities:
+        release = _version_tuple(version)
+        return Capabilities(
+            rank_features="mapper-extras" in modules,
+            sparse_vector_field=release >= (8, 11),
+            sparse_vector_query=release >= (8, 15) and "x-pack-core" in modules,
+        )
+
+    def _send(self, method: str, path: str, body: Any = None, params: dict[str, Any] | None = None,
+              ndjson: bool = False) -> Any:
+        headers = {"accept": _JSON}
+        if body is not None:
+            headers["content-type"] = _NDJSON if ndjson else _JSON
+        try:
+            reply = self.client.perform_request(method, path, params=params, headers=headers, body=body)
+        except elasticsearch.ApiError as exc:
+            raise EngineError(error_reason(exc.body, exc.meta.status), exc.meta.status) from None
+        except elastic_transport.TransportError as exc:
+            raise EngineUnavailable(f"cannot reach Elasticsearch at {self._url}: {exc.message}") from None
+        if method == "HEAD":
+            if reply.meta.status == 404:
+                raise EngineError("not found", 404)
+            return None
+        return reply.body
+
+    def close(self) -> None:
+        self.client.close()
+

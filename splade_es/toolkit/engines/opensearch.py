@@ -1,0 +1,50 @@
+"""OpenSearch 1.x-3.x through opensearch-py 3.x."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import opensearchpy
+
+from splade_es.toolkit.engines.base import Capabilities, EngineError, EngineUnavailable
+from splade_es.toolkit.engines.connect import Credentials
+from splade_es.toolkit.engines.rest import RestEngine, error_reason
+
+
+class OpenSearchEngine(RestEngine):
+    kind = "opensearch"
+
+    def __init__(self, url: str, credentials: Credentials, version: str, modules: set[str], timeout: float) -> None:
+        options: dict[str, Any] = {"headers": credentials.headers()}
+        if url.startswith("https"):
+            options.update(verify_certs=credentials.verify_certs, ca_certs=credentials.ca_certs,
+                           ssl_show_warn=credentials.verify_certs)
+        self.client = opensearchpy.OpenSearch([url], timeout=timeout, max_retries=0, retry_on_status=(),
+                                              retry_on_timeout=False, **options)
+        self._url = url
+        super().__init__(url, version, modules)
+
+    @classmethod
+    def detect_capabilities(cls, version: str, modules: set[str]) -> Capabilities:
+        return Capabilities(
+            rank_features="mapper-extras" in modules,
+            sparse_vector_field=False,
+            neural_sparse="opensearch-neural-search" in modules,
+        )
+
+    def _send(self, method: str, path: str, body: Any = None, params: dict[str, Any] | None = None,
+              ndjson: bool = False) -> Any:
+        headers = {"content-type": "application/x-ndjson"} if ndjson else None
+        try:
+            reply = self.client.transport.perform_request(method, path, params=params, body=body, headers=headers)
+        except opensearchpy.exceptions.ConnectionError as exc:
+            raise EngineUnavailable(f"cannot reach OpenSearch at {self._url}: {exc.error}") from None
+        except opensearchpy.exceptions.TransportError as exc:
+            status = exc.status_code if isinstance(exc.status_code, int) else None
+            raise EngineError(error_reason(exc.info, status or 0), status) from None
+        if method == "HEAD" and reply is False:
+            raise EngineError("not found", 404)
+        return reply
+
+    def close(self) -> None:
+        self.client.close()

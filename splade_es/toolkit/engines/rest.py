@@ -1,0 +1,154 @@
+"""What Elasticsearch and OpenSearch share: the REST API, written once.
+
+The two clients differ only in how a request is sent and how errors look; subclasses
+supply :meth:`RestEngine._send` and the capability rules, everything else is here.
+"""
+
+from __future__ import annotations
+
+import json
+from abc import abstractmethod
+from collections.abc import Sequence
+from typing import Any
+from urllib.parse import quote
+
+from splade_es.toolkit.engines.base import BulkFailure, Capabilities, Engine, EngineError, EngineInfo, IndexStats
+
+
+class RestEngine(Engine):
+    """An engine reached over HTTP through its official Python client."""
+
+    kind: str
+
+    def __init__(self, location: str, version: str, modules: set[str]) -> None:
+        self.info = EngineInfo(self.kind, version, self.detect_capabilities(version, modules), location)
+
+    @classmethod
+    @abstractmethod
+    def detect_capabilities(cls, version: str, modules: set[str]) -> Capabilities:
+        """Field types and queries this server supports, from its version and modules."""
+
+    @abstractmethod
+    def _send(self, method: str, path: str, body: Any = None, params: dict[str, Any] | None = None,
+              ndjson: bool = False) -> Any:
+        """One request; raises EngineError / EngineUnavailable; returns the decoded body."""
+
+    # ---------------------------------------------------------------- indices
+    def create_index(self, name: str, body: dict[str, Any]) -> None:
+        self._send("PUT", f"/{_p(name)}", body, {"wait_for_active_shards": "1"})
+
+    def delete_index(self, name: str) -> bool:
+        try:
+            self._send("DELETE", f"/{_p(name)}")
+        except EngineError as exc:
+            if exc.status == 404:
+                return False
+            raise
+        return True
+
+    def exists(self, name: str) -> bool:
+        try:
+            self._send("HEAD", f"/{_p(name)}")
+        except EngineError as exc:
+            if exc.status == 404:
+                return False
+            raise
+        return True
+
+    def mappings(self, name: str) -> dict[str, dict[str, Any]]:
+        reply = self._send("GET", f"/{_p(name)}/_mapping")
+        return {index: body.get("mappings", {}) for index, body in reply.items()}
+
+    def alias_targets(self, alias: str) -> list[str]:
+        try:
+            reply = self._send("GET", f"/_alias/{_p(alias)}")
+        except EngineError as exc:
+            if exc.status == 404:
+                return []
+            raise
+        return sorted(reply)
+
+    def point_alias(self, alias: str, index: str) -> list[str]:
+        old = [name for name in self.alias_targets(alias) if name != index]
+        actions = [{"remove": {"index": name, "alias": alias}} for name in old]
+        actions.append({"add": {"index": index, "alias": alias}})
+        self._send("POST", "/_aliases", {"actions": actions})
+        return old
+
+    # ---------------------------------------------------------------- documents
+    def bulk(self, index: str, documents: Sequence[tuple[str, dict[str, Any]]]) -> list[BulkFailure]:
+        return self.bulk_raw(bulk_payload(index, documents))
+
+    def bulk_raw(self, payload: bytes) -> list[BulkFailure]:
+        """Send an NDJSON body made by :func:`bulk_payload` (lets callers size requests in bytes)."""
+        reply = self._send("POST", "/_bulk", payload, ndjson=True)
+        if not reply.get("errors"):
+            return []
+        failures = []
+        for item in reply.get("items", []):
+            result = next(iter(item.values()))
+            if result.get("status", 200) >= 300:
+                error = result.get("error", {})
+                reason = error.get("reason", str(error)) if isinstance(error, dict) else str(error)
+                kind = error.get("type", "error") if isinstance(error, dict) else "error"
+                failures.append(BulkFailure(str(result.get("_id")), int(result["status"]), f"{kind}: {reason}"))
+        return failures
+
+    def search(self, index: str, body: dict[str, Any]) -> dict[str, Any]:
+        return self._send("POST", f"/{_p(index)}/_search", body)
+
+    def msearch(self, index: str, bodies: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+        lines = []
+        for body in bodies:
+            lines += [json.dumps({"index": index}), json.dumps(body)]
+        reply = self._send("POST", "/_msearch", ("\n".join(lines) + "\n").encode(), ndjson=True)
+        results = reply.get("responses", [])
+        for result in results:
+            if "error" in result:
+                error = result["error"]
+                raise EngineError(f"search failed: {error.get('reason', error) if isinstance(error, dict) else error}",
+                                  result.get("status"))
+        return results
+
+    def count(self, index: str) -> int:
+        return int(self._send("GET", f"/{_p(index)}/_count")["count"])
+
+    def stats(self, index: str) -> IndexStats:
+        reply = self._send("GET", f"/{_p(index)}/_stats/docs,store")
+        primaries = reply["_all"]["primaries"]
+        return IndexStats(int(primaries["docs"]["count"]), int(primaries["store"]["size_in_bytes"]),
+                          sorted(reply.get("indices", {})))
+
+    def get(self, index: str, doc_id: str) -> dict[str, Any] | None:
+        try:
+            reply = self._send("GET", f"/{_p(index)}/_doc/{_p(doc_id)}")
+        except EngineError as exc:
+            if exc.status == 404:
+                return None
+            raise
+        return reply.get("_source") if reply.get("found") else None
+
+    def refresh(self, index: str) -> None:
+        self._send("POST", f"/{_p(index)}/_refresh")
+
+
+def bulk_payload(index: str, documents: Sequence[tuple[str, dict[str, Any]]]) -> bytes:
+    """The NDJSON body of a ``_bulk`` request that indexes ``documents`` by id."""
+    lines = []
+    for doc_id, source in documents:
+        lines.append(json.dumps({"index": {"_index": index, "_id": doc_id}}, ensure_ascii=False))
+        lines.append(json.dumps(source, ensure_ascii=False, separators=(",", ":")))
+    return ("\n".join(lines) + "\n").encode()
+
+
+def _p(name: str) -> str:
+    return quote(name, safe=",*")
+
+
+def error_reason(body: Any, status: int) -> str:
+    """The engine's own one-line reason, e.g. ``illegal_argument_exception: ...``."""
+    if isinstance(body, dict) and isinstance(body.get("error"), dict):
+        error = body["error"]
+        cause = (error.get("root_cause") or [error])[0]
+        return f"HTTP {status} {cause.get('type', 'error')}: {cause.get('reason', '')}"
+    return f"HTTP {status}: {str(body)[:300]}"
