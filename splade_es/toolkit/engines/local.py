@@ -1,0 +1,466 @@
+"""An embedded engine for users without a cluster: exact dot products and BM25, on disk.
+
+Each index is a directory holding its mapping and an append-only JSON-lines log of
+documents (a later line with the same id replaces the earlier one). Writers take a file
+lock, so several processes (torchrun ranks) can load one index. Scoring is exact:
+``rank_feature`` (linear), ``sparse_vector`` and boosted ``term`` queries on the vector
+field are dot products over a scipy CSR matrix; ``match`` / ``multi_match`` use BM25
+(k1 1.2, b 0.75) with an English analyzer (lowercase, stop words, Porter stemming).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import re
+import shutil
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import scipy.sparse as sp
+
+from splade_es.toolkit.engines.base import BulkFailure, Capabilities, Engine, EngineError, EngineInfo, IndexStats
+
+VECTOR_TYPES = ("rank_features", "sparse_vector")
+_NAME = re.compile(r"^[a-z0-9][a-z0-9._+-]*$")
+_STOP_WORDS = frozenset(
+    "a an and are as at be but by for if in into is it no not of on or such that the their then there these "
+    "they this to was will with".split()
+)
+_WORD = re.compile(r"\w+", re.UNICODE)
+
+
+def default_data_dir() -> Path:
+    configured = os.environ.get("SPLADE_ES_DATA_DIR")
+    if configured:
+        return Path(configured).expanduser()
+    from platformdirs import user_data_dir
+
+    return Path(user_data_dir("splade-es")) / "local-engine"
+
+
+class LocalEngine(Engine):
+    """The :class:`Engine` interface over a directory; see the module docstring."""
+
+    def __init__(self, data_dir: str | Path | None = None) -> None:
+        self.root = Path(data_dir).expanduser() if data_dir else default_data_dir()
+        self.root.mkdir(parents=True, exist_ok=True)
+        (self.root / "indices").mkdir(exist_ok=True)
+        self.info = EngineInfo("local", _package_version(), Capabilities(rank_features=True, sparse_vector_field=True,
+                                                                         sparse_vector_query=True), str(self.root))
+        self._cache: dict[str, _IndexData] = {}
+
+    # ---------------------------------------------------------------- indices
+    def create_index(self, name: str, body: dict[str, Any]) -> None:
+        if not _NAME.match(name):
+            raise EngineError(f"invalid index name {name!r}: lowercase letters, digits and . _ + - only", 400)
+        with self._lock():
+            if self.exists(name):
+                raise EngineError(f"index {name!r} already exists", 400)
+            mappings = body.get("mappings", {})
+            for field_name, spec in mappings.get("properties", {}).items():
+                if spec.get("type") not in (*VECTOR_TYPES, "text", "keyword", None):
+                    raise EngineError(f"field {field_name!r}: type {spec.get('type')!r} is not supported locally", 400)
+            directory = self._dir(name)
+            directory.mkdir()
+            (directory / "mappings.json").write_text(json.dumps(mappings, indent=2))
+            (directory / "docs.jsonl").touch()
+
+    def delete_index(self, name: str) -> bool:
+        with self._lock():
+            if not self._dir(name).is_dir():
+                return False
+            shutil.rmtree(self._dir(name))
+            aliases = {a: [i for i in targets if i != name] for a, targets in self._aliases().items()}
+            self._save_aliases({a: t for a, t in aliases.items() if t})
+            self._cache.pop(name, None)
+            return True
+
+    def exists(self, name: str) -> bool:
+        return self._dir(name).is_dir() or name in self._aliases()
+
+    def mappings(self, name: str) -> dict[str, dict[str, Any]]:
+        return {index: json.loads((self._dir(index) / "mappings.json").read_text()) for index in self._resolve(name)}
+
+    def alias_targets(self, alias: str) -> list[str]:
+        return sorted(self._aliases().get(alias, []))
+
+    def point_alias(self, alias: str, index: str) -> list[str]:
+        with self._lock():
+            if not self._dir(index).is_dir():
+                raise EngineError(f"no such index {index!r}", 404)
+            if self._dir(alias).is_dir():
+                raise EngineError(f"an index called {alias!r} exists: an alias cannot take its name", 400)
+            aliases = self._aliases()
+            old = [name for name in aliases.get(alias, []) if name != index]
+            aliases[alias] = [index]
+            self._save_aliases(aliases)
+            return old
+
+    # ---------------------------------------------------------------- documents
+    def bulk(self, index: str, documents: Sequence[tuple[str, dict[str, Any]]]) -> list[BulkFailure]:
+        targets = self._resolve(index)
+        if len(targets) != 1:
+            raise EngineError(f"alias {index!r} points at {len(targets)} indices: write to one index", 400)
+        mappings = self.mappings(targets[0])[targets[0]]
+        lines, failures = [], []
+        for doc_id, source in documents:
+            problem = _check_document(source, mappings)
+            if problem:
+                failures.append(BulkFailure(str(doc_id), 400, f"mapper_parsing_exception: {problem}"))
+            else:
+                lines.append(json.dumps({"_id": str(doc_id), "_source": source}, ensure_ascii=False) + "\n")
+        if lines:
+            with self._lock(), (self._dir(targets[0]) / "docs.jsonl").open("a", encoding="utf-8") as log:
+                log.write("".join(lines))
+                log.flush()
+                os.fsync(log.fileno())
+        return failures
+
+    def search(self, index: str, body: dict[str, Any]) -> dict[str, Any]:
+        unknown = set(body) - {"query", "size", "from", "_source", "track_total_hits", "explain"}
+        if unknown:
+            raise EngineError(f"the local engine does not support search option(s) {sorted(unknown)}", 400)
+        hits, total = [], 0
+        size, offset = int(body.get("size", 10)), int(body.get("from", 0))
+        candidates: list[tuple[float, str, dict[str, Any]]] = []
+        for name in self._resolve(index):
+            data = self._data(name)
+            scores, matched = _Query(data).evaluate(body.get("query", {"match_all": {}}))
+            rows = np.flatnonzero(matched)
+            total += rows.size
+            order = rows[np.lexsort((rows, -scores[rows]))][: offset + size]
+            candidates += [(float(scores[r]), name, data.row(int(r))) for r in order]
+        candidates.sort(key=lambda c: -c[0])
+        for score, name, (doc_id, source) in candidates[offset: offset + size]:
+            hits.append({"_index": name, "_id": doc_id, "_score": score, "_source": _select(source, body.get("_source", True))})
+        return {"took": 0, "timed_out": False, "hits": {"total": {"value": total, "relation": "eq"},
+                                                        "max_score": hits[0]["_score"] if hits else None, "hits": hits}}
+
+    def count(self, index: str) -> int:
+        return sum(self._data(name).live for name in self._resolve(index))
+
+    def stats(self, index: str) -> IndexStats:
+        names = self._resolve(index)
+        size = sum(f.stat().st_size for name in names for f in self._dir(name).iterdir())
+        return IndexStats(self.count(index), size, names)
+
+    def get(self, index: str, doc_id: str) -> dict[str, Any] | None:
+        for name in self._resolve(index):
+            data = self._data(name)
+            if doc_id in data.rows:
+                return data.row(data.rows[doc_id])[1]
+        return None
+
+    def refresh(self, index: str) -> None:
+        self._resolve(index)
+
+    # ---------------------------------------------------------------- storage
+    def _dir(self, name: str) -> Path:
+        return self.root / "indices" / name
+
+    def _resolve(self, name: str) -> list[str]:
+        if self._dir(name).is_dir():
+            return [name]
+        targets = self._aliases().get(name)
+        if not targets:
+            raise EngineError(f"no such index {name!r}", 404)
+        return list(targets)
+
+    def _aliases(self) -> dict[str, list[str]]:
+        path = self.root / "aliases.json"
+        return json.loads(path.read_text()) if path.is_file() else {}
+
+    def _save_aliases(self, aliases: dict[str, list[str]]) -> None:
+        staging = self.root / "aliases.json.tmp"
+        staging.write_text(json.dumps(aliases, indent=2))
+        staging.replace(self.root / "aliases.json")
+
+    @contextmanager
+    def _lock(self) -> Iterator[None]:
+        with (self.root / ".lock").open("a") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+    def _data(self, name: str) -> _IndexData:
+        """The index in memory, re-read when its log has grown."""
+        log = self._dir(name) / "docs.jsonl"
+        size = log.stat().st_size
+        cached = self._cache.get(name)
+        if cached is None or cached.log_size != size:
+            cached = _IndexData(self.mappings(name)[name], log)
+            self._cache[name] = cached
+        return cached
+
+
+class _IndexData:
+    """Live documents of one index, with lazily built score matrices."""
+
+    def __init__(self, mappings: dict[str, Any], log: Path) -> None:
+        self.properties = mappings.get("properties", {})
+        self.rows: dict[str, int] = {}
+        self.sources: list[dict[str, Any]] = []
+        self.ids: list[str] = []
+        with log.open("rb") as handle:
+            content = handle.read()
+        self.log_size = len(content)
+        for line in content.decode("utf-8").splitlines():
+            if not line:
+                continue
+            record = json.loads(line)
+            row = self.rows.get(record["_id"])
+            if row is None:
+                self.rows[record["_id"]] = len(self.ids)
+                self.ids.append(record["_id"])
+                self.sources.append(record["_source"])
+            else:
+                self.sources[row] = record["_source"]
+        self._matrices: dict[str, tuple[sp.csr_matrix, dict[str, int]]] = {}
+        self._bm25: dict[str, _BM25] = {}
+
+    @property
+    def live(self) -> int:
+        return len(self.ids)
+
+    def row(self, row: int) -> tuple[str, dict[str, Any]]:
+        return self.ids[row], self.sources[row]
+
+    def field_type(self, name: str) -> str | None:
+        return self.properties.get(name, {}).get("type")
+
+    def features(self, field_name: str) -> tuple[sp.csr_matrix, dict[str, int]]:
+        """Documents x features matrix of a vector field, and the feature -> column map."""
+        if field_name not in self._matrices:
+            columns: dict[str, int] = {}
+            indptr, indices, values = [0], [], []
+            for source in self.sources:
+                for feature, weight in (source.get(field_name) or {}).items():
+                    indices.append(columns.setdefault(feature, len(columns)))
+                    values.append(float(np.float32(weight)))
+                indptr.append(len(indices))
+            matrix = sp.csr_matrix((np.asarray(values, dtype=np.float64), indices, indptr),
+                                   shape=(len(self.sources), max(len(columns), 1)))
+            self._matrices[field_name] = (matrix, columns)
+        return self._matrices[field_name]
+
+    def bm25(self, field_name: str) -> _BM25:
+        if field_name not in self._bm25:
+            self._bm25[field_name] = _BM25([_text(s.get(field_name)) for s in self.sources])
+        return self._bm25[field_name]
+
+
+class _BM25:
+    """Okapi BM25 over one text field (Lucene's formula and defaults)."""
+
+    def __init__(self, texts: list[str], k1: float = 1.2, b: float = 0.75) -> None:
+        self.k1, self.b = k1, b
+        self.terms: dict[str, int] = {}
+        indptr, indices, counts = [0], [], []
+        lengths = []
+        for text in texts:
+            tokens = analyze(text)
+            lengths.append(len(tokens))
+            bag: dict[int, int] = {}
+            for token in tokens:
+                column = self.terms.setdefault(token, len(self.terms))
+                bag[column] = bag.get(column, 0) + 1
+            indices += bag.keys()
+            counts += bag.values()
+            indptr.append(len(indices))
+        self.tf = sp.csc_matrix(sp.csr_matrix((np.asarray(counts, dtype=np.float64), indices, indptr),
+                                              shape=(len(texts), max(len(self.terms), 1))))
+        self.lengths = np.asarray(lengths, dtype=np.float64)
+        self.has_field = self.lengths > 0
+        self.avg = self.lengths[self.has_field].mean() if self.has_field.any() else 1.0
+        self.df = np.diff(self.tf.indptr)
+        self.docs = int(self.has_field.sum())
+
+    def score(self, query: str) -> np.ndarray:
+        scores = np.zeros(self.lengths.shape[0])
+        norm = self.k1 * (1 - self.b + self.b * self.lengths / self.avg)
+        for token in analyze(query):
+            column = self.terms.get(token)
+            if column is None:
+                continue
+            start, end = self.tf.indptr[column], self.tf.indptr[column + 1]
+            rows, tf = self.tf.indices[start:end], self.tf.data[start:end]
+            idf = np.log(1 + (self.docs - self.df[column] + 0.5) / (self.df[column] + 0.5))
+            scores[rows] += idf * tf / (tf + norm[rows])
+        return scores
+
+
+class _Query:
+    """Evaluates the query DSL subset the toolkit sends, over one index."""
+
+    def __init__(self, data: _IndexData) -> None:
+        self.data = data
+        self.n = data.live
+
+    def evaluate(self, query: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+        if len(query) != 1:
+            raise EngineError(f"a query needs exactly one type, got {sorted(query)}", 400)
+        (kind, spec), = query.items()
+        handler = getattr(self, f"_q_{kind}", None)
+        if handler is None:
+            raise EngineError(f"the local engine does not support the {kind!r} query", 400)
+        scores, matched = handler(spec)
+        return scores, matched
+
+    def _q_match_all(self, spec: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+        return np.full(self.n, float(spec.get("boost", 1.0))), np.ones(self.n, dtype=bool)
+
+    def _q_ids(self, spec: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+        matched = np.zeros(self.n, dtype=bool)
+        matched[[self.data.rows[i] for i in spec.get("values", []) if i in self.data.rows]] = True
+        return matched.astype(float), matched
+
+    def _q_bool(self, spec: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+        scores, matched = np.zeros(self.n), np.ones(self.n, dtype=bool)
+        for occur in ("must", "filter", "must_not"):
+            for clause in _as_list(spec.get(occur)):
+                clause_scores, clause_matched = self.evaluate(clause)
+                if occur == "must_not":
+                    matched &= ~clause_matched
+                else:
+                    matched &= clause_matched
+                    scores += clause_scores if occur == "must" else 0
+        shoulds = _as_list(spec.get("should"))
+        if shoulds:
+            hits = np.zeros(self.n, dtype=int)
+            for clause in shoulds:
+                clause_scores, clause_matched = self.evaluate(clause)
+                scores += np.where(clause_matched, clause_scores, 0)
+                hits += clause_matched
+            default = 0 if any(spec.get(o) for o in ("must", "filter")) else 1
+            matched &= hits >= int(spec.get("minimum_should_match", default))
+        return scores * float(spec.get("boost", 1.0)), matched
+
+    def _q_rank_feature(self, spec: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+        path = spec["field"]
+        field_name, _, feature = path.rpartition(".")
+        if self.data.field_type(field_name) != "rank_features":
+            raise EngineError(f"rank_feature needs a rank_features field, {field_name!r} is not one", 400)
+        if set(spec) - {"field", "linear", "boost"}:
+            raise EngineError("the local engine scores rank_feature with 'linear' only (an exact dot product)", 400)
+        return self._weighted(field_name, {feature: float(spec.get("boost", 1.0))})
+
+    def _q_sparse_vector(self, spec: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+        return self._weighted(spec["field"], {k: float(v) for k, v in spec["query_vector"].items()})
+
+    def _q_term(self, spec: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+        (field_name, value), = spec.items()
+        value, boost = (value.get("value"), float(value.get("boost", 1.0))) if isinstance(value, dict) else (value, 1.0)
+        if self.data.field_type(field_name) in VECTOR_TYPES:
+            return self._weighted(field_name, {str(value): boost})
+        return self._q_terms({field_name: [value], "boost": boost})
+
+    def _q_terms(self, spec: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+        boost = float(spec.get("boost", 1.0))
+        (field_name, values), = ((k, v) for k, v in spec.items() if k != "boost")
+        wanted = set(values)
+        matched = np.array([bool(wanted & set(_as_list(s.get(field_name)))) for s in self.data.sources], dtype=bool)
+        return matched * boost, matched
+
+    def _q_match(self, spec: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+        (field_name, value), = spec.items()
+        text = value.get("query", "") if isinstance(value, dict) else value
+        scores = self.data.bm25(field_name).score(str(text))
+        boost = float(value.get("boost", 1.0)) if isinstance(value, dict) else 1.0
+        return scores * boost, scores > 0
+
+    def _q_multi_match(self, spec: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+        if spec.get("type", "best_fields") != "best_fields":
+            raise EngineError("the local engine supports multi_match type best_fields only", 400)
+        fields = spec.get("fields") or [f for f, s in self.data.properties.items() if s.get("type") == "text"]
+        per_field = []
+        for name in fields:
+            field_name, _, boost = name.partition("^")
+            per_field.append(self.data.bm25(field_name).score(str(spec["query"])) * float(boost or 1.0))
+        stacked = np.vstack(per_field) if per_field else np.zeros((1, self.n))
+        best = stacked.max(axis=0)
+        scores = best + float(spec.get("tie_breaker", 0.0)) * (stacked.sum(axis=0) - best)
+        return scores * float(spec.get("boost", 1.0)), scores > 0
+
+    def _weighted(self, field_name: str, weights: dict[str, float]) -> tuple[np.ndarray, np.ndarray]:
+        if self.data.field_type(field_name) not in VECTOR_TYPES:
+            raise EngineError(f"{field_name!r} is not a rank_features / sparse_vector field", 400)
+        matrix, columns = self.data.features(field_name)
+        query = np.zeros(matrix.shape[1])
+        known = [(columns[f], w) for f, w in weights.items() if f in columns]
+        for column, weight in known:
+            query[column] += weight
+        scores = matrix @ query
+        present = matrix[:, [c for c, _ in known]].getnnz(axis=1) > 0 if known else np.zeros(self.n, dtype=bool)
+        return np.asarray(scores).ravel(), np.asarray(present).ravel()
+
+
+def analyze(text: str) -> list[str]:
+    """Lowercase words, English stop words removed, Porter-stemmed (like the ``english`` analyzer)."""
+    stem = _stemmer()
+    return [stem.stemWord(w) for w in _WORD.findall(text.lower()) if w not in _STOP_WORDS]
+
+
+def _stemmer():
+    global _STEMMER
+    if _STEMMER is None:
+        from snowballstemmer import stemmer
+
+        _STEMMER = stemmer("porter")
+    return _STEMMER
+
+
+_STEMMER = None
+
+
+def _check_document(source: dict[str, Any], mappings: dict[str, Any]) -> str | None:
+    properties = mappings.get("properties", {})
+    if mappings.get("dynamic") == "strict":
+        extra = sorted(set(source) - set(properties))
+        if extra:
+            return f"field [{extra[0]}] is not in the strict mapping"
+    for name, spec in properties.items():
+        value = source.get(name)
+        if value is None or spec.get("type") not in VECTOR_TYPES:
+            continue
+        if not isinstance(value, dict):
+            return f"field [{name}] must be an object of feature: weight"
+        for feature, weight in value.items():
+            if "." in feature or not feature:
+                return f"feature name [{feature}] in [{name}] must be non-empty and contain no '.'"
+            if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not np.isfinite(weight) or weight <= 0:
+                return f"feature [{feature}] in [{name}] has an invalid weight {weight!r}"
+    return None
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, list):
+        return " ".join(str(v) for v in value)
+    return "" if value is None else str(value)
+
+
+def _as_list(value: Any) -> list[Any]:
+    if value is None:
+        return []
+    return value if isinstance(value, list) else [value]
+
+
+def _select(source: dict[str, Any], wanted: Any) -> dict[str, Any] | None:
+    if wanted is True:
+        return source
+    if wanted is False:
+        return None
+    includes = wanted if isinstance(wanted, list) else wanted.get("includes", []) if isinstance(wanted, dict) else [wanted]
+    return {k: v for k, v in source.items() if k in includes}
+
+
+def _package_version() -> str:
+    from splade_es import __version__
+
+    return __version__
