@@ -10,6 +10,7 @@ import click
 from splade_es import __version__
 from splade_es.toolkit.cli.encode import encode
 from splade_es.toolkit.cli.engine import engine
+from splade_es.toolkit.cli.ingest import ingest
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -32,3 +33,5 @@ def main() -> None:
 
 main.add_command(encode)
 main.add_command(engine)
+main.add_command(ingest)
+

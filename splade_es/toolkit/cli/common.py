@@ -37,3 +37,33 @@ def quiet_libraries() -> None:
     hf_logging.disable_progress_bar()
     warnings.filterwarnings("ignore", category=FutureWarning)
     warnings.filterwarnings("ignore", category=UserWarning, module="peft")
+
+
+def engine_options(command: F) -> F:
+    """--url / --engine / --data-dir and credentials, with SPLADE_ES_* environment defaults."""
+    options = [
+        click.option("--url", envvar="SPLADE_ES_URL", metavar="URL",
+                     help="Elasticsearch/OpenSearch URL (env SPLADE_ES_URL). Without it: the local engine."),
+        click.option("--engine", "engine_kind", type=click.Choice(["opensearch", "elasticsearch", "local"]),
+                     help="Insist on an engine kind (default: detected from the server)."),
+        click.option("--data-dir", envvar="SPLADE_ES_DATA_DIR", type=click.Path(file_okay=False),
+                     help="Where the local engine keeps its indices (env SPLADE_ES_DATA_DIR)."),
+        click.option("--api-key", envvar="SPLADE_ES_API_KEY", help="API key (env SPLADE_ES_API_KEY); never printed."),
+        click.option("--username", envvar="SPLADE_ES_USERNAME", help="Basic-auth user (env SPLADE_ES_USERNAME)."),
+        click.option("--password", envvar="SPLADE_ES_PASSWORD", help="Basic-auth password (env SPLADE_ES_PASSWORD)."),
+        click.option("--ca-certs", envvar="SPLADE_ES_CA_CERTS", type=click.Path(dir_okay=False),
+                     help="CA bundle to verify the server's certificate (env SPLADE_ES_CA_CERTS)."),
+        click.option("--insecure", is_flag=True, help="Skip TLS certificate verification (not recommended)."),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+def open_engine(url: str | None, engine_kind: str | None, data_dir: str | None, api_key: str | None,
+                username: str | None, password: str | None, ca_certs: str | None, insecure: bool):
+    """The engine the options describe; an unreachable one fails here, before any work."""
+    from splade_es.toolkit.engines.connect import Credentials, connect
+
+    credentials = Credentials(api_key or None, username or None, password or None, ca_certs or None, not insecure)
+    return connect(url, engine_kind, data_dir, credentials)

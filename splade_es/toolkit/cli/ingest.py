@@ -1,0 +1,203 @@
+"""``splade-es ingest``: encode a corpus (or load precomputed vectors) into an index."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import click
+
+from splade_es.errors import InputError
+from splade_es.toolkit.cli.common import engine_options, friendly_errors, open_engine, quiet_libraries
+from splade_es.toolkit.corpus import BadRecord, Document, read_corpus, read_vectors, resolve_corpus
+from splade_es.toolkit.distributed import Group, Ranks
+from splade_es.toolkit.ingest import IngestOptions, Ingester, IngestSummary, shard
+from splade_es.toolkit.mappings import FIELD_TYPES, VectorIndexSpec, choose_field_type
+
+
+@click.command()
+@click.option("--index", required=True, help="Index to write (with --alias: the base of the versioned name).")
+@click.option("--corpus", "corpus_path", type=click.Path(exists=True),
+              help="BEIR directory, or .jsonl / .jsonl.gz / .csv / .parquet file.")
+@click.option("--model", "model_path", envvar="SPLADE_ES_MODEL", required=True, metavar="PATH_OR_ID",
+              help="Model bundle, hub id or backbone (env SPLADE_ES_MODEL); with --vectors: the model that made them.")
+@click.option("--adapter", metavar="PATH_OR_ID", help="A peft LoRA adapter to apply to --model.")
+@click.option("--vectors", "vectors_path", type=click.Path(exists=True, dir_okay=False),
+              help="Precomputed vectors (splade-es encode --json output), in corpus order.")
+@engine_options
+@click.option("--field", default="splade", show_default=True, help="Name of the vector field.")
+@click.option("--field-type", type=click.Choice(FIELD_TYPES),
+              help="Default: rank_features where the node has it, else sparse_vector.")
+@click.option("--id-field", help="Id field of .jsonl/.csv/.parquet records (default _id).")
+@click.option("--text-fields", help="Comma-separated text fields (default title,text); all are encoded.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True,
+              help="Documents encoded per step.")
+@click.option("--device", help="cpu, cuda, cuda:N (default: cuda when available; cuda:LOCAL_RANK under torchrun).")
+@click.option("--doc-top-k", type=click.IntRange(min=1), help="Keep at most K features per document.")
+@click.option("--doc-min-weight", type=click.FloatRange(min=0), help="Drop document weights below W.")
+@click.option("--resume", is_flag=True, help="Continue an interrupted run of the same command.")
+@click.option("--alias", help="Write a new versioned index, then point this alias at it atomically.")
+@click.option("--skip-bad", is_flag=True, help="Record malformed records in the failures file and go on.")
+@click.option("--chunk-docs", type=click.IntRange(min=1), default=500, show_default=True, help="Documents per bulk request.")
+@click.option("--chunk-mb", type=click.FloatRange(min=0.01), default=8.0, show_default=True, help="Megabytes per bulk request.")
+@click.option("--concurrency", type=click.IntRange(min=1), default=2, show_default=True, help="Bulk requests in flight.")
+@click.option("--max-retries", type=click.IntRange(min=0), default=8, show_default=True,
+              help="Retries of a bulk request on 429/502/503/504 (exponential backoff).")
+@click.option("--failures", "failures_path", type=click.Path(dir_okay=False), default="failures.jsonl",
+              show_default=True, help="Where refused documents and bad records are written.")
+@click.option("--state-dir", type=click.Path(file_okay=False), help="Where checkpoints live (default: user state dir).")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+@click.option("--no-progress", is_flag=True, help="No progress bar.")
+@friendly_errors
+def ingest(index: str, corpus_path: str | None, model_path: str, adapter: str | None, vectors_path: str | None,
+           url, engine_kind, data_dir, api_key, username, password, ca_certs, insecure,
+           field: str, field_type: str | None, id_field: str | None, text_fields: str | None, batch_size: int,
+           device: str | None, doc_top_k: int | None, doc_min_weight: float | None, resume: bool,
+           alias: str | None, skip_bad: bool, chunk_docs: int, chunk_mb: float, concurrency: int,
+           max_retries: int, failures_path: str, state_dir: str | None, as_json: bool, no_progress: bool) -> None:
+    """Encode documents into a vector field and bulk-load them, resumably.
+
+    Documents are indexed by their corpus id, so running again never duplicates, and
+    --resume skips what an interrupted run already indexed. Refused documents go to the
+    failures file; the exit status is 1 when any document failed or was skipped.
+    Empty texts are indexed with an empty vector; a repeated id replaces the earlier
+    record (both are counted in the summary). Under torchrun, each rank encodes and
+    loads its own shard (record i goes to rank i % WORLD_SIZE).
+
+    \b
+    Examples:
+      splade-es ingest --index beir-fiqa --corpus data/fiqa --model ./bundle
+      splade-es ingest --index cran --corpus cran.jsonl --vectors vectors.jsonl --model ./bundle
+      splade-es ingest --alias cran --index cran --corpus data/cranfield --model ./bundle --url https://es:9200
+      torchrun --nproc-per-node 4 -m splade_es.toolkit.cli ingest --index big --corpus big.jsonl --model ./bundle
+    """
+    if corpus_path is None and vectors_path is None:
+        raise click.UsageError("give --corpus, --vectors, or both")
+    ranks = Ranks.from_env()
+    engine = open_engine(url, engine_kind, data_dir, api_key, username, password, ca_certs, insecure)
+    where = f"{engine.info.kind} {engine.info.version} at {engine.info.location}"
+    spec_field_type = choose_field_type(engine.info.capabilities, field_type, where)
+    corpus = resolve_corpus(corpus_path, id_field, _split(text_fields)) if corpus_path else None
+    records = read_corpus(corpus, skip_bad) if corpus else None
+    if vectors_path:
+        spec = VectorIndexSpec(model_path, _bundle_config_hash(model_path, adapter), {"precomputed": Path(vectors_path).name},
+                               field, spec_field_type)
+        records = _with_vectors(records, vectors_path)
+        encode = _precomputed
+    else:
+        quiet_libraries()
+        encoder, pruning = _load_encoder(model_path, adapter, device or ranks.default_device(), doc_top_k, doc_min_weight)
+        spec = VectorIndexSpec(model_path, config_hash(encoder.config.to_dict()), pruning.__dict__.copy(), field,
+                               spec_field_type, encoder.config.feature_naming)
+
+        def encode(documents: list[Document]) -> list[dict[str, float]]:
+            vectors = encoder.encode_documents([d.text for d in documents], pruning=pruning, show_progress=False)
+            return [v.to_features() for v in vectors]
+
+    failures = Path(failures_path)
+    if ranks.world_size > 1:
+        failures = failures.with_name(f"{failures.stem}.rank{ranks.rank}{failures.suffix}")
+    options = IngestOptions(index=index, alias=alias, chunk_docs=chunk_docs, chunk_bytes=int(chunk_mb * 2**20),
+                            concurrency=concurrency, encode_batch=batch_size, max_retries=max_retries,
+                            resume=resume, failures_path=failures, state_dir=Path(state_dir) if state_dir else None,
+                            rank=ranks.rank, world_size=ranks.world_size, show_progress=not no_progress)
+    identity = {"engine": engine.info.location, "corpus": str(Path(corpus_path or vectors_path).resolve())}
+    ingester = Ingester(engine, spec, options, identity)
+    group = Group(ranks)
+    try:
+        target = None
+        if ranks.is_main:
+            target = ingester.target_index()
+            ingester.prepare_index(target)
+        target = group.broadcast(target)
+        summary = ingester.run(target, shard(records, ranks.rank, ranks.world_size), encode)
+        summaries = group.gather(summary)
+        if ranks.is_main:
+            total = summaries[0]
+            for other in summaries[1:]:
+                total.merge(other)
+            ingester.finish(total)
+            _report(total, as_json)
+            if total.failed or total.skipped:
+                raise SystemExit(1)
+    finally:
+        group.close()
+        engine.close()
+
+
+def _split(value: str | None) -> list[str] | None:
+    return [part.strip() for part in value.split(",") if part.strip()] if value else None
+
+
+def config_hash(config: dict) -> str:
+    return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _bundle_config_hash(model_path: str, adapter: str | None) -> str | None:
+    """With precomputed vectors the model is not loaded; a local bundle's config still identifies it."""
+    from splade_es.model.config import SpladeConfig
+
+    for candidate in (adapter, model_path):
+        if candidate and Path(candidate).is_dir():
+            config = SpladeConfig.load(candidate)
+            if config is not None:
+                return config_hash(config.to_dict())
+    return None
+
+
+def _load_encoder(model_path: str, adapter: str | None, device: str | None, top_k: int | None,
+                  min_weight: float | None):
+    from splade_es.model.encoder import SparseEncoder
+
+    encoder = SparseEncoder.from_pretrained(model_path, adapter=adapter, device=device)
+    return encoder, encoder.config.pruning(False).override(top_k=top_k, min_weight=min_weight)
+
+
+def _with_vectors(records, vectors_path: str):
+    """Pair each corpus record with its vector line (same order, same id), or vectors alone."""
+    vectors = read_vectors(vectors_path)
+    if records is None:
+        for where, doc_id, features in vectors:
+            yield Document(doc_id, {}, where, features)
+        return
+    for record in records:
+        line = next(vectors, None)
+        if line is None:
+            raise InputError(f"{vectors_path}: ends before the corpus does (at {record.where})")
+        where, doc_id, features = line
+        if isinstance(record, BadRecord):
+            yield record
+            continue
+        if doc_id != record.id:
+            raise InputError(f"{where}: id {doc_id!r} does not match the corpus record {record.id!r} at {record.where}")
+        yield Document(record.id, record.fields, record.where, features)
+    extra = next(vectors, None)
+    if extra is not None:
+        raise InputError(f"{extra[0]}: more vectors than corpus records")
+
+
+def _precomputed(documents: list[Document]) -> list[dict[str, float]]:
+    return [document.features or {} for document in documents]
+
+
+def _report(summary: IngestSummary, as_json: bool) -> None:
+    if as_json:
+        click.echo(json.dumps(summary.to_dict()))
+        return
+    lines = [
+        f"index {summary.index}" + (f" (alias {summary.alias})" if summary.alias else ""),
+        f"  indexed {summary.indexed}, failed {summary.failed}, skipped {summary.skipped}, "
+        f"already indexed (resume) {summary.resumed}",
+        f"  {summary.docs_per_second:.1f} docs/s, {summary.mean_features:.1f} features/doc, "
+        f"{summary.retries} retried requests",
+        f"  index now holds {summary.index_docs} documents, {(summary.index_size_bytes or 0) / 2**20:.1f} MiB on disk",
+    ]
+    if summary.empty:
+        lines.append(f"  {summary.empty} empty texts indexed with no features")
+    if summary.duplicate_ids:
+        lines.append(f"  {summary.duplicate_ids} repeated ids (the later record wins), e.g. "
+                     + ", ".join(summary.duplicate_examples[:5]))
+    if summary.failures_file:
+        lines.append(f"  failures: {summary.failures_file}")
+    click.echo("\n".join(lines))
