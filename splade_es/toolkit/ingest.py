@@ -189,7 +189,7 @@ class Ingester:
             check_compatible(self.engine.mappings(index), self.spec, index)
             return
         try:
-            self.engine.create_index(index, index_body(self.engine.info.kind, self.spec))
+            self.engine.create_index(index, index_body(self.engine.info, self.spec))
         except EngineError as exc:
             if "already_exists" not in str(exc) and "already exists" not in str(exc):
                 raise

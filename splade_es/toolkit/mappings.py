@@ -13,7 +13,7 @@ from typing import Any
 
 import splade_es
 from splade_es.errors import ConfigError
-from splade_es.toolkit.engines.base import Capabilities
+from splade_es.toolkit.engines.base import Capabilities, EngineInfo
 
 
 def mappings_dir() -> Path:
@@ -71,10 +71,17 @@ def choose_field_type(capabilities: Capabilities, requested: str | None, where: 
     return supported[0]
 
 
-def index_body(engine_kind: str, spec: VectorIndexSpec) -> dict[str, Any]:
-    """The create-index body: the shipped mapping, with the vector field renamed and ``_meta`` filled."""
-    body = load_mapping(_TEMPLATE_ENGINE[engine_kind], spec.field_type)
+def index_body(engine: EngineInfo, spec: VectorIndexSpec) -> dict[str, Any]:
+    """The create-index body: the shipped mapping, with the vector field renamed and ``_meta`` filled.
+
+    A node without the ``english`` analyzer (analysis-common) gets ``standard`` instead.
+    """
+    body = load_mapping(_TEMPLATE_ENGINE[engine.kind], spec.field_type)
     properties = body["mappings"]["properties"]
+    if not engine.capabilities.english_analyzer:
+        for spec_of_field in properties.values():
+            if spec_of_field.get("analyzer") == "english":
+                spec_of_field["analyzer"] = "standard"
     properties[spec.field] = properties.pop("splade")
     properties[spec.terms_field] = properties.pop("splade_terms")
     body["mappings"]["_meta"] = {"splade_es": spec.meta()}

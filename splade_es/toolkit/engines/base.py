@@ -41,6 +41,7 @@ class Capabilities:
     sparse_vector_field: bool
     sparse_vector_query: bool = False
     neural_sparse: bool = False
+    english_analyzer: bool = True  # analysis-common; test-only nodes may lack it
 
     def field_types(self) -> list[str]:
         return [name for name, ok in (("rank_features", self.rank_features),

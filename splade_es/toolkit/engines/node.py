@@ -33,6 +33,12 @@ DEFAULT_PORTS = {"opensearch": 9200, "elasticsearch": 9201}
 DEFAULT_HEAP = "512m"
 _ENV_PREFIX = {"opensearch": "OPENSEARCH", "elasticsearch": "ES"}
 _UNPRIVILEGED_USER = "nobody"
+_RECIPE = "2"  # bump when assembly changes, so cached distributions are rebuilt
+# OpenSearch modules the integ-test zip lacks: (Maven artifact, plugin class pattern inside the jar).
+_OPENSEARCH_MODULES = {
+    "mapper-extras": ("mapper-extras-client", r"org/opensearch/index/mapper/MapperExtras\w*Plugin\.class"),
+    "analysis-common": ("analysis-common", r"org/opensearch/analysis/common/Common\w*Plugin\.class"),
+}
 
 
 class NodeError(SpladeError):
@@ -106,7 +112,8 @@ class LocalNode:
 
     def assemble(self) -> Path:
         """Download (Maven) and unpack the distribution once; later calls reuse it."""
-        if (self.dist_dir / ".assembled").is_file():
+        marker = self.dist_dir / ".assembled"
+        if marker.is_file() and marker.read_text().split() == [self.version, _RECIPE]:
             return self.dist_dir
         self.root.mkdir(parents=True, exist_ok=True)
         downloads = self.root / "downloads"
@@ -116,9 +123,11 @@ class LocalNode:
         try:
             home = _unzip_single_root(archive, staging)
             if self.kind == "opensearch":
-                jar = self._maven_fetch(f"org.opensearch.plugin:mapper-extras-client:{self.version}:jar", downloads)
-                _install_module(home / "modules" / "mapper-extras", jar, self.version, minimum_java(self.kind, self.version))
-            (home / ".assembled").write_text(self.version + "\n")
+                for module, (artifact, plugin_class) in _OPENSEARCH_MODULES.items():
+                    jar = self._maven_fetch(f"org.opensearch.plugin:{artifact}:{self.version}:jar", downloads)
+                    _install_module(home / "modules" / module, jar, plugin_class, self.version,
+                                    minimum_java(self.kind, self.version))
+            (home / ".assembled").write_text(f"{self.version} {_RECIPE}\n")
             self.dist_dir.parent.mkdir(parents=True, exist_ok=True)
             shutil.rmtree(self.dist_dir, ignore_errors=True)
             home.rename(self.dist_dir)
@@ -127,7 +136,7 @@ class LocalNode:
         return self.dist_dir
 
     def _maven_fetch(self, artifact: str, directory: Path) -> Path:
-        group, name, version, packaging = artifact.split(":")
+        _, name, version, packaging = artifact.split(":")
         target = directory / f"{name}-{version}.{packaging}"
         if target.is_file():
             return target
@@ -286,16 +295,16 @@ def _unzip_single_root(archive: Path, target: Path) -> Path:
     return tops[0]
 
 
-def _install_module(directory: Path, jar: Path, version: str, java: int) -> None:
-    """Make the mapper-extras client jar a module; its plugin class is read from the jar."""
+def _install_module(directory: Path, jar: Path, plugin_class: str, version: str, java: int) -> None:
+    """Make a published module jar a module; its plugin class is read from the jar, not assumed."""
     with zipfile.ZipFile(jar) as archive:
-        classes = [n for n in archive.namelist() if re.fullmatch(r"org/opensearch/index/mapper/MapperExtras\w*Plugin\.class", n)]
+        classes = [n for n in archive.namelist() if re.fullmatch(plugin_class, n)]
     if not classes:
-        raise NodeError(f"{jar}: no MapperExtras*Plugin class inside")
+        raise NodeError(f"{jar}: no plugin class matching {plugin_class} inside")
     directory.mkdir(parents=True)
     shutil.copy2(jar, directory / jar.name)
     descriptor = {
-        "name": "mapper-extras", "description": "rank_features, rank_feature and other field mappers",
+        "name": directory.name, "description": f"{directory.name} (from {jar.name})",
         "version": version, "opensearch.version": version, "java.version": str(java),
         "classname": classes[0].removesuffix(".class").replace("/", "."),
     }

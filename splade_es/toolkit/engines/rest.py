@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from abc import abstractmethod
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 from urllib.parse import quote
 
@@ -21,7 +22,17 @@ class RestEngine(Engine):
     kind: str
 
     def __init__(self, location: str, version: str, modules: set[str]) -> None:
-        self.info = EngineInfo(self.kind, version, self.detect_capabilities(version, modules), location)
+        capabilities = replace(self.detect_capabilities(version, modules), english_analyzer=self._has_analyzer("english"))
+        self.info = EngineInfo(self.kind, version, capabilities, location)
+
+    def _has_analyzer(self, name: str) -> bool:
+        try:
+            self._send("POST", "/_analyze", {"analyzer": name, "text": "probe"})
+        except EngineError as exc:
+            if exc.status == 400:
+                return False
+            raise
+        return True
 
     @classmethod
     @abstractmethod
