@@ -6,7 +6,9 @@ same path users do.
 
 from __future__ import annotations
 
+import json
 import os
+import uuid
 from pathlib import Path
 
 import pytest
@@ -96,3 +98,57 @@ def cranfield_texts() -> list[str]:
         pytest.fail(f"Cranfield not found at {path}: put shared/ beside the checkout or set SPLADE_ES_SHARED_DATA")
     with path.open(encoding="utf-8") as handle:
         return [json.loads(next(handle))["text"] for _ in range(12)]
+
+
+# ------------------------------------------------------------ real engines
+# .ci/run starts OpenSearch and Elasticsearch (splade-es engine start) and exports their
+# URLs; under CI=true a missing URL fails the test instead of skipping it.
+ENGINE_URL_VARIABLES = {"opensearch": "SPLADE_ES_TEST_OPENSEARCH_URL", "elasticsearch": "SPLADE_ES_TEST_ELASTICSEARCH_URL"}
+
+
+def engine_url(kind: str) -> str:
+    variable = ENGINE_URL_VARIABLES[kind]
+    url = os.environ.get(variable, "").strip()
+    if not url:
+        message = f"{variable} is not set: start one with 'splade-es engine start --kind {kind}'"
+        if os.environ.get("CI") == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    return url
+
+
+@pytest.fixture(params=["local", "opensearch", "elasticsearch"])
+def target(request, tmp_path) -> dict:
+    """Where to ingest: CLI arguments, a fresh index name, and an open engine to check with."""
+    from splade_es.toolkit.engines.connect import connect
+
+    index = f"test-{uuid.uuid4().hex[:10]}"
+    if request.param == "local":
+        args = ["--data-dir", str(tmp_path / "local-engine")]
+        engine = connect(None, "local", tmp_path / "local-engine")
+    else:
+        url = engine_url(request.param)
+        args = ["--url", url]
+        engine = connect(url)
+    yield {"kind": request.param, "args": [*args, "--state-dir", str(tmp_path / "state")], "index": index,
+           "engine": engine, "url": None if request.param == "local" else url}
+    if request.param != "local":
+        for name in [*engine.alias_targets(index), index]:
+            engine.delete_index(name)
+    engine.close()
+
+
+@pytest.fixture(scope="session")
+def cranfield_vectors(tmp_path_factory, tiny_mistral_dir) -> Path:
+    """The tiny model's vectors for all of Cranfield, in `splade-es encode --json` format."""
+    from splade_es.model import SparseEncoder
+    from splade_es.toolkit.corpus import read_corpus, resolve_corpus
+
+    documents = list(read_corpus(resolve_corpus(SHARED_DATA / "cranfield", None, None)))
+    encoder = SparseEncoder.from_pretrained(str(tiny_mistral_dir), device="cpu")
+    vectors = encoder.encode_documents([d.text for d in documents], show_progress=False)
+    path = tmp_path_factory.mktemp("vectors") / "cranfield.jsonl"
+    with path.open("w") as handle:
+        for document, vector in zip(documents, vectors):
+            handle.write(json.dumps({"id": document.id, "features": vector.to_features()}) + "\n")
+    return path
