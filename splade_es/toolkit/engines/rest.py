@@ -49,17 +49,15 @@ class RestEngine(Engine):
         self._send("PUT", f"/{_p(name)}", body, {"wait_for_active_shards": "1"})
 
     def delete_index(self, name: str) -> bool:
-        try:
-            self._send("DELETE", f"/{_p(name)}")
-        except EngineError as exc:
-            if exc.status == 404:
-                return False
-            raise
-        return True
+        return self._found("DELETE", f"/{_p(name)}")
 
     def exists(self, name: str) -> bool:
+        return self._found("HEAD", f"/{_p(name)}")
+
+    def _found(self, method: str, path: str) -> bool:
+        """Send a request whose 404 means "no such thing" rather than an error."""
         try:
-            self._send("HEAD", f"/{_p(name)}")
+            self._send(method, path)
         except EngineError as exc:
             if exc.status == 404:
                 return False
