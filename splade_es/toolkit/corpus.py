@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import csv
 import gzip
-import json
+import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import orjson
 
 from splade_es.errors import InputError
 
@@ -111,8 +113,8 @@ def _raw_records(path: Path) -> Iterator[tuple[str, Any]]:
                 if not line.strip():
                     continue
                 try:
-                    yield f"{name}:{number}", json.loads(line)
-                except json.JSONDecodeError as exc:
+                    yield f"{name}:{number}", orjson.loads(line)
+                except orjson.JSONDecodeError as exc:
                     yield f"{name}:{number}", InputError(f"{name}:{number}: invalid JSON ({exc.msg} at column {exc.colno})")
     except UnicodeDecodeError as exc:
         raise InputError(f"{name}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
@@ -141,9 +143,19 @@ def read_vectors(path: str | Path) -> Iterator[tuple[str, str, dict[str, float]]
             raise record
         if not isinstance(record, dict) or "id" not in record or not isinstance(record.get("features"), dict):
             raise InputError(f"{where}: expected {{\"id\", \"features\": {{name: weight}}}} (splade-es encode --json)")
-        for feature, weight in record["features"].items():
-            if not feature or "." in feature:
-                raise InputError(f"{where}: feature name {feature!r} is empty or contains '.'")
-            if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not weight > 0 or weight == float("inf"):
-                raise InputError(f"{where}: feature {feature!r} has an invalid weight {weight!r}")
-        yield where, str(record["id"]), {k: float(v) for k, v in record["features"].items()}
+        yield where, str(record["id"]), _checked_features(record["features"], where)
+
+
+def _checked_features(features: dict[str, Any], where: str) -> dict[str, float]:
+    """The features as floats; a whole-vector check first, the per-feature search only on failure."""
+    weights = list(features.values())
+    names_ok = "" not in features and "." not in "".join(features)
+    types = set(map(type, weights))
+    if names_ok and types <= {float, int} and (not weights or (min(weights) > 0 and math.isfinite(sum(weights)))):
+        return features if types <= {float} else {k: float(v) for k, v in features.items()}
+    for feature, weight in features.items():
+        if not feature or "." in feature:
+            raise InputError(f"{where}: feature name {feature!r} is empty or contains '.'")
+        if type(weight) not in (float, int) or not 0 < weight < math.inf:
+            raise InputError(f"{where}: feature {feature!r} has an invalid weight {weight!r}")
+    raise InputError(f"{where}: the feature weights do not sum to a finite number")

@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 from splade_es.errors import SpladeError
 from splade_es.toolkit.corpus import BadRecord, Document
 from splade_es.toolkit.engines.base import BulkFailure, Engine, EngineError, EngineUnavailable
-from splade_es.toolkit.engines.rest import bulk_payload
+from splade_es.toolkit.engines.rest import bulk_line
 from splade_es.toolkit.mappings import VectorIndexSpec, check_compatible, index_body
 
 Features = dict[str, float]
@@ -117,11 +117,19 @@ class Checkpoint:
 
 
 @dataclass
+class _Pending:
+    id: str
+    body: dict[str, Any]
+    line: bytes  # its action and source lines of a _bulk body, serialised once
+
+
+@dataclass
 class _Chunk:
     first: int  # shard positions [first, last)
     last: int
-    documents: list[tuple[str, dict[str, Any]]]
+    documents: list[_Pending]
     features: int
+
 
 
 class _Watermark:
@@ -275,12 +283,12 @@ class Ingester:
             if not vector:
                 summary.empty += 1
             body = document_body(document, vector, self.spec, self.options.terms_top_k)
-            line = len(json.dumps(body, ensure_ascii=False)) + len(document.id) + 64
-            if current and (len(current) >= self.options.chunk_docs or size + line > self.options.chunk_bytes):
+            line = bulk_line(index, document.id, body)
+            if current and (len(current) >= self.options.chunk_docs or size + len(line) > self.options.chunk_bytes):
                 chunks.append(_Chunk(first, position, current, count))
                 current, size, first, count = [], 0, position, 0
-            current.append((document.id, body))
-            size += line
+            current.append(_Pending(document.id, body, line))
+            size += len(line)
             count += len(vector)
         chunks.append(_Chunk(first, block[-1][0] + 1, current, count))
         return {pool.submit(self._send, index, chunk) for chunk in chunks}
@@ -301,16 +309,16 @@ class Ingester:
                     return chunk, final, retries
                 if retries >= self.options.max_retries:
                     return chunk, final + [f for f in failures if f.retryable], retries
-                todo = [(doc_id, body) for doc_id, body in todo if doc_id in again]
+                todo = [pending for pending in todo if pending.id in again]
             retries += 1
             time.sleep(delay)
             delay = min(delay * 2, self.options.max_backoff)
 
-    def _bulk(self, index: str, documents: list[tuple[str, dict[str, Any]]]) -> list[BulkFailure]:
+    def _bulk(self, index: str, documents: list[_Pending]) -> list[BulkFailure]:
         bulk_raw = getattr(self.engine, "bulk_raw", None)
         if bulk_raw is not None:
-            return bulk_raw(bulk_payload(index, documents))
-        return self.engine.bulk(index, documents)
+            return bulk_raw(b"".join(pending.line for pending in documents))
+        return self.engine.bulk(index, [(pending.id, pending.body) for pending in documents])
 
     def _drain(self, pending: set[Future], watermark: _Watermark, summary: IngestSummary, failures,
                bar, keep: int) -> set[Future]:

@@ -12,7 +12,7 @@ from splade_es.errors import InputError
 from splade_es.toolkit.cli.common import engine_options, friendly_errors, open_engine, quiet_libraries
 from splade_es.toolkit.corpus import BadRecord, Document, read_corpus, read_vectors, resolve_corpus
 from splade_es.toolkit.distributed import Group, Ranks
-from splade_es.toolkit.ingest import IngestOptions, Ingester, IngestSummary, shard
+from splade_es.toolkit.ingest import Ingester, IngestOptions, IngestSummary, shard
 from splade_es.toolkit.mappings import FIELD_TYPES, VectorIndexSpec, choose_field_type
 
 

@@ -1,0 +1,44 @@
+"""Reading precomputed vectors: valid lines come back as floats, every bad line names itself."""
+
+from __future__ import annotations
+
+import pytest
+
+from splade_es.errors import InputError
+from splade_es.toolkit.corpus import read_vectors
+
+
+def _write(tmp_path, *lines: str):
+    path = tmp_path / "vectors.jsonl"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def test_valid_lines_give_float_weights_in_order(tmp_path):
+    path = _write(tmp_path, '{"id": 7, "features": {"a": 1, "b": 0.25}}', "",
+                  '{"id": "x", "features": {}}', '{"id": "y", "features": {"é": 2.5e-30}}')
+    rows = list(read_vectors(path))
+    assert [(where.rsplit(":", 1)[1], doc_id) for where, doc_id, _ in rows] == [("1", "7"), ("3", "x"), ("4", "y")]
+    assert rows[0][2] == {"a": 1.0, "b": 0.25} and all(type(w) is float for w in rows[0][2].values())
+    assert rows[1][2] == {} and rows[2][2] == {"é": 2.5e-30}
+
+
+@pytest.mark.parametrize("features, problem", [
+    ('{"a": 0.5, "": 1.0}', "feature name '' is empty"),
+    ('{"a.b": 1.0}', "feature name 'a.b'"),
+    ('{"a": 0.5, "b": 0}', "feature 'b' has an invalid weight 0"),
+    ('{"a": -1.5}', "feature 'a' has an invalid weight -1.5"),
+    ('{"a": true}', "feature 'a' has an invalid weight True"),
+    ('{"a": "1.0"}', "feature 'a' has an invalid weight '1.0'"),
+    ('{"a": NaN}', "invalid JSON"),
+    ('[1, 2]', "expected"),
+])
+def test_a_bad_line_names_file_line_and_problem(tmp_path, features, problem):
+    path = _write(tmp_path, '{"id": "ok", "features": {"a": 1.0}}', f'{{"id": "bad", "features": {features}}}')
+    rows = read_vectors(path)
+    assert next(rows)[1] == "ok"
+    with pytest.raises(InputError) as raised:
+        next(rows)
+    message = str(raised.value)
+    assert message.startswith(f"{path}:2: ") and problem in message and "\n" not in message
+
