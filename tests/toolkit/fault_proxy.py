@@ -14,14 +14,17 @@ _HOP_HEADERS = {"connection", "keep-alive", "transfer-encoding", "content-length
 class FaultProxy:
     """Forward everything to ``upstream``; bulk request n gets ``faults(n)`` (a status) or passes.
 
-    ``delay`` seconds are added before each forwarded bulk request. ``seen_headers`` keeps
-    every request's headers so a test can check what the client sent.
+    Any other request gets ``refuse(method, path)`` (a status) or passes, which is how a
+    test plays credentials that lack a privilege. ``delay`` seconds are added before each
+    forwarded bulk request. ``seen_headers`` keeps every request's headers so a test can
+    check what the client sent.
     """
 
-    def __init__(self, upstream: str, faults=lambda n: None, delay: float = 0.0) -> None:
+    def __init__(self, upstream: str, faults=lambda n: None, delay: float = 0.0,
+                 refuse=lambda method, path: None) -> None:
         target = urlsplit(upstream)
         self.upstream = (target.hostname, target.port)
-        self.faults, self.delay = faults, delay
+        self.faults, self.delay, self.refuse = faults, delay, refuse
         self.bulk_requests = 0
         self.injected = 0
         self.seen_headers: list[dict[str, str]] = []
@@ -37,19 +40,25 @@ class FaultProxy:
             def _forward(self) -> None:
                 body = self.rfile.read(int(self.headers.get("content-length") or 0))
                 proxy.seen_headers.append(dict(self.headers))
-                if self.path.split("?")[0].endswith("/_bulk"):
+                path = self.path.split("?")[0]
+                if path.endswith("/_bulk"):
                     with proxy._lock:
                         proxy.bulk_requests += 1
                         status = proxy.faults(proxy.bulk_requests)
-                        proxy.injected += status is not None
-                    if status is not None:
-                        payload = b'{"error":{"type":"injected","reason":"fault proxy"},"status":%d}' % status
-                        self.send_response(status)
-                        self.send_header("content-type", "application/json")
-                        self.send_header("content-length", str(len(payload)))
-                        self.end_headers()
+                else:
+                    status = proxy.refuse(self.command, path)
+                if status is not None:
+                    with proxy._lock:
+                        proxy.injected += 1
+                    payload = b'{"error":{"type":"injected","reason":"fault proxy"},"status":%d}' % status
+                    self.send_response(status)
+                    self.send_header("content-type", "application/json")
+                    self.send_header("content-length", str(len(payload)))
+                    self.end_headers()
+                    if self.command != "HEAD":
                         self.wfile.write(payload)
-                        return
+                    return
+                if path.endswith("/_bulk"):
                     time.sleep(proxy.delay)
                 connection = http.client.HTTPConnection(*proxy.upstream, timeout=60)
                 headers = {k: v for k, v in self.headers.items() if k.lower() not in _HOP_HEADERS}

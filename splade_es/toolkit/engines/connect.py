@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,6 +15,7 @@ import urllib3
 from splade_es.toolkit.engines.base import Engine, EngineError, EngineUnavailable
 
 ENGINE_KINDS = ("opensearch", "elasticsearch", "local")
+_log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -102,19 +104,15 @@ def probe(url: str, credentials: Credentials, timeout: float) -> tuple[str, str,
 
     Elasticsearch marks every answer with ``X-Elastic-Product``; the node info lists
     version, modules and plugins on both engines (the root endpoint may be absent).
+    Credentials without the ``monitor`` privilege cannot read it: see :func:`_probe_restricted`.
     """
     pool = _pool(url, credentials, timeout)
     path = "/_nodes/_local/plugins?filter_path=nodes.*.version,nodes.*.modules.name,nodes.*.plugins.name"
-    try:
-        reply = pool.request("GET", url.rstrip("/") + path, headers=credentials.headers(), retries=False)
-    except urllib3.exceptions.SSLError as exc:
-        raise EngineUnavailable(f"TLS verification failed for {url}: {_first_line(exc)} "
-                                "(pass --ca-certs, or --insecure to skip verification)") from None
-    except urllib3.exceptions.HTTPError as exc:
-        raise EngineUnavailable(f"cannot reach the engine at {url}: {_first_line(exc)}") from None
-    if reply.status in (401, 403):
-        raise EngineError(f"{url} refused the credentials (HTTP {reply.status}): check the API key or user",
-                          reply.status)
+    reply = _request(pool, "GET", url, path, credentials)
+    if reply.status == 403:
+        return _probe_restricted(pool, url, credentials)
+    if reply.status == 401:
+        raise EngineError(f"{url} refused the credentials (HTTP 401): check the API key or user", 401)
     if reply.status >= 400:
         raise EngineError(f"{url} answered HTTP {reply.status} to a node-info request", reply.status)
     try:
@@ -122,9 +120,48 @@ def probe(url: str, credentials: Credentials, timeout: float) -> tuple[str, str,
         node = next(iter(nodes.values()))
     except (ValueError, KeyError, StopIteration):
         raise EngineError(f"{url} does not look like Elasticsearch or OpenSearch") from None
-    kind = "elasticsearch" if reply.headers.get("X-Elastic-Product") == "Elasticsearch" else "opensearch"
     modules = {m["name"] for m in node.get("modules", [])} | {p["name"] for p in node.get("plugins", [])}
-    return kind, str(node.get("version", "0")), modules
+    return _kind(reply), str(node.get("version", "0")), modules
+
+
+def _probe_restricted(pool: urllib3.PoolManager, url: str, credentials: Credentials) -> tuple[str, str, set[str]]:
+    """Kind and version from the root endpoint, or when that is refused too, the kind from the
+    product header of an empty search and the version as ``unknown``. Modules stay unknown, so
+    the engine falls back on the query types the server parses."""
+    _log.warning("%s: these credentials may not read node info (HTTP 403, no 'monitor' privilege); "
+                 "detecting capabilities from the query types the server accepts", url)
+    reply = _request(pool, "GET", url, "/", credentials)
+    if reply.status < 300:
+        try:
+            version = json.loads(reply.data)["version"]
+            kind = "opensearch" if version.get("distribution") == "opensearch" else _kind(reply)
+            return kind, str(version["number"]), set()
+        except (ValueError, KeyError, TypeError):
+            raise EngineError(f"{url} does not look like Elasticsearch or OpenSearch") from None
+    reply = _request(pool, "POST", url, "/splade-es-capability-probe-*/_search?allow_no_indices=true", credentials,
+                     body=b'{"size":0}')
+    if reply.status >= 400 and not reply.headers.get("X-Elastic-Product"):
+        raise EngineError(f"{url} refused every request (HTTP {reply.status}): check the API key or user",
+                          reply.status)
+    return _kind(reply), "unknown", set()
+
+
+def _kind(reply: urllib3.BaseHTTPResponse) -> str:
+    return "elasticsearch" if reply.headers.get("X-Elastic-Product") == "Elasticsearch" else "opensearch"
+
+
+def _request(pool: urllib3.PoolManager, method: str, url: str, path: str, credentials: Credentials,
+             body: bytes | None = None) -> urllib3.BaseHTTPResponse:
+    headers = credentials.headers()
+    if body is not None:
+        headers["content-type"] = "application/json"
+    try:
+        return pool.request(method, url.rstrip("/") + path, headers=headers, body=body, retries=False)
+    except urllib3.exceptions.SSLError as exc:
+        raise EngineUnavailable(f"TLS verification failed for {url}: {_first_line(exc)} "
+                                "(pass --ca-certs, or --insecure to skip verification)") from None
+    except urllib3.exceptions.HTTPError as exc:
+        raise EngineUnavailable(f"cannot reach the engine at {url}: {_first_line(exc)}") from None
 
 
 def _pool(url: str, credentials: Credentials, timeout: float) -> urllib3.PoolManager:

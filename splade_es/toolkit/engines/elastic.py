@@ -16,8 +16,9 @@ _NDJSON = "application/vnd.elasticsearch+x-ndjson; compatible-with=8"
 
 
 def _version_tuple(version: str) -> tuple[int, int]:
+    """``(major, minor)``; ``(0, 0)`` when the server did not say (restricted credentials)."""
     major, minor, *_ = (version.split("-")[0].split(".") + ["0", "0"])
-    return int(major), int(minor)
+    return (int(major), int(minor)) if major.isdigit() and minor.isdigit() else (0, 0)
 
 
 class ElasticsearchEngine(RestEngine):
@@ -38,12 +39,13 @@ class ElasticsearchEngine(RestEngine):
         super().__init__(url, version, modules)
 
     @classmethod
-    def detect_capabilities(cls, version: str, modules: set[str]) -> Capabilities:
-        release = _version_tuple(version)
+    def detect_capabilities(cls, version: str, modules: set[str], queries: set[str]) -> Capabilities:
+        # mapper-extras brings the rank_features field and the rank_feature query together;
+        # the sparse_vector field (8.11) predates the query of that name (8.15).
         return Capabilities(
-            rank_features="mapper-extras" in modules,
-            sparse_vector_field=release >= (8, 11),
-            sparse_vector_query=release >= (8, 15) and "x-pack-core" in modules,
+            rank_features="mapper-extras" in modules or "rank_feature" in queries,
+            sparse_vector_field=_version_tuple(version) >= (8, 11) or "sparse_vector" in queries,
+            sparse_vector_query="sparse_vector" in queries,
         )
 
     def _send(self, method: str, path: str, body: Any = None, params: dict[str, Any] | None = None,

@@ -25,11 +25,11 @@ class OpenSearchEngine(RestEngine):
         super().__init__(url, version, modules)
 
     @classmethod
-    def detect_capabilities(cls, version: str, modules: set[str]) -> Capabilities:
+    def detect_capabilities(cls, version: str, modules: set[str], queries: set[str]) -> Capabilities:
         return Capabilities(
-            rank_features="mapper-extras" in modules,
+            rank_features="mapper-extras" in modules or "rank_feature" in queries,
             sparse_vector_field=False,
-            neural_sparse="opensearch-neural-search" in modules,
+            neural_sparse="neural_sparse" in queries,
         )
 
     def _send(self, method: str, path: str, body: Any = None, params: dict[str, Any] | None = None,

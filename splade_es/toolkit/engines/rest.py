@@ -20,13 +20,24 @@ from splade_es.toolkit.engines.base import BulkFailure, Capabilities, Engine, En
 _BULK_REPLY = "errors,items.*._id,items.*.status,items.*.error"
 
 
+# Query types whose presence decides the query form, each with a body the server will parse.
+_QUERY_PROBES: dict[str, dict[str, Any]] = {
+    "rank_feature": {"field": "splade_es_probe.x"},
+    "sparse_vector": {"field": "splade_es_probe", "query_vector": {"x": 1.0}},
+    "neural_sparse": {"splade_es_probe": {"query_tokens": {"x": 1.0}}},
+}
+_PROBE_PATTERN = "splade-es-capability-probe-*"
+
+
 class RestEngine(Engine):
     """An engine reached over HTTP through its official Python client."""
 
     kind: str
 
     def __init__(self, location: str, version: str, modules: set[str]) -> None:
-        capabilities = replace(self.detect_capabilities(version, modules), english_analyzer=self._has_analyzer("english"))
+        queries = {name for name, body in _QUERY_PROBES.items() if self._knows_query(name, body)}
+        capabilities = replace(self.detect_capabilities(version, modules, queries),
+                               english_analyzer=self._has_analyzer("english"))
         self.info = EngineInfo(self.kind, version, capabilities, location)
 
     def _has_analyzer(self, name: str) -> bool:
@@ -38,10 +49,23 @@ class RestEngine(Engine):
             raise
         return True
 
+    def _knows_query(self, name: str, body: dict[str, Any]) -> bool:
+        """Whether the server parses query ``name``: it does so before touching any index, and
+        a search over a pattern matching nothing needs no privilege on existing data."""
+        try:
+            self._send("POST", f"/{_PROBE_PATTERN}/_search", {"size": 0, "query": {name: body}},
+                       {"allow_no_indices": "true", "ignore_unavailable": "true"})
+        except EngineError as exc:
+            if exc.status in (400, 401, 403):
+                return False
+            raise
+        return True
+
     @classmethod
     @abstractmethod
-    def detect_capabilities(cls, version: str, modules: set[str]) -> Capabilities:
-        """Field types and queries this server supports, from its version and modules."""
+    def detect_capabilities(cls, version: str, modules: set[str], queries: set[str]) -> Capabilities:
+        """Field types and queries this server supports, from its version, its modules (empty
+        when the node list was not readable) and the query types it parsed."""
 
     @abstractmethod
     def _send(self, method: str, path: str, body: Any = None, params: dict[str, Any] | None = None,

@@ -1,0 +1,53 @@
+"""Engine detection against the real nodes: kind, version and capabilities read from the server."""
+
+from __future__ import annotations
+
+import pytest
+import urllib3
+
+from splade_es.toolkit.engines.base import EngineError
+from splade_es.toolkit.engines.connect import connect
+from toolkit.fault_proxy import FaultProxy
+
+
+@pytest.mark.parametrize("target", ["opensearch", "elasticsearch"], indirect=True)
+@pytest.mark.parametrize("root_allowed", [True, False])
+def test_credentials_without_monitor_privilege_still_detect_kind_and_capabilities(target, root_allowed):
+    """A user who may search and index but not read node info (HTTP 403 on _nodes, maybe on /)."""
+    direct = target["engine"].info
+
+    def refuse(method: str, path: str) -> int | None:
+        return 403 if path.startswith("/_nodes") or (path == "/" and not root_allowed) else None
+
+    with FaultProxy(target["url"], refuse=refuse) as proxy:
+        engine = connect(proxy.url)
+        try:
+            restricted = engine.info
+        finally:
+            engine.close()
+    assert proxy.injected >= 1 + (not root_allowed)
+    assert restricted.kind == direct.kind == target["kind"]
+    root_answers = urllib3.request("GET", target["url"]).status == 200  # the ES integ-test node has no GET /
+    assert restricted.version == (direct.version if root_allowed and root_answers else "unknown")
+    assert restricted.capabilities == direct.capabilities
+
+
+@pytest.mark.parametrize("target", ["opensearch", "elasticsearch"], indirect=True)
+def test_capabilities_match_what_the_node_can_do(target):
+    """Detected capabilities agree with the node's own answer to a mapping that uses each type."""
+    engine, index = target["engine"], target["index"]
+    for field_type, detected in (("rank_features", engine.info.capabilities.rank_features),
+                                 ("sparse_vector", engine.info.capabilities.sparse_vector_field)):
+        try:
+            engine.create_index(index, {"mappings": {"properties": {"v": {"type": field_type}}}})
+        except EngineError as exc:
+            assert not detected, f"{field_type} detected but refused: {exc}"
+        else:
+            assert detected, f"{field_type} not detected but accepted"
+            engine.delete_index(index)
+
+
+def test_wrong_credentials_are_one_clear_error():
+    with FaultProxy("http://127.0.0.1:9", refuse=lambda method, path: 401) as proxy:
+        with pytest.raises(EngineError, match=r"refused the credentials \(HTTP 401\)"):
+            connect(proxy.url, credentials=None)
