@@ -181,6 +181,10 @@ class SparseEncoder:
                 bar.update(len(batch_indices))
         return results[0] if single else results
 
+    def text_features(self, text: str) -> set[str]:
+        """Feature names of the text's own tokens; a vector's other features are expansions."""
+        return set(self.namer.names(self.inputs.tokenize(text)))
+
     def decode(self, vector: SparseVector, top_k: int | None = None) -> list[tuple[str, float]]:
         """``[(feature, weight)]``, heaviest first: what a vector means in words."""
         return vector.top(top_k)

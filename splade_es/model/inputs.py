@@ -60,9 +60,10 @@ class InputBuilder:
             return [[], [], []]
         template = self.config.query_template if is_query else self.config.document_template
         template = template.replace(PROMPT_SLOT, self.config.query_prompt)
-        return [self._tokenize(piece) if piece else [] for piece in template.split(TEXT_SLOT)]
+        return [self.tokenize(piece) if piece else [] for piece in template.split(TEXT_SLOT)]
 
-    def _tokenize(self, text: str) -> list[int]:
+    def tokenize(self, text: str) -> list[int]:
+        """The text's token ids alone (no template, no special tokens)."""
         return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 
     def encode(self, texts: Sequence[str], is_query: bool) -> list[Encoded]:

@@ -6,6 +6,7 @@ the repository root.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,12 +52,17 @@ class VectorIndexSpec:
 
     @property
     def terms_field(self) -> str:
-        return f"{self.field}_terms"
+        return terms_field_of(self.field)
 
     def meta(self) -> dict[str, Any]:
         return {"model": self.model, "config_hash": self.config_hash, "pruning": self.pruning,
                 "field": self.field, "field_type": self.field_type, "feature_naming": self.feature_naming,
                 "splade_es_version": splade_es.__version__}
+
+
+def terms_field_of(vector_field: str) -> str:
+    """The keyword array of a document's top expansion terms, next to its vector field."""
+    return f"{vector_field}_terms"
 
 
 def choose_field_type(capabilities: Capabilities, requested: str | None, where: str) -> str:
@@ -88,15 +94,37 @@ def index_body(engine: EngineInfo, spec: VectorIndexSpec) -> dict[str, Any]:
     return body
 
 
+def model_id(model: str, adapter: str | None = None) -> str:
+    """How an index records its model: a local bundle by absolute path, a hub id as given,
+    and an adapter applied to it after a ``+``."""
+
+    def one(name: str) -> str:
+        path = Path(name).expanduser()
+        return str(path.resolve()) if path.is_dir() else name
+
+    return one(model) + (f" + {one(adapter)}" if adapter else "")
+
+
+def config_hash(config: dict[str, Any]) -> str:
+    """A short fingerprint of an encoder's ``splade_config.json`` settings."""
+    return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def same_model(recorded: str | None, recorded_hash: str | None, model: str, model_hash: str | None) -> bool:
+    """Whether ``model`` (an id from :func:`model_id`, with its config hash when known) is the
+    one an index recorded."""
+    if recorded != model:
+        return False
+    return not (recorded_hash and model_hash and recorded_hash != model_hash)
+
+
 def check_compatible(mappings: dict[str, dict[str, Any]], spec: VectorIndexSpec, index: str) -> None:
     """Refuse to mix vectors of different models (or encoder settings) in one index."""
     for name, mapping in mappings.items():
         recorded = mapping.get("_meta", {}).get("splade_es")
         if not recorded:
             raise ConfigError(f"index {name!r} was not created by splade-es (no _meta.splade_es): pick a new index")
-        if recorded.get("model") != spec.model or (
-            recorded.get("config_hash") and spec.config_hash and recorded["config_hash"] != spec.config_hash
-        ):
+        if not same_model(recorded.get("model"), recorded.get("config_hash"), spec.model, spec.config_hash):
             raise ConfigError(
                 f"index {index!r} holds vectors from model {recorded.get('model')!r} (config "
                 f"{recorded.get('config_hash')}); this run uses {spec.model!r} (config {spec.config_hash}): "

@@ -65,5 +65,31 @@ def open_engine(url: str | None, engine_kind: str | None, data_dir: str | None, 
     """The engine the options describe; an unreachable one fails here, before any work."""
     from splade_es.toolkit.engines.connect import Credentials, connect
 
+    route_warnings()
     credentials = Credentials(api_key or None, username or None, password or None, ca_certs or None, not insecure)
     return connect(url, engine_kind, data_dir, credentials)
+
+
+def load_encoder(model: str, adapter: str | None = None, device: str | None = None):
+    """The sparse encoder for a command, with library chatter silenced."""
+    quiet_libraries()
+    from splade_es.model.encoder import SparseEncoder
+
+    return SparseEncoder.from_pretrained(model, adapter=adapter, device=device)
+
+
+class _StderrHandler(logging.Handler):
+    """Writes to whatever stderr is current (click resolves it per call)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        click.echo(self.format(record), err=True)
+
+
+def route_warnings() -> None:
+    """Our own warnings (a capped query, a fallback) reach stderr as one ``warning:`` line each."""
+    logger = logging.getLogger("splade_es")
+    if not any(isinstance(handler, _StderrHandler) for handler in logger.handlers):
+        handler = _StderrHandler()
+        handler.setFormatter(logging.Formatter("warning: %(message)s"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.WARNING)

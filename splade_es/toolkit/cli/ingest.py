@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 
 import click
 
 from splade_es.errors import InputError
-from splade_es.toolkit.cli.common import engine_options, friendly_errors, open_engine, quiet_libraries
+from splade_es.toolkit.cli.common import engine_options, friendly_errors, load_encoder, open_engine
 from splade_es.toolkit.corpus import BadRecord, Document, read_corpus, read_vectors, resolve_corpus
 from splade_es.toolkit.distributed import Group, Ranks
 from splade_es.toolkit.ingest import Ingester, IngestOptions, IngestSummary, shard
-from splade_es.toolkit.mappings import FIELD_TYPES, VectorIndexSpec, choose_field_type
+from splade_es.toolkit.mappings import FIELD_TYPES, VectorIndexSpec, choose_field_type, config_hash, model_id
 
 
 @click.command()
@@ -81,15 +80,15 @@ def ingest(index: str, corpus_path: str | None, model_path: str, adapter: str | 
     corpus = resolve_corpus(corpus_path, id_field, _split(text_fields)) if corpus_path else None
     records = read_corpus(corpus, skip_bad) if corpus else None
     if vectors_path:
-        spec = VectorIndexSpec(model_path, _bundle_config_hash(model_path, adapter), {"precomputed": Path(vectors_path).name},
-                               field, spec_field_type)
+        spec = VectorIndexSpec(model_id(model_path, adapter), _bundle_config_hash(model_path, adapter),
+                               {"precomputed": Path(vectors_path).name}, field, spec_field_type)
         records = _with_vectors(records, vectors_path)
         encode = _precomputed
     else:
-        quiet_libraries()
-        encoder, pruning = _load_encoder(model_path, adapter, device or ranks.default_device(), doc_top_k, doc_min_weight)
-        spec = VectorIndexSpec(model_path, config_hash(encoder.config.to_dict()), pruning.__dict__.copy(), field,
-                               spec_field_type, encoder.config.feature_naming)
+        encoder = load_encoder(model_path, adapter, device or ranks.default_device())
+        pruning = encoder.config.pruning(False).override(top_k=doc_top_k, min_weight=doc_min_weight)
+        spec = VectorIndexSpec(model_id(model_path, adapter), config_hash(encoder.config.to_dict()),
+                               pruning.__dict__.copy(), field, spec_field_type, encoder.config.feature_naming)
 
         def encode(documents: list[Document]) -> list[dict[str, float]]:
             vectors = encoder.encode_documents([d.text for d in documents], pruning=pruning, show_progress=False)
@@ -130,10 +129,6 @@ def _split(value: str | None) -> list[str] | None:
     return [part.strip() for part in value.split(",") if part.strip()] if value else None
 
 
-def config_hash(config: dict) -> str:
-    return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:16]
-
-
 def _bundle_config_hash(model_path: str, adapter: str | None) -> str | None:
     """With precomputed vectors the model is not loaded; a local bundle's config still identifies it."""
     from splade_es.model.config import SpladeConfig
@@ -144,14 +139,6 @@ def _bundle_config_hash(model_path: str, adapter: str | None) -> str | None:
             if config is not None:
                 return config_hash(config.to_dict())
     return None
-
-
-def _load_encoder(model_path: str, adapter: str | None, device: str | None, top_k: int | None,
-                  min_weight: float | None):
-    from splade_es.model.encoder import SparseEncoder
-
-    encoder = SparseEncoder.from_pretrained(model_path, adapter=adapter, device=device)
-    return encoder, encoder.config.pruning(False).override(top_k=top_k, min_weight=min_weight)
 
 
 def _with_vectors(records, vectors_path: str):

@@ -42,6 +42,8 @@ class Capabilities:
     sparse_vector_query: bool = False
     neural_sparse: bool = False
     english_analyzer: bool = True  # analysis-common; test-only nodes may lack it
+    rrf_retriever: bool = False  # Elasticsearch's native reciprocal rank fusion
+    hybrid_query: bool = False  # OpenSearch neural-search: hybrid query + normalization pipelines
 
     def field_types(self) -> list[str]:
         return [name for name, ok in (("rank_features", self.rank_features),

@@ -25,7 +25,9 @@ _QUERY_PROBES: dict[str, dict[str, Any]] = {
     "rank_feature": {"field": "splade_es_probe.x"},
     "sparse_vector": {"field": "splade_es_probe", "query_vector": {"x": 1.0}},
     "neural_sparse": {"splade_es_probe": {"query_tokens": {"x": 1.0}}},
+    "hybrid": {"queries": [{"match_all": {}}]},
 }
+_RRF_PROBE = {"size": 0, "retriever": {"rrf": {"retrievers": [{"standard": {"query": {"match_all": {}}}}] * 2}}}
 _PROBE_PATTERN = "splade-es-capability-probe-*"
 
 
@@ -35,9 +37,10 @@ class RestEngine(Engine):
     kind: str
 
     def __init__(self, location: str, version: str, modules: set[str]) -> None:
-        queries = {name for name, body in _QUERY_PROBES.items() if self._knows_query(name, body)}
+        queries = {name for name, body in _QUERY_PROBES.items() if self._parses({"size": 0, "query": {name: body}})}
         capabilities = replace(self.detect_capabilities(version, modules, queries),
-                               english_analyzer=self._has_analyzer("english"))
+                               english_analyzer=self._has_analyzer("english"), rrf_retriever=self._parses(_RRF_PROBE),
+                               hybrid_query="hybrid" in queries)
         self.info = EngineInfo(self.kind, version, capabilities, location)
 
     def _has_analyzer(self, name: str) -> bool:
@@ -49,11 +52,11 @@ class RestEngine(Engine):
             raise
         return True
 
-    def _knows_query(self, name: str, body: dict[str, Any]) -> bool:
-        """Whether the server parses query ``name``: it does so before touching any index, and
-        a search over a pattern matching nothing needs no privilege on existing data."""
+    def _parses(self, body: dict[str, Any]) -> bool:
+        """Whether the server accepts this search body: it parses (and licence-checks) it before
+        touching any index, and a pattern matching nothing needs no privilege on existing data."""
         try:
-            self._send("POST", f"/{_PROBE_PATTERN}/_search", {"size": 0, "query": {name: body}},
+            self._send("POST", f"/{_PROBE_PATTERN}/_search", body,
                        {"allow_no_indices": "true", "ignore_unavailable": "true"})
         except EngineError as exc:
             if exc.status in (400, 401, 403):

@@ -1,0 +1,87 @@
+"""From a query vector to the engine-native query that scores the exact dot product.
+
+| form | field | query |
+|---|---|---|
+| ``rank_feature`` | ``rank_features`` | ``bool.should`` of ``rank_feature`` with ``linear`` and ``boost = weight`` |
+| ``sparse_vector`` | ``sparse_vector`` | the x-pack ``sparse_vector`` query, ``"prune": false`` |
+| ``term`` | ``sparse_vector`` | ``bool.should`` of boosted ``term`` clauses (every ES build) |
+| ``neural_sparse`` | ``rank_features`` | OpenSearch neural-search ``query_tokens`` |
+
+``saturation`` (the ``rank_feature`` default) is not a dot product, hence ``linear``; newer
+Elasticsearch prunes ``sparse_vector`` queries unless told not to, hence ``prune: false``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+from splade_es.errors import ConfigError, InputError
+from splade_es.toolkit.engines.base import Capabilities
+
+FORMS = ("rank_feature", "sparse_vector", "term", "neural_sparse")
+DEFAULT_MAX_CLAUSES = 1024  # indices.query.bool.max_clause_count on OpenSearch; ES derives >= 1024 from heap
+
+_log = logging.getLogger(__name__)
+
+
+def supported_forms(capabilities: Capabilities, field_type: str) -> list[str]:
+    """The exact query forms this engine runs on a ``field_type`` field, preferred first."""
+    if field_type == "rank_features":
+        forms = ["rank_feature"] if capabilities.rank_features else []
+        return forms + (["neural_sparse"] if capabilities.neural_sparse else [])
+    if field_type == "sparse_vector":
+        return (["sparse_vector"] if capabilities.sparse_vector_query else []) + ["term"]
+    raise ConfigError(f"unknown vector field type {field_type!r}")
+
+
+def choose_form(capabilities: Capabilities, field_type: str, requested: str | None, where: str) -> str:
+    forms = supported_forms(capabilities, field_type)
+    if requested is None:
+        if not forms:
+            raise ConfigError(f"{where} has no query that scores a {field_type} field")
+        return forms[0]
+    if requested not in forms:
+        raise ConfigError(f"{where} cannot run the {requested} query on a {field_type} field "
+                          f"(it can: {', '.join(forms) or 'none'})")
+    return requested
+
+
+def capped(vector: Mapping[str, float], max_clauses: int) -> dict[str, float]:
+    """The vector, or its ``max_clauses`` heaviest terms with a warning: engines refuse longer
+    boolean queries outright (``too_many_clauses``), a slightly shorter query still ranks."""
+    if len(vector) <= max_clauses:
+        return dict(vector)
+    kept = sorted(vector.items(), key=lambda item: (-item[1], item[0]))[:max_clauses]
+    _log.warning("the query has %d terms; kept the %d heaviest (the engine's clause limit)", len(vector), max_clauses)
+    return dict(kept)
+
+
+def vector_query(vector: Mapping[str, float], field: str, form: str,
+                 max_clauses: int = DEFAULT_MAX_CLAUSES) -> dict[str, Any]:
+    """The query clause whose score is ``sum_j q_j * d_j`` over the stored vector ``field``."""
+    if not vector:
+        raise InputError("the query vector is empty: nothing to search for")
+    terms = capped(vector, max_clauses)
+    if form == "rank_feature":
+        return {"bool": {"should": [{"rank_feature": {"field": f"{field}.{term}", "linear": {}, "boost": weight}}
+                                    for term, weight in terms.items()]}}
+    if form == "term":
+        return {"bool": {"should": [{"term": {field: {"value": term, "boost": weight}}}
+                                    for term, weight in terms.items()]}}
+    if form == "sparse_vector":
+        return {"sparse_vector": {"field": field, "query_vector": terms, "prune": False}}
+    if form == "neural_sparse":
+        return {"neural_sparse": {field: {"query_tokens": terms}}}
+    raise ConfigError(f"unknown query form {form!r}: choose {', '.join(FORMS)}")
+
+
+def bm25_query(text: str, fields: list[str]) -> dict[str, Any]:
+    """BEIR's Elasticsearch baseline: ``multi_match`` ``best_fields`` with ``tie_breaker`` 0.5."""
+    return {"multi_match": {"query": text, "fields": fields, "type": "best_fields", "tie_breaker": 0.5}}
+
+
+def filtered(query: dict[str, Any], filters: list[dict[str, Any]]) -> dict[str, Any]:
+    """Restrict ``query`` to documents matching every filter, without changing scores."""
+    return {"bool": {"must": [query], "filter": filters}} if filters else query

@@ -1,0 +1,227 @@
+"""Search one splade-es index with query vectors; explain each hit by its term contributions.
+
+The index's ``_meta.splade_es`` says which field holds the vectors, its type and which model
+wrote them, so the searcher picks the exact query form the engine supports and refuses a
+query vector from another model.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from splade_es.errors import ConfigError, InputError
+from splade_es.toolkit.engines.base import Engine
+from splade_es.toolkit.mappings import same_model, terms_field_of
+from splade_es.toolkit.query import fusion
+from splade_es.toolkit.query.forms import DEFAULT_MAX_CLAUSES, bm25_query, choose_form, filtered, vector_query
+
+SNIPPET_CHARS = 200
+
+
+@dataclass(frozen=True)
+class IndexMeta:
+    """What splade-es recorded when it created the index."""
+
+    index: str
+    model: str
+    config_hash: str | None
+    field: str
+    field_type: str
+    text_fields: list[str]
+
+    @classmethod
+    def read(cls, engine: Engine, index: str) -> IndexMeta:
+        if not engine.exists(index):
+            raise ConfigError(f"no index or alias named {index!r} at {engine.info.location}: "
+                              "create it with 'splade-es ingest'")
+        mappings = engine.mappings(index)
+        metas = {name: mapping.get("_meta", {}).get("splade_es") for name, mapping in mappings.items()}
+        missing = sorted(name for name, meta in metas.items() if not meta)
+        if missing:
+            raise ConfigError(f"index {missing[0]!r} was not created by splade-es (its mapping has no _meta.splade_es)")
+        distinct = {(m["model"], m.get("config_hash"), m["field"], m["field_type"]) for m in metas.values()}
+        if len(distinct) > 1:
+            raise ConfigError(f"{index!r} spans indices written by different models or fields: search one of "
+                              + ", ".join(sorted(metas)))
+        model, config_hash, vector_field, field_type = distinct.pop()
+        properties = next(iter(mappings.values())).get("properties", {})
+        text_fields = [name for name, spec in properties.items() if spec.get("type") == "text"]
+        return cls(index, model, config_hash, vector_field, field_type, text_fields)
+
+    @property
+    def terms_field(self) -> str:
+        return terms_field_of(self.field)
+
+    def check_model(self, model: str, config_hash: str | None) -> None:
+        """Refuse query vectors from a model other than the one that wrote the documents."""
+        if not same_model(self.model, self.config_hash, model, config_hash):
+            raise ConfigError(f"index {self.index!r} was built by model {self.model!r} (config {self.config_hash}); "
+                              f"the query model is {model!r} (config {config_hash}): search with the same model")
+
+
+@dataclass(frozen=True)
+class Contribution:
+    """One term's share of a hit's score: ``query_weight x document_weight``."""
+
+    term: str
+    query_weight: float
+    document_weight: float
+
+    @property
+    def score(self) -> float:
+        return self.query_weight * self.document_weight
+
+
+@dataclass
+class Hit:
+    rank: int
+    id: str
+    score: float
+    title: str
+    snippet: str
+    index: str
+    contributions: list[Contribution] | None = None  # with explain: every shared term, largest first
+
+    def to_dict(self) -> dict[str, Any]:
+        data = {"rank": self.rank, "id": self.id, "score": self.score, "title": self.title, "snippet": self.snippet,
+                "index": self.index}
+        if self.contributions is not None:
+            data["contributions"] = [{"term": c.term, "query_weight": c.query_weight,
+                                      "document_weight": c.document_weight, "score": c.score}
+                                     for c in self.contributions]
+            data["explained_score"] = sum(c.score for c in self.contributions)
+        return data
+
+
+@dataclass
+class SearchResult:
+    hits: list[Hit]
+    took_ms: float | None = None  # engine-side, summed over the requests made
+    total: int | None = None  # only with track_total_hits
+    form: str = ""
+    hybrid: str | None = None
+    fused_natively: bool = False
+    query_terms: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class Searcher:
+    """Exact sparse (and hybrid) search over one index; see :meth:`search`."""
+
+    def __init__(self, engine: Engine, index: str, form: str | None = None,
+                 max_clauses: int = DEFAULT_MAX_CLAUSES) -> None:
+        self.engine = engine
+        self.meta = IndexMeta.read(engine, index)
+        where = f"{engine.info.kind} {engine.info.version} at {engine.info.location}"
+        self.form = choose_form(engine.info.capabilities, self.meta.field_type, form, where)
+        self.max_clauses = max_clauses
+
+    # ---------------------------------------------------------------- bodies
+    def sparse_query(self, vector: Mapping[str, float], filters: Sequence[dict[str, Any]] = ()) -> dict[str, Any]:
+        return filtered(vector_query(vector, self.meta.field, self.form, self.max_clauses), list(filters))
+
+    def bm25_query(self, text: str, filters: Sequence[dict[str, Any]] = ()) -> dict[str, Any]:
+        if not self.meta.text_fields:
+            raise ConfigError(f"index {self.meta.index!r} has no text fields for BM25")
+        return filtered(bm25_query(text, self.meta.text_fields), list(filters))
+
+    def body(self, query: dict[str, Any], size: int, track_total_hits: bool = False,
+             explain: bool = False) -> dict[str, Any]:
+        source = [*self.meta.text_fields, *([self.meta.field] if explain else [])]
+        return {"query": query, "size": size, "track_total_hits": track_total_hits, "_source": source}
+
+    # ---------------------------------------------------------------- search
+    def search(self, vector: Mapping[str, float], k: int = 10, filters: Sequence[dict[str, Any]] = (),
+               track_total_hits: bool = False, explain: bool = False, hybrid: str | None = None,
+               text: str | None = None, sparse_weight: float = 0.5, window: int = 100) -> SearchResult:
+        """The top ``k`` hits for a query vector (and, with ``hybrid``, its text through BM25)."""
+        if k < 1:
+            raise InputError(f"k must be at least 1, got {k}")
+        sparse = self.sparse_query(vector, filters)
+        if hybrid is None:
+            reply = self.engine.search(self.meta.index, self.body(sparse, k, track_total_hits, explain))
+            result = self._result(reply["hits"]["hits"], [float(h["_score"]) for h in reply["hits"]["hits"]],
+                                  vector, explain, [reply])
+            result.total = _total(reply["hits"]) if track_total_hits else None
+        else:
+            if not text or not text.strip():
+                raise InputError("hybrid search needs the query text for BM25")
+            result = self._hybrid(vector, text, filters, k, hybrid, sparse, explain, sparse_weight, max(window, k))
+        result.form, result.query_terms = self.form, min(len(vector), self.max_clauses)
+        return result
+
+    def search_many(self, vectors: Sequence[Mapping[str, float]], k: int = 10, batch_size: int = 64,
+                    filters: Sequence[dict[str, Any]] = ()) -> list[SearchResult]:
+        """Many queries through multi-search, ``batch_size`` per request (evaluation, benchmarks)."""
+        results = []
+        for start in range(0, len(vectors), batch_size):
+            batch = vectors[start:start + batch_size]
+            replies = self.engine.msearch(self.meta.index, [self.body(self.sparse_query(v, filters), k)
+                                                            for v in batch])
+            for vector, reply in zip(batch, replies):
+                hits = reply["hits"]["hits"]
+                results.append(self._result(hits, [float(h["_score"]) for h in hits], vector, False, [reply]))
+        return results
+
+    def _hybrid(self, vector: Mapping[str, float], text: str, filters: Sequence[dict[str, Any]], k: int, mode: str,
+                sparse: dict[str, Any], explain: bool, sparse_weight: float, window: int) -> SearchResult:
+        if mode not in fusion.MODES:
+            raise ConfigError(f"unknown hybrid mode {mode!r}: choose {', '.join(fusion.MODES)}")
+        if not 0.0 <= sparse_weight <= 1.0:
+            raise ConfigError(f"the sparse weight of linear fusion must be within [0, 1], got {sparse_weight}")
+        bm25 = self.bm25_query(text, filters)
+        native = fusion.native_body(self.engine.info.capabilities, mode, bm25, sparse, k, window, sparse_weight)
+        if native is not None:
+            native["_source"] = self.body(sparse, k, explain=explain)["_source"]
+            reply = self.engine.search(self.meta.index, native)
+            hits = reply["hits"]["hits"]
+            result = self._result(hits, [float(h["_score"]) for h in hits], vector, explain, [reply])
+            result.fused_natively = True
+        else:
+            replies = self.engine.msearch(self.meta.index, [self.body(bm25, window, explain=explain),
+                                                            self.body(sparse, window, explain=explain)])
+            fused = fusion.fuse(mode, [reply["hits"]["hits"] for reply in replies], sparse_weight)[:k]
+            result = self._result([hit for _, hit in fused], [score for score, _ in fused], vector, explain, replies)
+        result.hybrid = mode
+        return result
+
+    def _result(self, hits: list[dict[str, Any]], scores: list[float], vector: Mapping[str, float], explain: bool,
+                replies: list[dict[str, Any]]) -> SearchResult:
+        out = []
+        for rank, (hit, score) in enumerate(zip(hits, scores), start=1):
+            source = hit.get("_source") or {}
+            out.append(Hit(rank, str(hit["_id"]), score, _text(source.get("title")), _snippet(self._body_text(source)),
+                           hit.get("_index", self.meta.index),
+                           contributions(vector, source.get(self.meta.field) or {}) if explain else None))
+        took = [reply.get("took") for reply in replies if isinstance(reply.get("took"), (int, float))]
+        return SearchResult(out, float(sum(took)) if took else None)
+
+    def _body_text(self, source: dict[str, Any]) -> str:
+        return " ".join(_text(source.get(name)) for name in self.meta.text_fields if name != "title")
+
+
+def contributions(query: Mapping[str, float], document: Mapping[str, float]) -> list[Contribution]:
+    """Every term the query and the stored document vector share, by ``q_j x d_j`` descending."""
+    shared = [Contribution(term, float(weight), float(document[term])) for term, weight in query.items()
+              if term in document]
+    return sorted(shared, key=lambda c: (-c.score, c.term))
+
+
+def _total(hits: dict[str, Any]) -> int | None:
+    total = hits.get("total")
+    return int(total["value"]) if isinstance(total, dict) else (int(total) if total is not None else None)
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, list):
+        return " ".join(str(v) for v in value)
+    return "" if value is None else str(value)
+
+
+def _snippet(text: str) -> str:
+    flat = re.sub(r"\s+", " ", text).strip()
+    return flat if len(flat) <= SNIPPET_CHARS else flat[:SNIPPET_CHARS].rsplit(" ", 1)[0] + " …"
+

@@ -1,0 +1,268 @@
+"""Query building, hybrid fusion and search: exactness against the local engine on both real engines."""
+
+from __future__ import annotations
+
+import json
+import logging
+import uuid
+
+import pytest
+from click.testing import CliRunner
+
+from conftest import SHARED_DATA, engine_url
+from splade_es.errors import ConfigError, InputError
+from splade_es.toolkit.cli import main
+from splade_es.toolkit.engines.base import Capabilities
+from splade_es.toolkit.engines.connect import connect
+from splade_es.toolkit.query import fusion
+from splade_es.toolkit.query.forms import capped, supported_forms, vector_query
+from splade_es.toolkit.query.searcher import Searcher
+
+CRANFIELD = SHARED_DATA / "cranfield"
+N_QUERIES = 60
+
+
+# ---------------------------------------------------------------- query bodies
+def test_each_form_scores_the_dot_product_with_the_engines_own_dsl():
+    vector = {"wing": 1.5, "lift": 0.25}
+    rank = vector_query(vector, "splade", "rank_feature")["bool"]["should"]
+    assert rank == [{"rank_feature": {"field": "splade.wing", "linear": {}, "boost": 1.5}},
+                    {"rank_feature": {"field": "splade.lift", "linear": {}, "boost": 0.25}}]
+    term = vector_query(vector, "v", "term")["bool"]["should"]
+    assert term[1] == {"term": {"v": {"value": "lift", "boost": 0.25}}}
+    assert vector_query(vector, "v", "sparse_vector") == {
+        "sparse_vector": {"field": "v", "query_vector": vector, "prune": False}}
+    assert vector_query(vector, "v", "neural_sparse") == {"neural_sparse": {"v": {"query_tokens": vector}}}
+    with pytest.raises(InputError, match="empty"):
+        vector_query({}, "v", "term")
+    with pytest.raises(ConfigError, match="unknown query form 'saturation'"):
+        vector_query(vector, "v", "saturation")
+
+
+def test_forms_follow_the_detected_capabilities():
+    os_like = Capabilities(rank_features=True, sparse_vector_field=False)
+    assert supported_forms(os_like, "rank_features") == ["rank_feature"]
+    with_plugin = Capabilities(rank_features=True, sparse_vector_field=False, neural_sparse=True)
+    assert supported_forms(with_plugin, "rank_features") == ["rank_feature", "neural_sparse"]
+    es_core = Capabilities(rank_features=False, sparse_vector_field=True)
+    assert supported_forms(es_core, "sparse_vector") == ["term"]
+    es_xpack = Capabilities(rank_features=False, sparse_vector_field=True, sparse_vector_query=True)
+    assert supported_forms(es_xpack, "sparse_vector") == ["sparse_vector", "term"]
+
+
+def test_the_clause_limit_keeps_the_heaviest_terms_and_warns(caplog):
+    vector = {f"t{i}": float(i + 1) for i in range(10)}
+    with caplog.at_level(logging.WARNING, logger="splade_es"):
+        kept = capped(vector, 4)
+    assert kept == {"t9": 10.0, "t8": 9.0, "t7": 8.0, "t6": 7.0}
+    assert "10 terms; kept the 4 heaviest" in caplog.text
+    assert len(vector_query(vector, "v", "rank_feature", max_clauses=4)["bool"]["should"]) == 4
+
+
+# ---------------------------------------------------------------- fusion
+def _hits(*ids_scores):
+    return [{"_id": doc_id, "_score": score} for doc_id, score in ids_scores]
+
+
+def test_rrf_and_linear_fusion_match_hand_computed_values():
+    bm25, sparse = _hits(("a", 9.0), ("b", 5.0), ("c", 1.0)), _hits(("c", 4.0), ("a", 2.0))
+    fused = fusion.rrf([bm25, sparse], rank_constant=60)
+    assert [hit["_id"] for _, hit in fused] == ["a", "c", "b"]
+    assert fused[0][0] == pytest.approx(1 / 61 + 1 / 62) and fused[1][0] == pytest.approx(1 / 63 + 1 / 61)
+    assert fused[2][0] == pytest.approx(1 / 62)
+    linear = dict((hit["_id"], score) for score, hit in fusion.linear([bm25, sparse], [0.3, 0.7]))
+    # bm25 min-max: a 1, b 0.5, c 0; sparse: c 1, a 0
+    assert linear == pytest.approx({"a": 0.3, "b": 0.15, "c": 0.7})
+
+
+def test_native_fusion_bodies_where_the_engine_has_them():
+    bm25, sparse = {"match_all": {}}, {"term": {"v": "x"}}
+    plain = Capabilities(rank_features=True, sparse_vector_field=False)
+    assert fusion.native_body(plain, "rrf", bm25, sparse, 10, 100, 0.5) is None
+    es = Capabilities(rank_features=False, sparse_vector_field=True, rrf_retriever=True)
+    body = fusion.native_body(es, "rrf", bm25, sparse, 10, 100, 0.5)
+    assert body["retriever"]["rrf"]["retrievers"] == [{"standard": {"query": bm25}}, {"standard": {"query": sparse}}]
+    assert body["retriever"]["rrf"]["rank_window_size"] == 100 and body["size"] == 10
+    assert fusion.native_body(es, "linear", bm25, sparse, 10, 100, 0.5) is None
+    osd = Capabilities(rank_features=True, sparse_vector_field=False, hybrid_query=True)
+    body = fusion.native_body(osd, "linear", bm25, sparse, 10, 100, 0.8)
+    assert body["query"] == {"hybrid": {"queries": [bm25, sparse]}}
+    processor = body["search_pipeline"]["phase_results_processors"][0]["normalization-processor"]
+    assert processor["combination"]["parameters"]["weights"] == pytest.approx([0.2, 0.8])
+
+
+# ---------------------------------------------------------------- against engines
+@pytest.fixture(scope="module")
+def query_vectors(tiny_mistral_dir) -> list[tuple[str, str, dict[str, float]]]:
+    """(id, text, vector) of the first Cranfield queries, encoded by the tiny model."""
+    from splade_es.model import SparseEncoder
+
+    queries = [json.loads(line) for line in (CRANFIELD / "queries.jsonl").read_text().splitlines()][:N_QUERIES]
+    encoder = SparseEncoder.from_pretrained(str(tiny_mistral_dir), device="cpu")
+    vectors = encoder.encode_queries([q["text"] for q in queries], show_progress=False)
+    return [(q["_id"], q["text"], v.to_features()) for q, v in zip(queries, vectors)]
+
+
+def _load(args: list[str], tiny_mistral_dir, cranfield_vectors, tmp_path) -> str:
+    index = f"query-{uuid.uuid4().hex[:8]}"
+    result = CliRunner().invoke(main, ["ingest", "--index", index, "--corpus", str(CRANFIELD), "--model",
+                                       str(tiny_mistral_dir), "--vectors", str(cranfield_vectors), "--no-progress",
+                                       "--state-dir", str(tmp_path / "state"), *args])
+    assert result.exit_code == 0, result.output
+    return index
+
+
+@pytest.fixture(scope="module")
+def local_index(tmp_path_factory, tiny_mistral_dir, cranfield_vectors):
+    data_dir = tmp_path_factory.mktemp("local-query")
+    index = _load(["--data-dir", str(data_dir)], tiny_mistral_dir, cranfield_vectors, data_dir)
+    engine = connect(None, "local", data_dir)
+    yield {"engine": engine, "index": index, "args": ["--data-dir", str(data_dir)], "kind": "local"}
+    engine.close()
+
+
+@pytest.fixture(scope="module", params=["local", "opensearch", "elasticsearch"])
+def indexed(request, tmp_path_factory, tiny_mistral_dir, cranfield_vectors, local_index):
+    """Cranfield loaded (precomputed tiny-model vectors) into each engine, once per module."""
+    if request.param == "local":
+        yield local_index
+        return
+    url = engine_url(request.param)
+    index = _load(["--url", url], tiny_mistral_dir, cranfield_vectors, tmp_path_factory.mktemp("state"))
+    engine = connect(url)
+    yield {"engine": engine, "index": index, "args": ["--url", url], "kind": request.param}
+    engine.delete_index(index)
+    engine.close()
+
+
+def _overlap(a, b) -> float:
+    return len({h.id for h in a.hits} & {h.id for h in b.hits}) / max(len(b.hits), 1)
+
+
+def test_engine_top10_equals_the_exact_local_top10_for_every_query_form(indexed, local_index, query_vectors):
+    vectors = [vector for _, _, vector in query_vectors]
+    exact = Searcher(local_index["engine"], local_index["index"]).search_many(vectors, k=10)
+    engine = indexed["engine"]
+    forms = supported_forms(engine.info.capabilities, Searcher(engine, indexed["index"]).meta.field_type)
+    assert forms, "no query form for this engine"
+    for form in forms:
+        results = Searcher(engine, indexed["index"], form).search_many(vectors, k=10, batch_size=25)
+        assert len(results) == N_QUERIES
+        overlap = sum(_overlap(got, want) for got, want in zip(results, exact)) / N_QUERIES
+        assert overlap >= 0.98, f"{indexed['kind']} {form}: mean top-10 overlap {overlap:.3f}"
+        for got, want in zip(results, exact):  # scores: Lucene keeps 9 significant bits
+            assert got.hits[0].score == pytest.approx(want.hits[0].score, rel=2 ** -7)
+
+
+def test_explain_contributions_sum_to_each_hit_score(indexed, query_vectors):
+    searcher = Searcher(indexed["engine"], indexed["index"])
+    for _, _, vector in query_vectors[:10]:
+        result = searcher.search(vector, k=5, explain=True)
+        assert len(result.hits) == 5
+        for hit in result.hits:
+            explained = sum(c.score for c in hit.contributions)
+            assert explained == pytest.approx(hit.score, rel=0.01)
+            assert all(c.term in vector for c in hit.contributions)
+
+
+def test_filters_restrict_hits_without_changing_scores(indexed, query_vectors):
+    searcher, vector = Searcher(indexed["engine"], indexed["index"]), query_vectors[0][2]
+    unfiltered = searcher.search(vector, k=10)
+    keep = [unfiltered.hits[1].id, unfiltered.hits[4].id]
+    result = searcher.search(vector, k=10, filters=[{"ids": {"values": keep}}], track_total_hits=True)
+    assert [h.id for h in result.hits] == keep and result.total == 2
+    assert [h.score for h in result.hits] == pytest.approx([unfiltered.hits[1].score, unfiltered.hits[4].score])
+
+
+@pytest.mark.parametrize("mode", ["rrf", "linear"])
+def test_hybrid_fuses_bm25_and_sparse_lists(indexed, query_vectors, mode):
+    searcher = Searcher(indexed["engine"], indexed["index"])
+    _, text, vector = query_vectors[2]
+    result = searcher.search(vector, k=10, hybrid=mode, text=text, sparse_weight=0.6, window=50)
+    engine, index = indexed["engine"], indexed["index"]
+    bm25 = engine.search(index, searcher.body(searcher.bm25_query(text), 50))["hits"]["hits"]
+    sparse = engine.search(index, searcher.body(searcher.sparse_query(vector), 50))["hits"]["hits"]
+    assert bm25 and sparse
+    expected = fusion.fuse(mode, [bm25, sparse], 0.6)[:10]
+    assert not result.fused_natively  # neither test node has native fusion
+    assert [h.id for h in result.hits] == [hit["_id"] for _, hit in expected]
+    assert [h.score for h in result.hits] == pytest.approx([score for score, _ in expected])
+
+
+# ---------------------------------------------------------------- CLI
+def _search(target, *args):
+    return CliRunner().invoke(main, ["search", "--index", target["index"], *target["args"], *args])
+
+
+def test_search_cli_json_explains_hits_and_marks_expansions(indexed, query_vectors):
+    result = _search(indexed, "--json", "--explain", "--k", "3", query_vectors[5][1])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert data["index"] == indexed["index"] and data["engine"]["kind"] == indexed["kind"]
+    assert [h["rank"] for h in data["hits"]] == [1, 2, 3]
+    assert data["query_vector"].keys() == query_vectors[5][2].keys()
+    for hit in data["hits"]:
+        assert hit["explained_score"] == pytest.approx(hit["score"], rel=0.01)
+        assert all(isinstance(c["expansion"], bool) for c in hit["contributions"])
+    text = _search(indexed, "--explain", "--k", "2", query_vectors[5][1])
+    assert text.exit_code == 0 and "terms (sum" in text.stdout and "'+' marks expansion terms" in text.stdout
+
+
+def test_query_top_k_prunes_in_the_encoder(local_index, query_vectors):
+    result = _search(local_index, "--json", "--query-top-k", "7", query_vectors[0][1])
+    assert result.exit_code == 0, result.output
+    vector = json.loads(result.stdout)["query_vector"]
+    full = query_vectors[0][2]
+    assert set(vector) == set(sorted(full, key=full.get, reverse=True)[:7])
+
+
+def test_max_clauses_caps_with_a_warning(local_index, query_vectors):
+    result = _search(local_index, "--json", "--max-clauses", "5", query_vectors[0][1])
+    assert result.exit_code == 0, result.output
+    assert "warning: the query has 128 terms; kept the 5 heaviest" in result.stderr
+
+
+@pytest.mark.parametrize("args, message", [
+    (["   "], "the query is empty"),
+    (["--query-min-weight", "50", "wing"], "has no terms left after pruning"),
+    (["--index", "no-such-index", "wing"], "no index or alias named 'no-such-index'"),
+])
+def test_bad_search_input_is_one_clear_line(local_index, args, message):
+    result = _search(local_index, *args)
+    assert result.exit_code == 1 and message in result.output
+    assert len(result.output.strip().splitlines()) == 1 and "Traceback" not in result.output
+
+
+def test_an_index_built_by_another_model_is_refused(local_index, cranfield_vectors, tmp_path, tiny_mistral_dir):
+    args = ["--data-dir", local_index["args"][1]]
+    result = CliRunner().invoke(main, ["ingest", "--index", "other", "--vectors", str(cranfield_vectors),
+                                       "--model", "someone/else", "--no-progress", "--state-dir", str(tmp_path), *args])
+    assert result.exit_code == 0, result.output
+    refused = CliRunner().invoke(main, ["search", "--index", "other", "--model", str(tiny_mistral_dir), *args, "wing"])
+    assert refused.exit_code == 1 and "was built by model 'someone/else'" in refused.output
+
+
+def test_an_engine_that_is_down_is_one_clear_line(tiny_mistral_dir):
+    result = CliRunner().invoke(main, ["search", "--index", "x", "--url", "http://127.0.0.1:1", "wing"])
+    assert result.exit_code == 1 and "cannot reach the engine at http://127.0.0.1:1" in result.output
+
+
+def test_explain_cli_marks_text_terms_and_expansions(tiny_mistral_dir):
+    from splade_es.model import SparseEncoder
+
+    text = "boundary layer of a wing"
+    result = CliRunner().invoke(main, ["explain", "--model", str(tiny_mistral_dir), "--json", "--top-k", "400", text])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert data["features"] == len(data["terms"]) == 400 and data["kind"] == "query"
+    own = {t.lower() for t in SparseEncoder.from_pretrained(str(tiny_mistral_dir), device="cpu").text_features(text)}
+    for term in data["terms"]:
+        assert term["expansion"] == (term["term"].removeprefix("##").lower() not in own)
+    assert data["expansions"] == sum(t["expansion"] for t in data["terms"])
+    weights = [t["weight"] for t in data["terms"]]
+    assert weights == sorted(weights, reverse=True)
+    table = CliRunner().invoke(main, ["explain", "--model", str(tiny_mistral_dir), "--limit", "5", text])
+    assert table.exit_code == 0 and len(table.stdout.strip().splitlines()) == 7  # summary, header, 5 rows
+    assert "█" in table.stdout
+    empty = CliRunner().invoke(main, ["explain", "--model", str(tiny_mistral_dir), " "])
+    assert empty.exit_code == 1 and "the text is empty" in empty.output
