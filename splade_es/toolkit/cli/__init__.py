@@ -10,7 +10,10 @@ import click
 from splade_es import __version__
 from splade_es.toolkit.cli.encode import encode
 from splade_es.toolkit.cli.engine import engine
+from splade_es.toolkit.cli.explain import explain
 from splade_es.toolkit.cli.ingest import ingest
+from splade_es.toolkit.cli.kibana import kibana
+from splade_es.toolkit.cli.search import search
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -26,6 +29,9 @@ def main() -> None:
       splade-es encode --model ./bundle "boundary layer transition"
       splade-es encode --model ./bundle --query --json "lift of a delta wing"
       splade-es encode --model ./bundle --input docs.jsonl --output vectors.jsonl
+      splade-es ingest --index cran --corpus data/cranfield --model ./bundle
+      splade-es search --index cran --explain "boundary layer transition"
+      splade-es explain --model ./bundle "lift of a delta wing"
 
     Run 'splade-es COMMAND --help' for a command's options.
     """
@@ -34,4 +40,7 @@ def main() -> None:
 main.add_command(encode)
 main.add_command(engine)
 main.add_command(ingest)
+main.add_command(search)
+main.add_command(explain)
+main.add_command(kibana)
 
