@@ -14,6 +14,7 @@ from splade_es.toolkit.cli.explain import explain
 from splade_es.toolkit.cli.ingest import ingest
 from splade_es.toolkit.cli.kibana import kibana
 from splade_es.toolkit.cli.search import search
+from splade_es.toolkit.cli.train import train
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -43,4 +44,5 @@ main.add_command(ingest)
 main.add_command(search)
 main.add_command(explain)
 main.add_command(kibana)
+main.add_command(train)
 

@@ -1,0 +1,304 @@
+"""The training loop: contrastive (InfoNCE + FLOPS) or the CSPLADE adaptation stage, with
+gradient caching, rank-gathered negatives, checkpoints that resume exactly, CSV/TensorBoard logs.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import random
+import shutil
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from tqdm.auto import tqdm
+
+from splade_es.errors import ConfigError
+from splade_es.model.encoder import SparseEncoder
+from splade_es.toolkit.distributed import Ranks
+from splade_es.trainer import losses
+from splade_es.trainer.config import TrainConfig
+from splade_es.trainer.data import Example, MixtureSampler, iter_adapt_texts, load_dataset
+from splade_es.trainer.gradcache import all_reduce_gradients, cached_step
+from splade_es.trainer.model import build_encoder, load_trainable_state, trainable_parameters, trainable_state
+
+STAGES = ("contrastive", "adapt")
+LOG_FIELDS = ["step", "stage", "dataset", "loss", "info_nce", "flops_q", "flops_d", "lambda_q", "lambda_d",
+              "active_q", "active_d", "clm", "relu", "lr", "grad_norm", "examples_per_s"]
+
+
+@dataclass
+class TrainResult:
+    steps: int
+    bundle: Path
+    log: Path
+    final_loss: float
+
+
+class Trainer:
+    """``Trainer(config, stage).train()``; ``resume=True`` continues from the newest checkpoint."""
+
+    def __init__(self, config: TrainConfig, stage: str = "contrastive", resume: bool = False,
+                 show_progress: bool = True) -> None:
+        if stage not in STAGES:
+            raise ConfigError(f"unknown stage {stage!r}: choose {', '.join(STAGES)}")
+        self.config, self.stage, self.show_progress = config, stage, show_progress
+        self.ranks = Ranks.from_env()
+        self._init_distributed()
+        self.device = torch.device(config.run.device or self.ranks.default_device()
+                                   or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.output = Path(config.run.output_dir)
+        _seed_everything(config.run.seed + self.ranks.rank)
+        if stage == "contrastive":
+            datasets = [load_dataset(spec, config.data.on_bad_line, config.data.seed) for spec in config.data.datasets]
+            self.sampler = MixtureSampler(datasets, [spec.weight for spec in config.data.datasets], config.batch.size,
+                                          config.data.seed)
+            self.bad_lines = {d.name: d.bad_lines for d in datasets}
+            if config.batch.size % self.ranks.world_size:
+                raise ConfigError(f"batch.size {config.batch.size} is not divisible by {self.ranks.world_size} ranks")
+        else:
+            self.texts = list(iter_adapt_texts(config.data.adapt_text))
+            if not self.texts:
+                raise ConfigError("--stage adapt needs unlabelled text: data.adapt_text = [files]")
+            self.bad_lines = {}
+        self.encoder: SparseEncoder = build_encoder(config, self.device)
+        self.parameters = trainable_parameters(self.encoder)
+        optim = config.optim
+        self.optimizer = torch.optim.AdamW(self.parameters, lr=optim.lr, betas=tuple(optim.betas), eps=optim.eps,
+                                           weight_decay=optim.weight_decay)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._lr_factor)
+        self.step = 0
+        if resume:
+            self._resume()
+
+    # ---------------------------------------------------------------- schedule
+    def _lr_factor(self, step: int) -> float:
+        """Linear warm-up, then linear decay to zero at max_steps."""
+        warmup, total = self.config.optim.warmup_steps, self.config.optim.max_steps
+        if step < warmup:
+            return (step + 1) / warmup
+        return max(0.0, (total - step) / max(1, total - warmup))
+
+    # ---------------------------------------------------------------- loop
+    def train(self, stop_at: int | None = None) -> TrainResult:
+        """Run to ``optim.max_steps`` (or stop after step ``stop_at``, as an interruption would,
+        with a checkpoint there), then write the bundle."""
+        config = self.config
+        last = min(config.optim.max_steps, stop_at or config.optim.max_steps)
+        log_path = self.output / f"{self.stage}-log.csv"
+        writer = _LogWriter(log_path, self.output / "tensorboard", config.run.tensorboard and self.ranks.is_main,
+                            append=self.step > 0, enabled=self.ranks.is_main)
+        bar = tqdm(total=config.optim.max_steps, initial=self.step, unit="step", desc=f"train ({self.stage})",
+                   disable=not (self.show_progress and self.ranks.is_main))
+        loss = math.nan
+        try:
+            while self.step < last:
+                started = time.perf_counter()
+                self.optimizer.zero_grad(set_to_none=True)
+                row = self._contrastive_step() if self.stage == "contrastive" else self._adapt_step()
+                all_reduce_gradients(self.parameters)
+                grad_norm = torch.nn.utils.clip_grad_norm_(self.parameters, config.optim.grad_clip)
+                self.optimizer.step()
+                self.scheduler.step()
+                self.step += 1
+                loss = row["loss"]
+                row.update(step=self.step, stage=self.stage, lr=self.scheduler.get_last_lr()[0],
+                           grad_norm=float(grad_norm),
+                           examples_per_s=config.batch.size / (time.perf_counter() - started))
+                if self.step % config.run.log_every == 0 or self.step == config.optim.max_steps:
+                    writer.write(row)
+                bar.set_postfix(loss=f"{loss:.4f}")
+                bar.update(1)
+                if self.step % config.run.save_every == 0 and self.step < last:
+                    self._save_checkpoint()
+            self._save_checkpoint()
+            bundle = self._save_bundle() if self.step >= config.optim.max_steps else self.output
+        finally:
+            bar.close()
+            writer.close()
+        return TrainResult(self.step, bundle, log_path, loss)
+
+    def _autocast(self):
+        if self.device.type == "cuda" and self.config.run.bf16:
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return nullcontext()
+
+    def _contrastive_step(self) -> dict[str, Any]:
+        name, examples = self.sampler.batch(self.step, self.ranks.rank, self.ranks.world_size)
+        groups = [[(True, e.query) for e in examples], [(False, e.positive) for e in examples]]
+        if _all_have_negatives(examples):
+            groups.append([(False, e.negatives[0]) for e in examples])
+        loss_cfg = self.config.loss
+        lambda_q = losses.lambda_at(self.step, loss_cfg.lambda_q, loss_cfg.lambda_warmup_steps)
+        lambda_d = losses.lambda_at(self.step, loss_cfg.lambda_d, loss_cfg.lambda_warmup_steps)
+
+        def loss_fn(full: list[torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
+            queries, documents = full[0], torch.cat(full[1:])
+            nce = losses.info_nce(queries, documents, loss_cfg.temperature)
+            flops_q, flops_d = losses.flops(queries), losses.flops(documents)
+            total = nce + lambda_q * flops_q + lambda_d * flops_d
+            return total, {"info_nce": float(nce.detach()), "flops_q": float(flops_q.detach()),
+                           "flops_d": float(flops_d.detach()),
+                           "active_q": float((queries > 0).sum(1).float().mean()),
+                           "active_d": float((documents > 0).sum(1).float().mean())}
+
+        loss, parts = cached_step(self._encode, groups, self.config.batch.chunk_size, loss_fn, self._autocast)
+        return {"loss": loss, "dataset": name, "lambda_q": lambda_q, "lambda_d": lambda_d, **parts}
+
+    def _encode(self, chunk: list[tuple[bool, str]]) -> torch.Tensor:
+        is_query = chunk[0][0]
+        inputs = self.encoder.inputs
+        return self.encoder.forward(inputs.collate(inputs.encode([text for _, text in chunk], is_query)))
+
+    def _adapt_step(self) -> dict[str, Any]:
+        rng = random.Random(f"{self.config.data.seed}/adapt/{self.step}")
+        per_rank = self.config.batch.size // self.ranks.world_size
+        picked = rng.sample(range(len(self.texts)), min(len(self.texts), self.config.batch.size))
+        texts = [self.texts[i] for i in picked][self.ranks.rank * per_rank:(self.ranks.rank + 1) * per_rank]
+        totals = {"loss": 0.0, "clm": 0.0, "relu": 0.0}
+        for start in range(0, len(texts), self.config.batch.chunk_size):
+            chunk = texts[start:start + self.config.batch.chunk_size]
+            input_ids, attention_mask = self._causal_batch(chunk)
+            with self._autocast():
+                logits = self.encoder.backbone.model(input_ids=input_ids, attention_mask=attention_mask).logits
+            loss, clm, relu = losses.adaptation_loss(logits, input_ids, attention_mask, self.config.loss.lambda_relu)
+            share = len(chunk) / len(texts)
+            (loss * share).backward()
+            for key, value in (("loss", loss), ("clm", clm), ("relu", relu)):
+                totals[key] += float(value.detach()) * share
+        return {**totals, "dataset": "adapt"}
+
+    def _causal_batch(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """``<s>`` + text, right-padded (padding masked out of the loss)."""
+        tokenizer, limit = self.encoder.tokenizer, self.config.model.max_length
+        bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
+        rows = [(bos + self.encoder.inputs.tokenize(text))[:limit] for text in texts]
+        width = max(len(row) for row in rows)
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
+        ids = torch.tensor([row + [pad] * (width - len(row)) for row in rows], device=self.device)
+        mask = torch.tensor([[1] * len(row) + [0] * (width - len(row)) for row in rows], device=self.device)
+        return ids, mask
+
+    # ---------------------------------------------------------------- checkpoints
+    def _checkpoints(self) -> list[Path]:
+        root = self.output / "checkpoints"
+        found = [p for p in root.glob(f"{self.stage}-step-*") if (p / "trainer_state.json").is_file()]
+        return sorted(found, key=lambda p: int(p.name.rsplit("-", 1)[1]))
+
+    def _save_checkpoint(self) -> None:
+        if not self.ranks.is_main:
+            self._barrier()
+            return
+        target = self.output / "checkpoints" / f"{self.stage}-step-{self.step}"
+        staging = target.with_name(target.name + ".tmp")
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir(parents=True)
+        torch.save({"model": trainable_state(self.encoder), "optimizer": self.optimizer.state_dict(),
+                    "scheduler": self.scheduler.state_dict(), "rng": _rng_state()}, staging / "state.pt")
+        state = {"step": self.step, "stage": self.stage, "config": self.config.to_dict(),
+                 "sampler": self.sampler.state_dict() if self.stage == "contrastive" else None}
+        (staging / "trainer_state.json").write_text(json.dumps(state, indent=1))
+        shutil.rmtree(target, ignore_errors=True)
+        os.replace(staging, target)
+        for old in self._checkpoints()[:-self.config.run.keep_checkpoints]:
+            shutil.rmtree(old, ignore_errors=True)
+        self._barrier()
+
+    def _resume(self) -> None:
+        checkpoints = self._checkpoints()
+        if not checkpoints:
+            raise ConfigError(f"--resume: no {self.stage} checkpoint in {self.output / 'checkpoints'}")
+        latest = checkpoints[-1]
+        state = json.loads((latest / "trainer_state.json").read_text())
+        saved = torch.load(latest / "state.pt", map_location=self.device, weights_only=False)
+        load_trainable_state(self.encoder, saved["model"])
+        self.optimizer.load_state_dict(saved["optimizer"])
+        self.scheduler.load_state_dict(saved["scheduler"])
+        if state.get("sampler"):
+            self.sampler.load_state_dict(state["sampler"])
+        self.step = int(state["step"])
+        _set_rng_state(saved["rng"])
+
+    def _save_bundle(self) -> Path:
+        bundle = self.output / ("adapter" if self.stage == "adapt" else "bundle")
+        if self.ranks.is_main:
+            self.encoder.backbone.model.eval()
+            self.encoder.save_pretrained(bundle)
+            self.encoder.backbone.model.train()
+        self._barrier()
+        return bundle
+
+    # ---------------------------------------------------------------- ranks
+    def _init_distributed(self) -> None:
+        if self.ranks.world_size > 1 and not dist.is_initialized():
+            dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+
+    def _barrier(self) -> None:
+        if dist.is_available() and dist.is_initialized():
+            dist.barrier()
+
+
+def _all_have_negatives(examples: list[Example]) -> bool:
+    return all(e.negatives for e in examples)
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def _rng_state() -> dict[str, Any]:
+    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"].cpu())
+    if state.get("cuda") is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
+
+
+class _LogWriter:
+    """One CSV row per logged step (and TensorBoard scalars), written as they come."""
+
+    def __init__(self, path: Path, tensorboard_dir: Path, tensorboard: bool, append: bool, enabled: bool) -> None:
+        self.enabled = enabled
+        self.board = None
+        if not enabled:
+            return
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.handle = path.open("a" if append and path.exists() else "w", newline="")
+        self.csv = csv.DictWriter(self.handle, LOG_FIELDS, extrasaction="ignore")
+        if self.handle.tell() == 0:
+            self.csv.writeheader()
+        if tensorboard:
+            from tensorboardX import SummaryWriter
+
+            self.board = SummaryWriter(str(tensorboard_dir))
+
+    def write(self, row: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
+        self.csv.writerow(row)
+        self.handle.flush()
+        if self.board is not None:
+            for key, value in row.items():
+                if isinstance(value, (int, float)) and key != "step":
+                    self.board.add_scalar(f"{row['stage']}/{key}", value, row["step"])
+
+    def close(self) -> None:
+        if self.enabled:
+            self.handle.close()
+            if self.board is not None:
+                self.board.close()

@@ -1,0 +1,42 @@
+"""Trainer fixtures: Cranfield title -> abstract pairs (real text) and a tiny training config."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from conftest import SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def cranfield_pairs(tmp_path_factory) -> Path:
+    """``[title, text]`` lines (sentence-transformers shape) from Cranfield documents alone."""
+    path = tmp_path_factory.mktemp("pairs") / "cranfield-pairs.jsonl"
+    lines = []
+    for raw in (SHARED_DATA / "cranfield" / "corpus.jsonl").read_text().splitlines():
+        doc = json.loads(raw)
+        title, text = doc.get("title", "").strip(), doc.get("text", "").strip()
+        if text.startswith(title):
+            text = text[len(title):].strip(" .")
+        if title and text:
+            lines.append(json.dumps([title, text]))
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def tiny_config(tmp_path: Path, backbone: Path, pairs: Path, **sections) -> dict:
+    """A config dict small enough for CPU: 2-layer Mistral, LoRA r 4 on all seven projections."""
+    config = {
+        "model": {"backbone": str(backbone), "mode": "echo", "max_length": 24, "gradient_checkpointing": False},
+        "lora": {"r": 4, "alpha": 8, "dropout": 0.1},
+        "loss": {"lambda_q": 0.001, "lambda_d": 0.001, "lambda_warmup_steps": 4},
+        "optim": {"lr": 3e-3, "warmup_steps": 2, "max_steps": 6},
+        "batch": {"size": 8, "chunk_size": 3},
+        "data": {"seed": 1, "datasets": [{"name": "cranfield", "path": str(pairs)}]},
+        "run": {"output_dir": str(tmp_path / "run"), "save_every": 2, "log_every": 1, "device": "cpu"},
+    }
+    for section, values in sections.items():
+        config[section] = {**config.get(section, {}), **values}
+    return config
