@@ -32,6 +32,8 @@ from splade_es.toolkit.cli import main
 from splade_es.toolkit.engines.connect import connect
 from splade_es.toolkit.query.searcher import Searcher
 
+TWO_PHASE = (16, 32)  # first-phase terms of the two-phase rows
+TWO_PHASE_WINDOW = 100
 TOP_KS = (16, 32, 64, None)  # None ("all"): the model's own query pruning, no tighter top-k
 CRANFIELD = Path(__file__).resolve().parents[2] / "shared" / "data" / "cranfield"
 
@@ -102,6 +104,13 @@ def _suite(url: str, index: str, vectors_by_k: dict, texts: list[str], query_ids
             bodies = [searcher.body(searcher.sparse_query(v), 10, total_hits) for v in vectors]
             settings.append(({"method": "splade", "top_k": top_k or "all", "track_total_hits": total_hits,
                               "query_terms_mean": round(float(np.mean([len(v) for v in vectors])), 1)}, bodies))
+        for first in TWO_PHASE:  # the full query, its heaviest terms first, the rest rescored
+            two = Searcher(engine, index, two_phase=first, two_phase_window=TWO_PHASE_WINDOW)
+            bodies = [two.sparse_body(v, 10, track_total_hits=total_hits) for v in vectors_by_k[None]]
+            settings.append(({"method": f"splade two-phase {first}+rest/{TWO_PHASE_WINDOW}", "top_k": "all",
+                              "track_total_hits": total_hits,
+                              "query_terms_mean": round(float(np.mean([len(v) for v in vectors_by_k[None]])), 1)},
+                             bodies))
     rows = _timed_settings(engine, index, settings)
     for row in rows:
         row["ndcg@10"] = _ndcg(row.pop("_run"), query_ids, qrels)
@@ -194,11 +203,11 @@ def synthetic(url: str, docs: int, n_queries: int, work: Path, seed: int = 0) ->
 
 def _print(result: dict) -> None:
     print(f"\n{result['corpus']} ({result['docs']} docs, {result['queries']} queries)")
-    print(f"{'method':<8}{'top_k':>6}{'tth':>6}{'terms':>7}{'p50':>7}{'p95':>7}{'p99':>7}{'rt p50':>8}{'qps':>8}"
+    print(f"{'method':<34}{'top_k':>6}{'tth':>6}{'terms':>7}{'p50':>7}{'p95':>7}{'p99':>7}{'rt p50':>8}{'qps':>8}"
           f"{'nDCG@10':>9}")
     for r in result["rows"]:
         e = r["engine_ms"]
-        print(f"{r['method']:<8}{str(r['top_k'] or '-'):>6}{str(r['track_total_hits'])[0]:>6}"
+        print(f"{r['method']:<34}{str(r['top_k'] or '-'):>6}{str(r['track_total_hits'])[0]:>6}"
               f"{r.get('query_terms_mean', '-'):>7}{e['p50']:>7.1f}{e['p95']:>7.1f}{e['p99']:>7.1f}"
               f"{r['client_ms']['p50']:>8.2f}{r['qps']:>8.1f}{r['ndcg@10']:>9.4f}")
 

@@ -266,3 +266,20 @@ def test_explain_cli_marks_text_terms_and_expansions(tiny_mistral_dir):
     assert "█" in table.stdout
     empty = CliRunner().invoke(main, ["explain", "--model", str(tiny_mistral_dir), " "])
     assert empty.exit_code == 1 and "the text is empty" in empty.output
+
+
+def test_two_phase_scores_are_exact_and_a_full_window_is_the_exact_ranking(indexed, local_index, query_vectors):
+    engine, index = indexed["engine"], indexed["index"]
+    exact = Searcher(local_index["engine"], local_index["index"])
+    vectors = [vector for _, _, vector in query_vectors[:15]]
+    want = exact.search_many(vectors, k=10)
+    whole = Searcher(engine, index, two_phase=16, two_phase_window=1400).search_many(vectors, k=10)
+    overlap = sum(_overlap(got, ref) for got, ref in zip(whole, want)) / len(vectors)
+    assert overlap >= 0.98
+    narrow = Searcher(engine, index, two_phase=8, two_phase_window=20)
+    body = narrow.sparse_body(vectors[0], 10)
+    assert body["rescore"]["window_size"] == 20 and len(body["rescore"]["query"]["rescore_query"]) == 1
+    for vector, result in zip(vectors, narrow.search_many(vectors, k=10)):
+        for hit in result.hits:  # inside the window every score is the full dot product
+            assert hit.score == pytest.approx(exact.search(vector, k=1, filters=[{"ids": {"values": [hit.id]}}])
+                                              .hits[0].score, rel=2 ** -7)

@@ -37,6 +37,11 @@ from splade_es.toolkit.query.searcher import Searcher, SearchResult
 @click.option("--query-form", type=click.Choice(FORMS), help="Force a query form (default: the best the engine has).")
 @click.option("--max-clauses", type=click.IntRange(min=1), default=DEFAULT_MAX_CLAUSES, show_default=True,
               help="Cap on query terms (the engine's boolean clause limit); a longer query keeps its heaviest.")
+@click.option("--two-phase", type=click.IntRange(min=1), metavar="N",
+              help="Query with the N heaviest terms, then rescore the top --two-phase-window hits with the rest "
+                   "(exact scores in the window, much faster for long queries).")
+@click.option("--two-phase-window", type=click.IntRange(min=1), default=100, show_default=True,
+              help="Candidates rescored by the second phase.")
 @click.option("--track-total-hits", is_flag=True, help="Count every match (slower: no early termination).")
 @click.option("--device", help="Where the query is encoded: cpu, cuda, cuda:N.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object (for scripts).")
@@ -45,7 +50,8 @@ def search(query: str, index: str, model_path: str | None, adapter: str | None,
            url, engine_kind, data_dir, api_key, username, password, ca_certs, insecure,
            k: int, query_top_k: int | None, query_min_weight: float | None, explain: bool, explain_terms: int,
            hybrid: str | None, hybrid_weight: float, filters: tuple[str, ...], query_form: str | None,
-           max_clauses: int, track_total_hits: bool, device: str | None, as_json: bool) -> None:
+           max_clauses: int, two_phase: int | None, two_phase_window: int, track_total_hits: bool,
+           device: str | None, as_json: bool) -> None:
     """Expand QUERY with the model and rank the index by the exact dot product.
 
     The query is encoded (and pruned) by the model, so every engine, the local one included,
@@ -64,7 +70,7 @@ def search(query: str, index: str, model_path: str | None, adapter: str | None,
         raise InputError("the query is empty: give some text to search for")
     engine = open_engine(url, engine_kind, data_dir, api_key, username, password, ca_certs, insecure)
     try:
-        searcher = Searcher(engine, index, query_form, max_clauses)
+        searcher = Searcher(engine, index, query_form, max_clauses, two_phase, two_phase_window)
         model = model_path or searcher.meta.model
         encoder = load_encoder(model, adapter if model_path else None, device)
         searcher.meta.check_model(model_id(model, adapter if model_path else None), config_hash(encoder.config.to_dict()))

@@ -122,7 +122,7 @@ class LocalEngine(Engine):
         return failures
 
     def search(self, index: str, body: dict[str, Any]) -> dict[str, Any]:
-        unknown = set(body) - {"query", "size", "from", "_source", "track_total_hits", "explain"}
+        unknown = set(body) - {"query", "size", "from", "_source", "track_total_hits", "explain", "rescore"}
         if unknown:
             raise EngineError(f"the local engine does not support search option(s) {sorted(unknown)}", 400)
         hits, total = [], 0
@@ -133,8 +133,10 @@ class LocalEngine(Engine):
             scores, matched = _Query(data).evaluate(body.get("query", {"match_all": {}}))
             rows = np.flatnonzero(matched)
             total += rows.size
-            order = rows[np.lexsort((rows, -scores[rows]))][: offset + size]
-            candidates += [(float(scores[r]), name, data.row(int(r))) for r in order]
+            order = rows[np.lexsort((rows, -scores[rows]))]
+            if "rescore" in body:
+                order = _rescored(data, scores, order, body["rescore"])
+            candidates += [(float(scores[r]), name, data.row(int(r))) for r in order[: offset + size]]
         candidates.sort(key=lambda c: -c[0])
         for score, name, (doc_id, source) in candidates[offset: offset + size]:
             hits.append({"_index": name, "_id": doc_id, "_score": score, "_source": _select(source, body.get("_source", True))})
@@ -399,6 +401,19 @@ class _Query:
         scores = matrix @ query
         present = matrix[:, [c for c, _ in known]].getnnz(axis=1) > 0 if known else np.zeros(self.n, dtype=bool)
         return np.asarray(scores).ravel(), np.asarray(present).ravel()
+
+
+def _rescored(data: _IndexData, scores: np.ndarray, order: np.ndarray, spec: dict[str, Any]) -> np.ndarray:
+    """The engines' ``rescore`` (score_mode total): the top ``window_size`` rows get
+    ``query_weight x score + rescore_query_weight x rescore score`` and are re-sorted in place."""
+    window = order[: int(spec.get("window_size", 10))]
+    rescore = spec["query"]
+    extra, matched = _Query(data).evaluate(rescore["rescore_query"])
+    if rescore.get("score_mode", "total") != "total":
+        raise EngineError("the local engine supports rescore score_mode total only", 400)
+    scores[window] = (float(rescore.get("query_weight", 1.0)) * scores[window]
+                      + float(rescore.get("rescore_query_weight", 1.0)) * np.where(matched[window], extra[window], 0.0))
+    return np.concatenate([window[np.lexsort((window, -scores[window]))], order[len(window):]])
 
 
 def analyze(text: str) -> list[str]:

@@ -9,6 +9,10 @@
 
 ``saturation`` (the ``rank_feature`` default) is not a dot product, hence ``linear``; newer
 Elasticsearch prunes ``sparse_vector`` queries unless told not to, hence ``prune: false``.
+
+Two-phase search (optional) runs the heaviest terms as the query and adds the rest through
+``rescore`` on a window of candidates: exact scores inside the window, at about the cost of the
+short query (a long disjunction is what makes learned sparse queries slow).
 """
 
 from __future__ import annotations
@@ -75,6 +79,19 @@ def vector_query(vector: Mapping[str, float], field: str, form: str,
     if form == "neural_sparse":
         return {"neural_sparse": {field: {"query_tokens": terms}}}
     raise ConfigError(f"unknown query form {form!r}: choose {', '.join(FORMS)}")
+
+
+def split_heaviest(vector: Mapping[str, float], n: int) -> tuple[dict[str, float], dict[str, float]]:
+    """The ``n`` heaviest terms, and the rest."""
+    ordered = sorted(vector.items(), key=lambda item: (-item[1], item[0]))
+    return dict(ordered[:n]), dict(ordered[n:])
+
+
+def rescore(query: dict[str, Any], window: int) -> dict[str, Any]:
+    """Add ``query``'s score to each of the top ``window`` hits: with the query's remaining terms,
+    the window's scores become the exact full dot product (two-phase search)."""
+    return {"window_size": window, "query": {"rescore_query": query, "query_weight": 1.0,
+                                             "rescore_query_weight": 1.0, "score_mode": "total"}}
 
 
 def bm25_query(text: str, fields: list[str]) -> dict[str, Any]:

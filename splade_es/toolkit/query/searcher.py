@@ -16,7 +16,8 @@ from splade_es.errors import ConfigError, InputError
 from splade_es.toolkit.engines.base import Engine
 from splade_es.toolkit.mappings import same_model, terms_field_of
 from splade_es.toolkit.query import fusion
-from splade_es.toolkit.query.forms import DEFAULT_MAX_CLAUSES, bm25_query, choose_form, filtered, vector_query
+from splade_es.toolkit.query.forms import (DEFAULT_MAX_CLAUSES, bm25_query, capped, choose_form, filtered, rescore,
+                                          split_heaviest, vector_query)
 
 SNIPPET_CHARS = 200
 
@@ -112,7 +113,13 @@ class Searcher:
     """Exact sparse (and hybrid) search over one index; see :meth:`search`."""
 
     def __init__(self, engine: Engine, index: str, form: str | None = None,
-                 max_clauses: int = DEFAULT_MAX_CLAUSES) -> None:
+                 max_clauses: int = DEFAULT_MAX_CLAUSES, two_phase: int | None = None,
+                 two_phase_window: int = 100) -> None:
+        """``two_phase``: query with that many heaviest terms, rescore ``two_phase_window``
+        candidates with the rest (off when None)."""
+        if two_phase is not None and (two_phase < 1 or two_phase_window < 1):
+            raise ConfigError("two-phase search needs at least 1 first-phase term and a window of at least 1")
+        self.two_phase, self.two_phase_window = two_phase, two_phase_window
         self.engine = engine
         self.meta = IndexMeta.read(engine, index)
         where = f"{engine.info.kind} {engine.info.version} at {engine.info.location}"
@@ -128,6 +135,17 @@ class Searcher:
             raise ConfigError(f"index {self.meta.index!r} has no text fields for BM25")
         return filtered(bm25_query(text, self.meta.text_fields), list(filters))
 
+    def sparse_body(self, vector: Mapping[str, float], size: int, filters: Sequence[dict[str, Any]] = (),
+                    track_total_hits: bool = False, explain: bool = False) -> dict[str, Any]:
+        """The search body for a query vector, two-phase when configured and worth it."""
+        vector = capped(vector, self.max_clauses) if vector else vector
+        if self.two_phase is None or len(vector) <= self.two_phase:
+            return self.body(self.sparse_query(vector, filters), size, track_total_hits, explain)
+        head, tail = split_heaviest(vector, self.two_phase)
+        body = self.body(self.sparse_query(head, filters), size, track_total_hits, explain)
+        body["rescore"] = rescore(vector_query(tail, self.meta.field, self.form), max(self.two_phase_window, size))
+        return body
+
     def body(self, query: dict[str, Any], size: int, track_total_hits: bool = False,
              explain: bool = False) -> dict[str, Any]:
         source = [*self.meta.text_fields, *([self.meta.field] if explain else [])]
@@ -140,16 +158,16 @@ class Searcher:
         """The top ``k`` hits for a query vector (and, with ``hybrid``, its text through BM25)."""
         if k < 1:
             raise InputError(f"k must be at least 1, got {k}")
-        sparse = self.sparse_query(vector, filters)
         if hybrid is None:
-            reply = self.engine.search(self.meta.index, self.body(sparse, k, track_total_hits, explain))
+            reply = self.engine.search(self.meta.index, self.sparse_body(vector, k, filters, track_total_hits, explain))
             result = self._result(reply["hits"]["hits"], [float(h["_score"]) for h in reply["hits"]["hits"]],
                                   vector, explain, [reply])
             result.total = _total(reply["hits"]) if track_total_hits else None
         else:
             if not text or not text.strip():
                 raise InputError("hybrid search needs the query text for BM25")
-            result = self._hybrid(vector, text, filters, k, hybrid, sparse, explain, sparse_weight, max(window, k))
+            result = self._hybrid(vector, text, filters, k, hybrid, self.sparse_query(vector, filters), explain,
+                                  sparse_weight, max(window, k))
         result.form, result.query_terms = self.form, min(len(vector), self.max_clauses)
         return result
 
@@ -159,8 +177,7 @@ class Searcher:
         results = []
         for start in range(0, len(vectors), batch_size):
             batch = vectors[start:start + batch_size]
-            replies = self.engine.msearch(self.meta.index, [self.body(self.sparse_query(v, filters), k)
-                                                            for v in batch])
+            replies = self.engine.msearch(self.meta.index, [self.sparse_body(v, k, filters) for v in batch])
             for vector, reply in zip(batch, replies):
                 hits = reply["hits"]["hits"]
                 results.append(self._result(hits, [float(h["_score"]) for h in hits], vector, False, [reply]))
