@@ -23,9 +23,12 @@ def runner() -> CliRunner:
 def test_every_command_has_help(runner):
     top = runner.invoke(main, ["--help"])
     assert top.exit_code == 0 and "encode" in top.output and "Examples" in top.output
-    for name in main.commands:
-        result = runner.invoke(main, [name, "--help"])
-        assert result.exit_code == 0 and "Usage:" in result.output and "Examples" in result.output
+    paths = [[name] for name in main.commands]
+    paths += [[name, sub] for name, group in main.commands.items() for sub in getattr(group, "commands", {})]
+    for path in paths:
+        result = runner.invoke(main, [*path, "--help"])
+        assert result.exit_code == 0 and "Usage:" in result.output, path
+        assert "Examples" in result.output or "Example" in result.output, f"{' '.join(path)} --help has no example"
 
 
 def test_console_script_is_installed():

@@ -48,7 +48,13 @@ def engine() -> None:
 @click.option("--timeout", type=float, default=180.0, show_default=True, help="Seconds to wait for a healthy cluster.")
 @friendly_errors
 def start(kind: str, version: str | None, port: int | None, heap: str, fresh: bool, timeout: float) -> None:
-    """Start the node (or find it running) and print its URL."""
+    """Start the node (or find it running) and print its URL as the last line of output.
+
+    \b
+    Examples:
+      URL=$(splade-es engine start --kind opensearch | tail -n 1)
+      splade-es engine start --kind elasticsearch --port 0 --heap 1g --fresh
+    """
     state = LocalNode(kind, version, log=_progress).start(port=port, heap=heap, fresh=fresh, timeout=timeout)
     _progress(f"{kind} {state.version} is up (pid {state.pid}, logs {state.logs})")
     click.echo(state.url)
@@ -58,7 +64,12 @@ def start(kind: str, version: str | None, port: int | None, heap: str, fresh: bo
 @_kind
 @friendly_errors
 def stop(kind: str) -> None:
-    """Stop the node cleanly; its logs are kept."""
+    """Stop the node cleanly; its logs are kept.
+
+    \b
+    Example:
+      splade-es engine stop --kind opensearch
+    """
     state = LocalNode(kind).stop()
     click.echo(f"{kind}: stopped (logs kept in {state.logs})" if state else f"{kind}: not running")
 
@@ -68,7 +79,12 @@ def stop(kind: str) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the node's state as JSON.")
 @friendly_errors
 def status(kind: str, as_json: bool) -> None:
-    """Say whether the node runs; exit status 3 when it does not."""
+    """Say whether the node runs; exit status 3 when it does not.
+
+    \b
+    Example:
+      splade-es engine status --kind elasticsearch || splade-es engine start --kind elasticsearch
+    """
     state = LocalNode(kind).status()
     if as_json:
         click.echo(json.dumps({"running": state is not None, **(asdict(state) if state else {"kind": kind})}))

@@ -13,7 +13,14 @@ from splade_es.toolkit.query.searcher import IndexMeta
 
 @click.group(short_help="Kibana / OpenSearch Dashboards saved objects.")
 def kibana() -> None:
-    """Kibana and OpenSearch Dashboards inspection of splade-es indices."""
+    """Kibana and OpenSearch Dashboards inspection of splade-es indices: saved objects that
+    show, filter and chart each document's expansion terms.
+
+    \b
+    Examples:
+      splade-es kibana export --index cran --url http://localhost:9200 -o cran.ndjson
+      splade-es kibana export --index cran --flavor dashboards > cran.ndjson
+    """
 
 
 @kibana.command(short_help="Write importable saved objects (NDJSON) for an index.")
