@@ -56,7 +56,7 @@ class Trainer:
         self.device = torch.device(config.run.device or self.ranks.default_device()
                                    or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.output = Path(config.run.output_dir)
-        _seed_everything(config.run.seed + self.ranks.rank)
+        _seed_everything(config.run.seed)  # the same adapter initialisation on every rank
         if stage == "contrastive":
             datasets = [load_dataset(spec, config.data.on_bad_line, config.data.seed) for spec in config.data.datasets]
             self.sampler = MixtureSampler(datasets, [spec.weight for spec in config.data.datasets], config.batch.size,
@@ -71,6 +71,8 @@ class Trainer:
             self.bad_lines = {}
         self.encoder: SparseEncoder = build_encoder(config, self.device)
         self.parameters = trainable_parameters(self.encoder)
+        self._broadcast_parameters()
+        _seed_everything(config.run.seed + self.ranks.rank)  # then each rank its own dropout stream
         optim = config.optim
         self.optimizer = torch.optim.AdamW(self.parameters, lr=optim.lr, betas=tuple(optim.betas), eps=optim.eps,
                                            weight_decay=optim.weight_decay)
@@ -240,6 +242,13 @@ class Trainer:
     def _init_distributed(self) -> None:
         if self.ranks.world_size > 1 and not dist.is_initialized():
             dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+
+    def _broadcast_parameters(self) -> None:
+        """Rank 0's trainable weights everywhere, as DDP does, so every rank starts identical."""
+        if dist.is_available() and dist.is_initialized():
+            with torch.no_grad():
+                for parameter in self.parameters:
+                    dist.broadcast(parameter.data, src=0)
 
     def _barrier(self) -> None:
         if dist.is_available() and dist.is_initialized():

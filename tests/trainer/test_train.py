@@ -93,3 +93,29 @@ def _toml(config: dict) -> str:
         lines.append(f"[{section}]")
         lines += [f"{key} = {json.dumps(value)}" for key, value in values.items()]
     return "\n".join(lines) + "\n"
+
+
+def test_two_torchrun_ranks_train_like_one_process(tmp_path, tiny_mistral_dir, cranfield_pairs):
+    """Without dropout, 2 ranks (each half the batch, negatives gathered, gradients summed)
+    follow the single-process loss curve."""
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    sections = {"lora": {"dropout": 0.0}, "optim": {"max_steps": 4}, "run": {"tensorboard": False}}
+    single = TrainConfig.from_dict(tiny_config(tmp_path / "one", tiny_mistral_dir, cranfield_pairs, **sections))
+    expected = _losses(Trainer(single, show_progress=False).train().log)
+    config = tiny_config(tmp_path / "two", tiny_mistral_dir, cranfield_pairs, **sections)
+    path = tmp_path / "two.toml"
+    path.write_text(_toml(config))
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
+                             "--master-addr", "127.0.0.1", "--master-port", str(port), "-m", "splade_es.toolkit.cli",
+                             "train", "--config", str(path), "--no-progress", "--json"],
+                            capture_output=True, text=True, timeout=600, check=False, env=dict(os.environ))
+    assert result.returncode == 0, result.stderr[-3000:]
+    got = _losses(tmp_path / "two" / "run" / "contrastive-log.csv")
+    assert got == pytest.approx(expected, rel=1e-4)
