@@ -18,6 +18,7 @@ from typing import Any
 import orjson
 
 from splade_es.errors import ConfigError, InputError
+from splade_es.toolkit.corpus import read_corpus, resolve_corpus
 from splade_es.trainer.config import DatasetConfig
 
 
@@ -113,11 +114,8 @@ def _read_beir(spec: DatasetConfig, path: Path) -> Dataset:
     for needed in (path / "corpus.jsonl", path / "queries.jsonl", qrels):
         if not needed.is_file():
             raise ConfigError(f"dataset {spec.name!r}: BEIR layout needs {needed}")
-    documents = {}
-    for line in (path / "corpus.jsonl").read_bytes().splitlines():
-        if line.strip():
-            doc = orjson.loads(line)
-            documents[str(doc["_id"])] = "\n".join(t for t in (doc.get("title", ""), doc.get("text", "")) if t)
+    documents = {doc.id: "\n".join(value for value in doc.fields.values() if value)
+                 for doc in read_corpus(resolve_corpus(path, None, None))}
     queries = {str(q["_id"]): q["text"] for q in map(orjson.loads, (path / "queries.jsonl").read_bytes().splitlines())
                if q}
     dataset = Dataset(spec.name, [])

@@ -13,6 +13,7 @@ import shutil
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -152,13 +153,9 @@ class Trainer:
                            "active_q": float((queries > 0).sum(1).float().mean()),
                            "active_d": float((documents > 0).sum(1).float().mean())}
 
-        loss, parts = cached_step(self._encode, groups, self.config.batch.chunk_size, loss_fn, self._autocast)
+        loss, parts = cached_step(partial(encode_chunk, self.encoder), groups, self.config.batch.chunk_size, loss_fn,
+                                  self._autocast)
         return {"loss": loss, "dataset": name, "lambda_q": lambda_q, "lambda_d": lambda_d, **parts}
-
-    def _encode(self, chunk: list[tuple[bool, str]]) -> torch.Tensor:
-        is_query = chunk[0][0]
-        inputs = self.encoder.inputs
-        return self.encoder.forward(inputs.collate(inputs.encode([text for _, text in chunk], is_query)))
 
     def _adapt_step(self) -> dict[str, Any]:
         rng = random.Random(f"{self.config.data.seed}/adapt/{self.step}")
@@ -253,6 +250,12 @@ class Trainer:
     def _barrier(self) -> None:
         if dist.is_available() and dist.is_initialized():
             dist.barrier()
+
+
+def encode_chunk(encoder: SparseEncoder, chunk: list[tuple[bool, str]]) -> torch.Tensor:
+    """Pooled representations (with a graph) of ``(is_query, text)`` items of one kind."""
+    inputs = encoder.inputs
+    return encoder.forward(inputs.collate(inputs.encode([text for _, text in chunk], chunk[0][0])))
 
 
 def _all_have_negatives(examples: list[Example]) -> bool:

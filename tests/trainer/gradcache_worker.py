@@ -4,21 +4,20 @@ from __future__ import annotations
 
 import json
 import sys
+from functools import partial
 
 import torch
 import torch.distributed as dist
 
 from splade_es.trainer.config import TrainConfig
 from splade_es.trainer.gradcache import all_reduce_gradients, cached_step
+from splade_es.trainer.loop import encode_chunk
 from splade_es.trainer.losses import flops, info_nce
 from splade_es.trainer.model import build_encoder, trainable_parameters
 
 
 def encode_fn(encoder):
-    def encode(chunk):
-        inputs = encoder.inputs
-        return encoder.forward(inputs.collate(inputs.encode([text for _, text in chunk], chunk[0][0])))
-    return encode
+    return partial(encode_chunk, encoder)
 
 
 def loss_fn(full):

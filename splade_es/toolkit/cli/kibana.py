@@ -56,8 +56,7 @@ def export(index: str, flavor: str | None, output: str, url, engine_kind, data_d
     engine = open_engine(url, engine_kind, data_dir, api_key, username, password, ca_certs, insecure)
     try:
         meta = IndexMeta.read(engine, index)
-        properties = next(iter(engine.mappings(index).values())).get("properties", {})
-        if meta.terms_field not in properties:
+        if meta.terms_field not in meta.field_names:
             raise ConfigError(f"index {index!r} has no {meta.terms_field!r} keyword field to chart")
         chosen = flavor or ("dashboards" if engine.info.kind == "opensearch" else "kibana")
         text = to_ndjson(saved_objects(meta, chosen))

@@ -15,6 +15,7 @@ import urllib3
 from splade_es.toolkit.engines.base import Engine, EngineError, EngineUnavailable
 
 ENGINE_KINDS = ("opensearch", "elasticsearch", "local")
+PROBE_PATTERN = "splade-es-capability-probe-*"  # matches no index: searches on it only parse
 _log = logging.getLogger(__name__)
 
 
@@ -38,6 +39,12 @@ class Credentials:
         verify = given.get("verify_certs")
         return cls(pick("api_key"), pick("username"), pick("password"), pick("ca_certs"),
                    True if verify is None else bool(verify))
+
+    def tls_options(self, url: str) -> dict[str, object]:
+        """Client keyword arguments for certificate checks (both official clients take the same)."""
+        if not url.startswith("https"):
+            return {}
+        return {"verify_certs": self.verify_certs, "ca_certs": self.ca_certs, "ssl_show_warn": self.verify_certs}
 
     def headers(self) -> dict[str, str]:
         if self.api_key:
@@ -138,7 +145,7 @@ def _probe_restricted(pool: urllib3.PoolManager, url: str, credentials: Credenti
             return kind, str(version["number"]), set()
         except (ValueError, KeyError, TypeError):
             raise EngineError(f"{url} does not look like Elasticsearch or OpenSearch") from None
-    reply = _request(pool, "POST", url, "/splade-es-capability-probe-*/_search?allow_no_indices=true", credentials,
+    reply = _request(pool, "POST", url, f"/{PROBE_PATTERN}/_search?allow_no_indices=true", credentials,
                      body=b'{"size":0}')
     if reply.status >= 400 and not reply.headers.get("X-Elastic-Product"):
         raise EngineError(f"{url} refused every request (HTTP {reply.status}): check the API key or user",

@@ -9,7 +9,7 @@ import elasticsearch
 
 from splade_es.toolkit.engines.base import Capabilities, EngineError, EngineUnavailable
 from splade_es.toolkit.engines.connect import Credentials
-from splade_es.toolkit.engines.rest import RestEngine, error_reason
+from splade_es.toolkit.engines.rest import RestEngine, error_reason, has_rank_features
 
 _JSON = "application/vnd.elasticsearch+json; compatible-with=8"
 _NDJSON = "application/vnd.elasticsearch+x-ndjson; compatible-with=8"
@@ -30,20 +30,16 @@ class ElasticsearchEngine(RestEngine):
             auth["api_key"] = credentials.api_key
         elif credentials.username:
             auth["basic_auth"] = (credentials.username, credentials.password or "")
-        if url.startswith("https"):
-            auth.update(verify_certs=credentials.verify_certs, ca_certs=credentials.ca_certs,
-                        ssl_show_warn=credentials.verify_certs)
         self.client = elasticsearch.Elasticsearch(url, request_timeout=timeout, max_retries=0, retry_on_status=(),
-                                                  retry_on_timeout=False, **auth)
+                                                  retry_on_timeout=False, **auth, **credentials.tls_options(url))
         self._url = url
         super().__init__(url, version, modules)
 
     @classmethod
     def detect_capabilities(cls, version: str, modules: set[str], queries: set[str]) -> Capabilities:
-        # mapper-extras brings the rank_features field and the rank_feature query together;
-        # the sparse_vector field (8.11) predates the query of that name (8.15).
+        # The sparse_vector field (8.11) predates the query of that name (8.15).
         return Capabilities(
-            rank_features="mapper-extras" in modules or "rank_feature" in queries,
+            rank_features=has_rank_features(modules, queries),
             sparse_vector_field=_version_tuple(version) >= (8, 11) or "sparse_vector" in queries,
             sparse_vector_query="sparse_vector" in queries,
         )

@@ -8,26 +8,23 @@ import opensearchpy
 
 from splade_es.toolkit.engines.base import Capabilities, EngineError, EngineUnavailable
 from splade_es.toolkit.engines.connect import Credentials
-from splade_es.toolkit.engines.rest import RestEngine, error_reason
+from splade_es.toolkit.engines.rest import RestEngine, error_reason, has_rank_features
 
 
 class OpenSearchEngine(RestEngine):
     kind = "opensearch"
 
     def __init__(self, url: str, credentials: Credentials, version: str, modules: set[str], timeout: float) -> None:
-        options: dict[str, Any] = {"headers": credentials.headers()}
-        if url.startswith("https"):
-            options.update(verify_certs=credentials.verify_certs, ca_certs=credentials.ca_certs,
-                           ssl_show_warn=credentials.verify_certs)
         self.client = opensearchpy.OpenSearch([url], timeout=timeout, max_retries=0, retry_on_status=(),
-                                              retry_on_timeout=False, **options)
+                                              retry_on_timeout=False, headers=credentials.headers(),
+                                              **credentials.tls_options(url))
         self._url = url
         super().__init__(url, version, modules)
 
     @classmethod
     def detect_capabilities(cls, version: str, modules: set[str], queries: set[str]) -> Capabilities:
         return Capabilities(
-            rank_features="mapper-extras" in modules or "rank_feature" in queries,
+            rank_features=has_rank_features(modules, queries),
             sparse_vector_field=False,
             neural_sparse="neural_sparse" in queries,
         )

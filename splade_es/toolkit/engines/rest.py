@@ -15,6 +15,7 @@ from urllib.parse import quote
 import orjson
 
 from splade_es.toolkit.engines.base import BulkFailure, Capabilities, Engine, EngineError, EngineInfo, IndexStats
+from splade_es.toolkit.engines.connect import PROBE_PATTERN
 
 # Only what failure handling reads: a reply of 500 acknowledgements shrinks to a few bytes.
 _BULK_REPLY = "errors,items.*._id,items.*.status,items.*.error"
@@ -28,7 +29,6 @@ _QUERY_PROBES: dict[str, dict[str, Any]] = {
     "hybrid": {"queries": [{"match_all": {}}]},
 }
 _RRF_PROBE = {"size": 0, "retriever": {"rrf": {"retrievers": [{"standard": {"query": {"match_all": {}}}}] * 2}}}
-_PROBE_PATTERN = "splade-es-capability-probe-*"
 
 
 class RestEngine(Engine):
@@ -56,7 +56,7 @@ class RestEngine(Engine):
         """Whether the server accepts this search body: it parses (and licence-checks) it before
         touching any index, and a pattern matching nothing needs no privilege on existing data."""
         try:
-            self._send("POST", f"/{_PROBE_PATTERN}/_search", body,
+            self._send("POST", f"/{PROBE_PATTERN}/_search", body,
                        {"allow_no_indices": "true", "ignore_unavailable": "true"})
         except EngineError as exc:
             if exc.status in (400, 401, 403):
@@ -169,6 +169,12 @@ class RestEngine(Engine):
 
     def refresh(self, index: str) -> None:
         self._send("POST", f"/{_p(index)}/_refresh")
+
+
+def has_rank_features(modules: set[str], queries: set[str]) -> bool:
+    """mapper-extras brings the ``rank_features`` field and the ``rank_feature`` query together,
+    so either one seen (module list, or a query the server parses) means both are there."""
+    return "mapper-extras" in modules or "rank_feature" in queries
 
 
 def bulk_line(index: str, doc_id: str, source: dict[str, Any]) -> bytes:

@@ -32,6 +32,7 @@ class IndexMeta:
     field: str
     field_type: str
     text_fields: list[str]
+    field_names: frozenset[str]  # every field of the mapping
 
     @classmethod
     def read(cls, engine: Engine, index: str) -> IndexMeta:
@@ -50,7 +51,7 @@ class IndexMeta:
         model, config_hash, vector_field, field_type = distinct.pop()
         properties = next(iter(mappings.values())).get("properties", {})
         text_fields = [name for name, spec in properties.items() if spec.get("type") == "text"]
-        return cls(index, model, config_hash, vector_field, field_type, text_fields)
+        return cls(index, model, config_hash, vector_field, field_type, text_fields, frozenset(properties))
 
     @property
     def terms_field(self) -> str:
