@@ -21,7 +21,7 @@ from opensearchpy import OpenSearch, helpers
 from splade_es.toolkit.cli import main
 from splade_es.toolkit.corpus import read_corpus, read_vectors, resolve_corpus
 from splade_es.toolkit.engines.connect import connect
-from splade_es.toolkit.ingest import document_body
+from splade_es.toolkit.layouts import SpladeLayout
 from splade_es.toolkit.mappings import VectorIndexSpec, index_body
 
 
@@ -35,7 +35,7 @@ def main_() -> None:
     spec = VectorIndexSpec("bench", None, {})
     documents = list(read_corpus(resolve_corpus(args.corpus, None, None)))
     vectors = {doc_id: features for _, doc_id, features in read_vectors(args.vectors)}
-    actions = [{"_index": "bench-bulk", "_id": d.id, "_source": document_body(d, vectors[d.id], spec, 32)}
+    actions = [{"_index": "bench-bulk", "_id": d.id, "_source": SpladeLayout(spec).document(d, vectors[d.id])}
                for d in documents]
     for name in ("bench-warmup", "bench-bulk", "bench-ingest"):
         engine.delete_index(name)

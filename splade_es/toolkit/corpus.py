@@ -66,7 +66,7 @@ def resolve_corpus(path: str | Path, id_field: str | None, text_fields: Sequence
 
 def read_corpus(corpus: CorpusFormat, skip_bad: bool = False) -> Iterator[Document | BadRecord]:
     """Documents in file order; a bad record raises InputError, or is yielded when ``skip_bad``."""
-    for where, record in _raw_records(corpus.path):
+    for where, record in raw_records(corpus.path):
         try:
             yield _document(record, corpus, where)
         except InputError as exc:
@@ -96,7 +96,7 @@ def _document(record: Any, corpus: CorpusFormat, where: str) -> Document:
     return Document(str(doc_id), fields, where)
 
 
-def _raw_records(path: Path) -> Iterator[tuple[str, Any]]:
+def raw_records(path: Path) -> Iterator[tuple[str, Any]]:
     name = str(path)
     if name.endswith(".parquet"):
         yield from _parquet_rows(path)
@@ -138,7 +138,7 @@ def _parquet_rows(path: Path) -> Iterator[tuple[str, Any]]:
 
 def read_vectors(path: str | Path) -> Iterator[tuple[str, str, dict[str, float]]]:
     """``(where, id, features)`` from ``splade-es encode`` JSON lines (``{"id", "features"}``)."""
-    for where, record in _raw_records(Path(path)):
+    for where, record in raw_records(Path(path)):
         if isinstance(record, InputError):
             raise record
         if not isinstance(record, dict) or "id" not in record or not isinstance(record.get("features"), dict):

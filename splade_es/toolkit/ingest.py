@@ -25,7 +25,7 @@ from splade_es.errors import SpladeError
 from splade_es.toolkit.corpus import BadRecord, Document
 from splade_es.toolkit.engines.base import BulkFailure, Engine, EngineError, EngineUnavailable
 from splade_es.toolkit.engines.rest import bulk_line
-from splade_es.toolkit.mappings import VectorIndexSpec, check_compatible, index_body
+from splade_es.toolkit.layouts import Layout
 
 Features = dict[str, float]
 VectorSource = Callable[[list[Document]], list[Features]]
@@ -42,7 +42,6 @@ class IngestOptions:
     max_retries: int = 8
     initial_backoff: float = 0.5
     max_backoff: float = 30.0
-    terms_top_k: int = 32
     resume: bool = False
     failures_path: Path = Path("failures.jsonl")
     state_dir: Path | None = None
@@ -155,26 +154,13 @@ def shard(records: Iterable[Document | BadRecord], rank: int, world_size: int) -
             yield record
 
 
-def document_body(document: Document, features: Features, spec: VectorIndexSpec, terms_top_k: int) -> dict[str, Any]:
-    """The engine document: BM25 text fields, the vector, and its top terms as keywords."""
-    body: dict[str, Any] = {}
-    values = list(document.fields.values())
-    if len(values) > 1:
-        body["title"], body["text"] = values[0], "\n".join(v for v in values[1:] if v)
-    elif values:
-        body["text"] = values[0]
-    body[spec.field] = features
-    body[spec.terms_field] = sorted(features, key=features.get, reverse=True)[:terms_top_k]
-    return body
-
-
 class Ingester:
     """One shard's run: call :meth:`prepare_index` (rank 0 first), then :meth:`run`."""
 
-    def __init__(self, engine: Engine, spec: VectorIndexSpec, options: IngestOptions,
+    def __init__(self, engine: Engine, layout: Layout, options: IngestOptions,
                  identity: dict[str, Any]) -> None:
         self.engine = engine
-        self.spec = spec
+        self.layout = layout
         self.options = options
         state_dir = options.state_dir or _default_state_dir()
         self.checkpoint = Checkpoint.open(state_dir, {**identity, "target": options.alias or options.index,
@@ -192,16 +178,17 @@ class Ingester:
         return self.options.index
 
     def prepare_index(self, index: str) -> None:
-        """Create the index with its mapping, or check that an existing one fits this model."""
+        """Create the index with its mapping, or check that an existing one fits this layout (and model)."""
+        self.layout.prepare(self.engine)
         if self.engine.exists(index):
-            check_compatible(self.engine.mappings(index), self.spec, index)
+            self.layout.check(self.engine.mappings(index), index)
             return
         try:
-            self.engine.create_index(index, index_body(self.engine.info, self.spec))
+            self.engine.create_index(index, self.layout.create_body(self.engine.info))
         except EngineError as exc:
             if "already_exists" not in str(exc) and "already exists" not in str(exc):
                 raise
-            check_compatible(self.engine.mappings(index), self.spec, index)
+            self.layout.check(self.engine.mappings(index), index)
 
     # ---------------------------------------------------------------- run
     def run(self, index: str, records: Iterable[Document | BadRecord], vectors: VectorSource,
@@ -280,9 +267,9 @@ class Ingester:
         chunks, current, size, first = [], [], 0, block[0][0]
         count = 0
         for (position, document), vector in zip(block, features):
-            if not vector:
+            if self.layout.needs_vectors and not vector:
                 summary.empty += 1
-            body = document_body(document, vector, self.spec, self.options.terms_top_k)
+            body = self.layout.document(document, vector)
             line = bulk_line(index, document.id, body)
             if current and (len(current) >= self.options.chunk_docs or size + len(line) > self.options.chunk_bytes):
                 chunks.append(_Chunk(first, position, current, count))

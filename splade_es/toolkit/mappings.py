@@ -78,20 +78,46 @@ def choose_field_type(capabilities: Capabilities, requested: str | None, where: 
 
 
 def index_body(engine: EngineInfo, spec: VectorIndexSpec) -> dict[str, Any]:
-    """The create-index body: the shipped mapping, with the vector field renamed and ``_meta`` filled.
-
-    A node without the ``english`` analyzer (analysis-common) gets ``standard`` instead.
-    """
-    body = load_mapping(_TEMPLATE_ENGINE[engine.kind], spec.field_type)
+    """The create-index body: the shipped mapping, with the vector field renamed and ``_meta`` filled."""
+    body = _template(engine, spec.field_type)
     properties = body["mappings"]["properties"]
-    if not engine.capabilities.english_analyzer:
-        for spec_of_field in properties.values():
-            if spec_of_field.get("analyzer") == "english":
-                spec_of_field["analyzer"] = "standard"
     properties[spec.field] = properties.pop("splade")
     properties[spec.terms_field] = properties.pop("splade_terms")
     body["mappings"]["_meta"] = {"splade_es": spec.meta()}
     return body
+
+
+def text_index_body(engine: EngineInfo, meta: dict[str, Any]) -> dict[str, Any]:
+    """The shipped mapping without the vector fields: BEIR's analysed title and text (BM25, ELSER)."""
+    body = _template(engine, "rank_features")
+    for name in ("splade", "splade_terms"):
+        body["mappings"]["properties"].pop(name)
+    body["mappings"]["_meta"] = {"splade_es": meta}
+    return body
+
+
+def _template(engine: EngineInfo, field_type: str) -> dict[str, Any]:
+    """A shipped mapping; a node without the ``english`` analyzer (analysis-common) gets ``standard``."""
+    body = load_mapping(_TEMPLATE_ENGINE[engine.kind], field_type)
+    if not engine.capabilities.english_analyzer:
+        for spec_of_field in body["mappings"]["properties"].values():
+            if spec_of_field.get("analyzer") == "english":
+                spec_of_field["analyzer"] = "standard"
+    return body
+
+
+def recorded_meta(mappings: dict[str, dict[str, Any]], index: str) -> dict[str, Any]:
+    """The ``_meta.splade_es`` shared by every index behind ``index``, with its ``encoder``."""
+    metas = {name: mapping.get("_meta", {}).get("splade_es") for name, mapping in mappings.items()}
+    missing = sorted(name for name, meta in metas.items() if not meta)
+    if missing:
+        raise ConfigError(f"index {missing[0]!r} was not created by splade-es (its mapping has no _meta.splade_es)")
+    encoders = {meta.get("encoder", "splade") for meta in metas.values()}
+    if len(encoders) > 1:
+        raise ConfigError(f"{index!r} spans indices built by different encoders ({', '.join(sorted(encoders))})")
+    meta = dict(next(iter(metas.values())))
+    meta["encoder"] = encoders.pop()
+    return meta
 
 
 def model_id(model: str, adapter: str | None = None) -> str:
@@ -124,6 +150,9 @@ def check_compatible(mappings: dict[str, dict[str, Any]], spec: VectorIndexSpec,
         recorded = mapping.get("_meta", {}).get("splade_es")
         if not recorded:
             raise ConfigError(f"index {name!r} was not created by splade-es (no _meta.splade_es): pick a new index")
+        if recorded.get("encoder", "splade") != "splade":
+            raise ConfigError(f"index {index!r} holds {recorded['encoder']} documents, not splade vectors: "
+                              "write to a new index")
         if not same_model(recorded.get("model"), recorded.get("config_hash"), spec.model, spec.config_hash):
             raise ConfigError(
                 f"index {index!r} holds vectors from model {recorded.get('model')!r} (config "

@@ -8,8 +8,10 @@ from __future__ import annotations
 import click
 
 from splade_es import __version__
+from splade_es.toolkit.cli.benchmark import benchmark
 from splade_es.toolkit.cli.encode import encode
 from splade_es.toolkit.cli.engine import engine
+from splade_es.toolkit.cli.evaluate import evaluate
 from splade_es.toolkit.cli.explain import explain
 from splade_es.toolkit.cli.ingest import ingest
 from splade_es.toolkit.cli.kibana import kibana
@@ -33,6 +35,7 @@ def main() -> None:
       splade-es ingest --index cran --corpus data/cranfield --model ./bundle
       splade-es search --index cran --explain "boundary layer transition"
       splade-es explain --model ./bundle "lift of a delta wing"
+      splade-es eval --dataset data/cranfield --index cran --method bm25
 
     Run 'splade-es COMMAND --help' for a command's options.
     """
@@ -45,4 +48,6 @@ main.add_command(search)
 main.add_command(explain)
 main.add_command(kibana)
 main.add_command(train)
+main.add_command(evaluate)
+main.add_command(benchmark)
 

@@ -11,7 +11,9 @@ from splade_es.errors import InputError
 from splade_es.toolkit.cli.common import engine_options, friendly_errors, load_encoder, open_engine
 from splade_es.toolkit.corpus import BadRecord, Document, read_corpus, read_vectors, resolve_corpus
 from splade_es.toolkit.distributed import Group, Ranks
-from splade_es.toolkit.ingest import Ingester, IngestOptions, IngestSummary, shard
+from splade_es.toolkit.elser import DEFAULT_INFERENCE_ID, plan_for
+from splade_es.toolkit.ingest import Ingester, IngestOptions, IngestSummary, VectorSource, shard
+from splade_es.toolkit.layouts import ENCODERS, ElserLayout, Layout, SpladeLayout, TextLayout
 from splade_es.toolkit.mappings import FIELD_TYPES, VectorIndexSpec, choose_field_type, config_hash, model_id
 
 
@@ -19,8 +21,13 @@ from splade_es.toolkit.mappings import FIELD_TYPES, VectorIndexSpec, choose_fiel
 @click.option("--index", required=True, help="Index to write (with --alias: the base of the versioned name).")
 @click.option("--corpus", "corpus_path", type=click.Path(exists=True),
               help="BEIR directory, or .jsonl / .jsonl.gz / .csv / .parquet file.")
-@click.option("--model", "model_path", envvar="SPLADE_ES_MODEL", required=True, metavar="PATH_OR_ID",
+@click.option("--model", "model_path", envvar="SPLADE_ES_MODEL", metavar="PATH_OR_ID",
               help="Model bundle, hub id or backbone (env SPLADE_ES_MODEL); with --vectors: the model that made them.")
+@click.option("--encoder", type=click.Choice(ENCODERS), default="splade", show_default=True,
+              help="splade: vectors from --model; text: text fields only (a BM25 baseline index); "
+                   "elser: Elasticsearch expands the text with ELSER v2 itself.")
+@click.option("--inference-id", default=DEFAULT_INFERENCE_ID, show_default=True,
+              help="--encoder elser: the ELSER inference endpoint (or trained model id before 8.15).")
 @click.option("--adapter", metavar="PATH_OR_ID", help="A peft LoRA adapter to apply to --model.")
 @click.option("--vectors", "vectors_path", type=click.Path(exists=True, dir_okay=False),
               help="Precomputed vectors (splade-es encode --json output), in corpus order.")
@@ -49,13 +56,18 @@ from splade_es.toolkit.mappings import FIELD_TYPES, VectorIndexSpec, choose_fiel
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 @friendly_errors
-def ingest(index: str, corpus_path: str | None, model_path: str, adapter: str | None, vectors_path: str | None,
+def ingest(index: str, corpus_path: str | None, model_path: str | None, encoder: str, inference_id: str,
+           adapter: str | None, vectors_path: str | None,
            url, engine_kind, data_dir, api_key, username, password, ca_certs, insecure,
            field: str, field_type: str | None, id_field: str | None, text_fields: str | None, batch_size: int,
            device: str | None, doc_top_k: int | None, doc_min_weight: float | None, resume: bool,
            alias: str | None, skip_bad: bool, chunk_docs: int, chunk_mb: float, concurrency: int,
            max_retries: int, failures_path: str, state_dir: str | None, as_json: bool, no_progress: bool) -> None:
     """Encode documents into a vector field and bulk-load them, resumably.
+
+    With --encoder text only the text fields are indexed (a BM25 baseline); with --encoder
+    elser, Elasticsearch expands them with ELSER v2 at index time (semantic_text on 8.15+,
+    an inference pipeline over 256-word passages before).
 
     Documents are indexed by their corpus id, so running again never duplicates, and
     --resume skips what an interrupted run already indexed. Refused documents go to the
@@ -69,31 +81,24 @@ def ingest(index: str, corpus_path: str | None, model_path: str, adapter: str | 
       splade-es ingest --index beir-fiqa --corpus data/fiqa --model ./bundle
       splade-es ingest --index cran --corpus cran.jsonl --vectors vectors.jsonl --model ./bundle
       splade-es ingest --alias cran --index cran --corpus data/cranfield --model ./bundle --url https://es:9200
+      splade-es ingest --index cran-bm25 --corpus data/cranfield --encoder text
+      splade-es ingest --index cran-elser --corpus data/cranfield --encoder elser --url https://es:9200
       torchrun --nproc-per-node 4 -m splade_es.toolkit.cli ingest --index big --corpus big.jsonl --model ./bundle
     """
     if corpus_path is None and vectors_path is None:
         raise click.UsageError("give --corpus, --vectors, or both")
+    if encoder != "splade" and (vectors_path or not corpus_path):
+        raise click.UsageError(f"--encoder {encoder} reads --corpus and takes no --vectors")
+    if encoder == "splade" and not model_path:
+        raise click.UsageError("--encoder splade needs --model (or SPLADE_ES_MODEL)")
     ranks = Ranks.from_env()
     engine = open_engine(url, engine_kind, data_dir, api_key, username, password, ca_certs, insecure)
-    where = f"{engine.info.kind} {engine.info.version} at {engine.info.location}"
-    spec_field_type = choose_field_type(engine.info.capabilities, field_type, where)
     corpus = resolve_corpus(corpus_path, id_field, _split(text_fields)) if corpus_path else None
     records = read_corpus(corpus, skip_bad) if corpus else None
+    layout, encode = _layout(engine, encoder, inference_id, model_path, adapter, vectors_path, field, field_type,
+                             device or ranks.default_device(), doc_top_k, doc_min_weight)
     if vectors_path:
-        spec = VectorIndexSpec(model_id(model_path, adapter), _bundle_config_hash(model_path, adapter),
-                               {"precomputed": Path(vectors_path).name}, field, spec_field_type)
         records = _with_vectors(records, vectors_path)
-        encode = _precomputed
-    else:
-        encoder = load_encoder(model_path, adapter, device or ranks.default_device())
-        pruning = encoder.config.pruning(False).override(top_k=doc_top_k, min_weight=doc_min_weight)
-        spec = VectorIndexSpec(model_id(model_path, adapter), config_hash(encoder.config.to_dict()),
-                               pruning.__dict__.copy(), field, spec_field_type, encoder.config.feature_naming)
-
-        def encode(documents: list[Document]) -> list[dict[str, float]]:
-            vectors = encoder.encode_documents([d.text for d in documents], pruning=pruning, show_progress=False)
-            return [v.to_features() for v in vectors]
-
     failures = Path(failures_path)
     if ranks.world_size > 1:
         failures = failures.with_name(f"{failures.stem}.rank{ranks.rank}{failures.suffix}")
@@ -101,8 +106,9 @@ def ingest(index: str, corpus_path: str | None, model_path: str, adapter: str | 
                             concurrency=concurrency, encode_batch=batch_size, max_retries=max_retries,
                             resume=resume, failures_path=failures, state_dir=Path(state_dir) if state_dir else None,
                             rank=ranks.rank, world_size=ranks.world_size, show_progress=not no_progress)
-    identity = {"engine": engine.info.location, "corpus": str(Path(corpus_path or vectors_path).resolve())}
-    ingester = Ingester(engine, spec, options, identity)
+    identity = {"engine": engine.info.location, "corpus": str(Path(corpus_path or vectors_path).resolve()),
+                "encoder": encoder}
+    ingester = Ingester(engine, layout, options, identity)
     group = Group(ranks)
     try:
         target = None
@@ -127,6 +133,36 @@ def ingest(index: str, corpus_path: str | None, model_path: str, adapter: str | 
 
 def _split(value: str | None) -> list[str] | None:
     return [part.strip() for part in value.split(",") if part.strip()] if value else None
+
+
+def _layout(engine, encoder: str, inference_id: str, model_path: str | None, adapter: str | None,
+            vectors_path: str | None, field: str, field_type: str | None, device: str, doc_top_k: int | None,
+            doc_min_weight: float | None) -> tuple[Layout, VectorSource]:
+    """The index layout and where each document's vector comes from (none for text and ELSER)."""
+    if encoder == "text":
+        return TextLayout(), _no_vectors
+    if encoder == "elser":
+        return ElserLayout(plan_for(engine.info, inference_id)), _no_vectors
+    where = f"{engine.info.kind} {engine.info.version} at {engine.info.location}"
+    spec_field_type = choose_field_type(engine.info.capabilities, field_type, where)
+    if vectors_path:
+        spec = VectorIndexSpec(model_id(model_path, adapter), _bundle_config_hash(model_path, adapter),
+                               {"precomputed": Path(vectors_path).name}, field, spec_field_type)
+        return SpladeLayout(spec), _precomputed
+    model = load_encoder(model_path, adapter, device)
+    pruning = model.config.pruning(False).override(top_k=doc_top_k, min_weight=doc_min_weight)
+    spec = VectorIndexSpec(model_id(model_path, adapter), config_hash(model.config.to_dict()),
+                           pruning.__dict__.copy(), field, spec_field_type, model.config.feature_naming)
+
+    def encode(documents: list[Document]) -> list[dict[str, float]]:
+        vectors = model.encode_documents([d.text for d in documents], pruning=pruning, show_progress=False)
+        return [v.to_features() for v in vectors]
+
+    return SpladeLayout(spec), encode
+
+
+def _no_vectors(documents: list[Document]) -> list[dict[str, float]]:
+    return [{} for _ in documents]
 
 
 def _bundle_config_hash(model_path: str, adapter: str | None) -> str | None:

@@ -138,6 +138,15 @@ class Engine(ABC):
     def refresh(self, index: str) -> None:
         """Make everything written so far searchable."""
 
+    def has_inference(self, inference_id: str) -> bool:
+        """Whether the cluster can run this inference endpoint (or trained model); only
+        Elasticsearch with machine learning can."""
+        return False
+
+    def put_pipeline(self, name: str, body: dict[str, Any]) -> None:
+        """Create or replace an ingest pipeline (used for ELSER on Elasticsearch before 8.15)."""
+        raise EngineError(f"{self.info.kind} at {self.info.location} does not run splade-es ingest pipelines", 400)
+
     def close(self) -> None:
         """Release connections and files."""
 

@@ -9,7 +9,7 @@ import elasticsearch
 
 from splade_es.toolkit.engines.base import Capabilities, EngineError, EngineUnavailable
 from splade_es.toolkit.engines.connect import Credentials
-from splade_es.toolkit.engines.rest import RestEngine, error_reason, has_rank_features
+from splade_es.toolkit.engines.rest import RestEngine, error_reason, has_rank_features, url_part
 
 _JSON = "application/vnd.elasticsearch+json; compatible-with=8"
 _NDJSON = "application/vnd.elasticsearch+x-ndjson; compatible-with=8"
@@ -60,6 +60,23 @@ class ElasticsearchEngine(RestEngine):
                 raise EngineError("not found", 404)
             return None
         return reply.body
+
+    def has_inference(self, inference_id: str) -> bool:
+        """An inference endpoint (8.11+) or, failing that, a trained model of that id."""
+        for path, key in ((f"/_inference/{url_part(inference_id)}", "endpoints"),
+                          (f"/_ml/trained_models/{url_part(inference_id)}", "trained_model_configs")):
+            try:
+                reply = self._send("GET", path)
+            except EngineError as exc:
+                if exc.status in (400, 404, 405, 410):  # no such endpoint, or no inference API at all
+                    continue
+                raise
+            if reply.get(key) or reply.get("inference_id") or reply.get("model_id"):
+                return True
+        return False
+
+    def put_pipeline(self, name: str, body: dict[str, Any]) -> None:
+        self._send("PUT", f"/_ingest/pipeline/{url_part(name)}", body)
 
     def close(self) -> None:
         self.client.close()

@@ -15,6 +15,7 @@ import json
 import os
 import re
 import shutil
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -125,6 +126,7 @@ class LocalEngine(Engine):
         unknown = set(body) - {"query", "size", "from", "_source", "track_total_hits", "explain", "rescore"}
         if unknown:
             raise EngineError(f"the local engine does not support search option(s) {sorted(unknown)}", 400)
+        started = time.perf_counter()
         hits, total = [], 0
         size, offset = int(body.get("size", 10)), int(body.get("from", 0))
         candidates: list[tuple[float, str, dict[str, Any]]] = []
@@ -140,7 +142,8 @@ class LocalEngine(Engine):
         candidates.sort(key=lambda c: -c[0])
         for score, name, (doc_id, source) in candidates[offset: offset + size]:
             hits.append({"_index": name, "_id": doc_id, "_score": score, "_source": _select(source, body.get("_source", True))})
-        return {"took": 0, "timed_out": False, "hits": {"total": {"value": total, "relation": "eq"},
+        took = round((time.perf_counter() - started) * 1000, 3)  # milliseconds, like the engines' "took"
+        return {"took": took, "timed_out": False, "hits": {"total": {"value": total, "relation": "eq"},
                                                         "max_score": hits[0]["_score"] if hits else None, "hits": hits}}
 
     def count(self, index: str) -> int:
@@ -334,13 +337,18 @@ class _Query:
                     matched &= clause_matched
                     scores += clause_scores if occur == "must" else 0
         shoulds = _as_list(spec.get("should"))
-        if shoulds:
+        default = 0 if any(spec.get(o) for o in ("must", "filter")) else 1
+        merged = _one_vector(shoulds) if int(spec.get("minimum_should_match", default)) <= 1 else None
+        if merged is not None and self.data.field_type(merged[0]) == "rank_features":  # a sparse query: one product instead of a pass per term
+            clause_scores, clause_matched = self._weighted(*merged)
+            scores += np.where(clause_matched, clause_scores, 0)
+            matched &= clause_matched | (default == 0)
+        elif shoulds:
             hits = np.zeros(self.n, dtype=int)
             for clause in shoulds:
                 clause_scores, clause_matched = self.evaluate(clause)
                 scores += np.where(clause_matched, clause_scores, 0)
                 hits += clause_matched
-            default = 0 if any(spec.get(o) for o in ("must", "filter")) else 1
             matched &= hits >= int(spec.get("minimum_should_match", default))
         return scores * float(spec.get("boost", 1.0)), matched
 
@@ -401,6 +409,22 @@ class _Query:
         scores = matrix @ query
         present = matrix[:, [c for c, _ in known]].getnnz(axis=1) > 0 if known else np.zeros(self.n, dtype=bool)
         return np.asarray(scores).ravel(), np.asarray(present).ravel()
+
+
+def _one_vector(clauses: list[Any]) -> tuple[str, dict[str, float]] | None:
+    """``(field, weights)`` when every clause is a linear ``rank_feature`` on one field, else None."""
+    weights: dict[str, float] = {}
+    field_name = None
+    for clause in clauses:
+        spec = clause.get("rank_feature") if isinstance(clause, dict) and len(clause) == 1 else None
+        if not isinstance(spec, dict) or set(spec) - {"field", "linear", "boost"} or "linear" not in spec:
+            return None
+        name, _, feature = spec["field"].rpartition(".")
+        if field_name not in (None, name):
+            return None
+        field_name = name
+        weights[feature] = weights.get(feature, 0.0) + float(spec.get("boost", 1.0))
+    return (field_name, weights) if field_name else None
 
 
 def _rescored(data: _IndexData, scores: np.ndarray, order: np.ndarray, spec: dict[str, Any]) -> np.ndarray:

@@ -77,13 +77,13 @@ class RestEngine(Engine):
 
     # ---------------------------------------------------------------- indices
     def create_index(self, name: str, body: dict[str, Any]) -> None:
-        self._send("PUT", f"/{_p(name)}", body, {"wait_for_active_shards": "1"})
+        self._send("PUT", f"/{url_part(name)}", body, {"wait_for_active_shards": "1"})
 
     def delete_index(self, name: str) -> bool:
-        return self._found("DELETE", f"/{_p(name)}")
+        return self._found("DELETE", f"/{url_part(name)}")
 
     def exists(self, name: str) -> bool:
-        return self._found("HEAD", f"/{_p(name)}")
+        return self._found("HEAD", f"/{url_part(name)}")
 
     def _found(self, method: str, path: str) -> bool:
         """Send a request whose 404 means "no such thing" rather than an error."""
@@ -96,12 +96,12 @@ class RestEngine(Engine):
         return True
 
     def mappings(self, name: str) -> dict[str, dict[str, Any]]:
-        reply = self._send("GET", f"/{_p(name)}/_mapping")
+        reply = self._send("GET", f"/{url_part(name)}/_mapping")
         return {index: body.get("mappings", {}) for index, body in reply.items()}
 
     def alias_targets(self, alias: str) -> list[str]:
         try:
-            reply = self._send("GET", f"/_alias/{_p(alias)}")
+            reply = self._send("GET", f"/_alias/{url_part(alias)}")
         except EngineError as exc:
             if exc.status == 404:
                 return []
@@ -135,7 +135,7 @@ class RestEngine(Engine):
         return failures
 
     def search(self, index: str, body: dict[str, Any]) -> dict[str, Any]:
-        return self._send("POST", f"/{_p(index)}/_search", body)
+        return self._send("POST", f"/{url_part(index)}/_search", body)
 
     def msearch(self, index: str, bodies: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
         header = orjson.dumps({"index": index})
@@ -150,17 +150,17 @@ class RestEngine(Engine):
         return results
 
     def count(self, index: str) -> int:
-        return int(self._send("GET", f"/{_p(index)}/_count")["count"])
+        return int(self._send("GET", f"/{url_part(index)}/_count")["count"])
 
     def stats(self, index: str) -> IndexStats:
-        reply = self._send("GET", f"/{_p(index)}/_stats/docs,store")
+        reply = self._send("GET", f"/{url_part(index)}/_stats/docs,store")
         primaries = reply["_all"]["primaries"]
         return IndexStats(int(primaries["docs"]["count"]), int(primaries["store"]["size_in_bytes"]),
                           sorted(reply.get("indices", {})))
 
     def get(self, index: str, doc_id: str) -> dict[str, Any] | None:
         try:
-            reply = self._send("GET", f"/{_p(index)}/_doc/{_p(doc_id)}")
+            reply = self._send("GET", f"/{url_part(index)}/_doc/{url_part(doc_id)}")
         except EngineError as exc:
             if exc.status == 404:
                 return None
@@ -168,7 +168,7 @@ class RestEngine(Engine):
         return reply.get("_source") if reply.get("found") else None
 
     def refresh(self, index: str) -> None:
-        self._send("POST", f"/{_p(index)}/_refresh")
+        self._send("POST", f"/{url_part(index)}/_refresh")
 
 
 def has_rank_features(modules: set[str], queries: set[str]) -> bool:
@@ -187,7 +187,7 @@ def bulk_payload(index: str, documents: Sequence[tuple[str, dict[str, Any]]]) ->
     return b"".join(bulk_line(index, doc_id, source) for doc_id, source in documents)
 
 
-def _p(name: str) -> str:
+def url_part(name: str) -> str:
     return quote(name, safe=",*")
 
 

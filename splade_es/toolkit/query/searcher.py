@@ -14,7 +14,7 @@ from typing import Any
 
 from splade_es.errors import ConfigError, InputError
 from splade_es.toolkit.engines.base import Engine
-from splade_es.toolkit.mappings import same_model, terms_field_of
+from splade_es.toolkit.mappings import recorded_meta, same_model, terms_field_of
 from splade_es.toolkit.query import fusion
 from splade_es.toolkit.query.forms import (DEFAULT_MAX_CLAUSES, bm25_query, capped, choose_form, filtered, rescore,
                                           split_heaviest, vector_query)
@@ -40,10 +40,11 @@ class IndexMeta:
             raise ConfigError(f"no index or alias named {index!r} at {engine.info.location}: "
                               "create it with 'splade-es ingest'")
         mappings = engine.mappings(index)
-        metas = {name: mapping.get("_meta", {}).get("splade_es") for name, mapping in mappings.items()}
-        missing = sorted(name for name, meta in metas.items() if not meta)
-        if missing:
-            raise ConfigError(f"index {missing[0]!r} was not created by splade-es (its mapping has no _meta.splade_es)")
+        encoder = recorded_meta(mappings, index)["encoder"]
+        if encoder != "splade":
+            raise ConfigError(f"index {index!r} holds {encoder} documents, not splade vectors: search an index "
+                              "built by 'splade-es ingest' with a splade model")
+        metas = {name: mapping["_meta"]["splade_es"] for name, mapping in mappings.items()}
         distinct = {(m["model"], m.get("config_hash"), m["field"], m["field_type"]) for m in metas.values()}
         if len(distinct) > 1:
             raise ConfigError(f"{index!r} spans indices written by different models or fields: search one of "
@@ -165,10 +166,7 @@ class Searcher:
                                   vector, explain, [reply])
             result.total = _total(reply["hits"]) if track_total_hits else None
         else:
-            if not text or not text.strip():
-                raise InputError("hybrid search needs the query text for BM25")
-            result = self._hybrid(vector, text, filters, k, hybrid, self.sparse_query(vector, filters), explain,
-                                  sparse_weight, max(window, k))
+            result = self._hybrid(vector, text or "", filters, k, hybrid, explain, sparse_weight, window)
         result.form, result.query_terms = self.form, min(len(vector), self.max_clauses)
         return result
 
@@ -184,26 +182,43 @@ class Searcher:
                 results.append(self._result(hits, [float(h["_score"]) for h in hits], vector, False, [reply]))
         return results
 
-    def _hybrid(self, vector: Mapping[str, float], text: str, filters: Sequence[dict[str, Any]], k: int, mode: str,
-                sparse: dict[str, Any], explain: bool, sparse_weight: float, window: int) -> SearchResult:
+    def hybrid_bodies(self, vector: Mapping[str, float], text: str, k: int, mode: str,
+                      filters: Sequence[dict[str, Any]] = (), sparse_weight: float = 0.5, window: int = 100,
+                      explain: bool = False) -> tuple[list[dict[str, Any]], bool]:
+        """The request bodies of one hybrid search, and whether the engine fuses them itself
+        (one body) or :meth:`fuse` must (BM25 then sparse, ``window`` hits each)."""
         if mode not in fusion.MODES:
             raise ConfigError(f"unknown hybrid mode {mode!r}: choose {', '.join(fusion.MODES)}")
         if not 0.0 <= sparse_weight <= 1.0:
             raise ConfigError(f"the sparse weight of linear fusion must be within [0, 1], got {sparse_weight}")
-        bm25 = self.bm25_query(text, filters)
+        if not text or not text.strip():
+            raise InputError("hybrid search needs the query text for BM25")
+        bm25, sparse = self.bm25_query(text, filters), self.sparse_query(vector, filters)
+        window = max(window, k)
         native = fusion.native_body(self.engine.info.capabilities, mode, bm25, sparse, k, window, sparse_weight)
         if native is not None:
             native["_source"] = self.body(sparse, k, explain=explain)["_source"]
-            reply = self.engine.search(self.meta.index, native)
-            hits = reply["hits"]["hits"]
-            result = self._result(hits, [float(h["_score"]) for h in hits], vector, explain, [reply])
-            result.fused_natively = True
-        else:
-            replies = self.engine.msearch(self.meta.index, [self.body(bm25, window, explain=explain),
-                                                            self.body(sparse, window, explain=explain)])
-            fused = fusion.fuse(mode, [reply["hits"]["hits"] for reply in replies], sparse_weight)[:k]
-            result = self._result([hit for _, hit in fused], [score for score, _ in fused], vector, explain, replies)
-        result.hybrid = mode
+            return [native], True
+        return [self.body(bm25, window, explain=explain), self.body(sparse, window, explain=explain)], False
+
+    @staticmethod
+    def fuse(mode: str, replies: Sequence[dict[str, Any]], k: int, sparse_weight: float = 0.5
+             ) -> tuple[list[dict[str, Any]], list[float]]:
+        """Hits and scores of a hybrid search from its replies (fused here unless the engine did)."""
+        if len(replies) == 1:
+            hits = replies[0]["hits"]["hits"]
+            return hits, [float(h["_score"]) for h in hits]
+        fused = fusion.fuse(mode, [reply["hits"]["hits"] for reply in replies], sparse_weight)[:k]
+        return [hit for _, hit in fused], [score for score, _ in fused]
+
+    def _hybrid(self, vector: Mapping[str, float], text: str, filters: Sequence[dict[str, Any]], k: int, mode: str,
+                explain: bool, sparse_weight: float, window: int) -> SearchResult:
+        bodies, native = self.hybrid_bodies(vector, text, k, mode, filters, sparse_weight, window, explain)
+        replies = [self.engine.search(self.meta.index, bodies[0])] if native else self.engine.msearch(
+            self.meta.index, bodies)
+        hits, scores = self.fuse(mode, replies, k, sparse_weight)
+        result = self._result(hits, scores, vector, explain, replies)
+        result.hybrid, result.fused_natively = mode, native
         return result
 
     def _result(self, hits: list[dict[str, Any]], scores: list[float], vector: Mapping[str, float], explain: bool,

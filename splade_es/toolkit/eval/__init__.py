@@ -1,0 +1,1 @@
+"""BEIR-style evaluation: datasets, runs through the engine, standard metrics, reports."""

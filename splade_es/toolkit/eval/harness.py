@@ -1,0 +1,95 @@
+"""From a dataset, an index and a method name to an :class:`EvalResult`: checks the index,
+encodes the queries (or reads them precomputed), and runs the method."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from splade_es.errors import ConfigError, InputError
+from splade_es.toolkit.corpus import read_vectors
+from splade_es.toolkit.elser import check_available, recorded_plan
+from splade_es.toolkit.engines.base import Engine
+from splade_es.toolkit.eval.beir import BeirDataset
+from splade_es.toolkit.eval.methods import Bm25Method, ElserMethod, HybridMethod, Method, SpladeMethod
+from splade_es.toolkit.eval.runner import EvalResult, evaluate_method
+from splade_es.toolkit.mappings import config_hash, model_id
+from splade_es.toolkit.query.searcher import Searcher
+
+
+@dataclass
+class EvalSettings:
+    method: str = "splade"
+    model: str | None = None  # default: the model recorded in the index
+    adapter: str | None = None
+    query_vectors: str | None = None  # splade-es encode --json output, by query id
+    query_top_k: int | None = None
+    k: int = 1000
+    batch_size: int = 64
+    hybrid_mode: str = "rrf"
+    inference_id: str | None = None  # default: the one recorded in the ELSER index
+    device: str | None = None
+    show_progress: bool = True
+
+
+def check_index(engine: Engine, index: str) -> int:
+    """The document count; a missing or empty index is an error that says what to run."""
+    if not engine.exists(index):
+        raise ConfigError(f"no index named {index!r} at {engine.info.location}: build it with 'splade-es ingest'")
+    docs = engine.count(index)
+    if docs == 0:
+        raise ConfigError(f"index {index!r} is empty: ingest the dataset's corpus into it first")
+    return docs
+
+
+def evaluate_index(engine: Engine, dataset: BeirDataset, index: str, settings: EvalSettings) -> EvalResult:
+    check_index(engine, index)
+    encode_seconds = None
+    method: Method
+    if settings.method in ("splade", "hybrid"):
+        searcher = Searcher(engine, index)
+        if searcher.meta.field not in searcher.meta.field_names:
+            raise ConfigError(f"index {index!r} has no vector field {searcher.meta.field!r} in its mapping")
+        vectors, encode_seconds = query_vectors(searcher, dataset, settings)
+        method = (SpladeMethod(searcher, vectors) if settings.method == "splade"
+                  else HybridMethod(searcher, vectors, settings.hybrid_mode))
+    elif settings.method == "bm25":
+        method = Bm25Method(engine, index)
+    elif settings.method == "elser":
+        plan = recorded_plan(engine, index)
+        if settings.inference_id and settings.inference_id != plan.inference_id:
+            raise ConfigError(f"index {index!r} was expanded by {plan.inference_id!r}; query it with the same "
+                              f"endpoint, not {settings.inference_id!r}")
+        check_available(engine, plan)
+        method = ElserMethod(plan)
+    else:
+        raise ConfigError(f"unknown method {settings.method!r}: choose splade, bm25, elser or hybrid")
+    return evaluate_method(engine, index, method, dataset, settings.k, settings.batch_size, settings.show_progress,
+                           encode_seconds)
+
+
+def query_vectors(searcher: Searcher, dataset: BeirDataset, settings: EvalSettings
+                  ) -> tuple[dict[str, dict[str, float]], float | None]:
+    """Query vectors by query id, and the seconds spent encoding them (None when precomputed)."""
+    if settings.query_vectors:
+        vectors = {doc_id: features for _, doc_id, features in read_vectors(settings.query_vectors)}
+        missing = [qid for qid in dataset.queries if qid not in vectors]
+        if missing:
+            raise InputError(f"{settings.query_vectors}: no vector for {len(missing)} of the {len(dataset.queries)} "
+                             f"queries (e.g. query {missing[0]!r})")
+        if settings.query_top_k:
+            vectors = {qid: dict(sorted(v.items(), key=lambda item: -item[1])[:settings.query_top_k])
+                       for qid, v in vectors.items()}
+        return vectors, None
+    from splade_es.model.encoder import SparseEncoder
+
+    model = settings.model or searcher.meta.model
+    adapter = settings.adapter if settings.model else None
+    encoder = SparseEncoder.from_pretrained(model, adapter=adapter, device=settings.device)
+    searcher.meta.check_model(model_id(model, adapter), config_hash(encoder.config.to_dict()))
+    pruning = encoder.config.pruning(True).override(top_k=settings.query_top_k)
+    ids = list(dataset.queries)
+    started = time.perf_counter()
+    encoded = encoder.encode_queries([dataset.queries[qid] for qid in ids], pruning=pruning,
+                                     show_progress=settings.show_progress)
+    return {qid: vector.to_features() for qid, vector in zip(ids, encoded)}, time.perf_counter() - started

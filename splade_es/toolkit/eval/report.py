@@ -1,0 +1,156 @@
+"""A benchmark's results as people read them: ``report.md`` (a table like the paper's Table 1,
+published figures in their own labelled columns), ``results.json`` and PNG charts."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from splade_es.toolkit.atomic import atomic_text_file
+from splade_es.toolkit.eval.runner import EvalResult
+
+# nDCG@10 x 100 from the papers (DESIGN section 5): BM25 / ELSER v2 / Echo-Mistral-SPLADE.
+REFERENCE = {
+    "scifact": {"BM25": 66.5, "ELSER v2": 71.8, "Echo-Mistral-SPLADE": 77.24},
+    "nfcorpus": {"BM25": 32.5, "ELSER v2": 36.7, "Echo-Mistral-SPLADE": 42.28},
+    "fiqa": {"BM25": 23.6, "ELSER v2": 41.6, "Echo-Mistral-SPLADE": 57.71},
+    "arguana": {"BM25": 31.5, "ELSER v2": 55.6, "Echo-Mistral-SPLADE": 56.21},
+    "trec-covid": {"BM25": 65.6, "ELSER v2": 72.9, "Echo-Mistral-SPLADE": 76.79},
+}
+REFERENCE_SYSTEMS = ("BM25", "ELSER v2", "Echo-Mistral-SPLADE")
+BEIR13_AVERAGE = {"BM25": 44.02, "SPLADE++": 50.72, "SPLADE-v3": 51.68, "ELSER v2": 52.07,
+                  "Echo-Mistral-SPLADE": 55.07, "CSPLADE-Bi-8B": 55.3}
+CHARTS = ("ndcg.png", "latency_vs_ndcg.png", "index_size.png")
+
+
+def write_report(results: Sequence[EvalResult], out: Path, context: dict[str, Any]) -> list[Path]:
+    """Write ``results.json``, ``report.md`` and the charts into ``out``; returns the files."""
+    out.mkdir(parents=True, exist_ok=True)
+    with atomic_text_file(out / "results.json") as handle:
+        json.dump({"context": context, "results": [r.to_dict() for r in results]}, handle, indent=1)
+    charts = write_charts(results, out)
+    with atomic_text_file(out / "report.md") as handle:
+        handle.write(markdown(results, context, [c.name for c in charts]))
+    return [out / "results.json", out / "report.md", *charts]
+
+
+def _grid(results: Sequence[EvalResult]) -> tuple[list[str], list[str], dict[tuple[str, str], EvalResult]]:
+    datasets = list(dict.fromkeys(r.dataset for r in results))
+    methods = list(dict.fromkeys(r.method for r in results))
+    return datasets, methods, {(r.dataset, r.method): r for r in results}
+
+
+def _reference_key(dataset: str) -> str | None:
+    name = dataset.lower().removeprefix("beir-")
+    return name if name in REFERENCE else None
+
+
+def markdown(results: Sequence[EvalResult], context: dict[str, Any], charts: Sequence[str]) -> str:
+    datasets, methods, cell = _grid(results)
+    lines = [f"# splade-es benchmark — {time.strftime('%Y-%m-%d', time.gmtime(context.get('time', time.time())))}",
+             "",
+             f"Engine: {context.get('engine', '?')}. Model: {context.get('model') or '—'}. Split: "
+             f"{context.get('split', 'test')}. Retrieval depth k = {context.get('k', 1000)}.",
+             "",
+             "## nDCG@10 (× 100)",
+             "",
+             "Measured here on the left; figures published in the papers (not run here) on the right, "
+             "where the paper reports this dataset.",
+             ""]
+    header = ["Dataset", *[f"**{m}**" for m in methods], *[f"{s} (published)" for s in REFERENCE_SYSTEMS]]
+    lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for dataset in datasets:
+        reference = REFERENCE.get(_reference_key(dataset) or "", {})
+        row = [dataset, *[_pct(cell.get((dataset, m)), "ndcg@10") for m in methods],
+               *[f"{reference[s]:g}" if s in reference else "—" for s in REFERENCE_SYSTEMS]]
+        lines.append("| " + " | ".join(row) + " |")
+    if len(datasets) > 1:
+        averages = []
+        for method in methods:
+            values = [cell[(d, method)].metrics["ndcg@10"] for d in datasets if (d, method) in cell]
+            averages.append(f"{100 * sum(values) / len(values):.2f}" if len(values) == len(datasets) else "—")
+        lines.append("| **average** | " + " | ".join(averages) + " | " + " | ".join("—" for _ in REFERENCE_SYSTEMS) + " |")
+    lines += ["", "Published BEIR-13 averages for orientation: "
+              + ", ".join(f"{name} {value:.2f}" for name, value in BEIR13_AVERAGE.items()) + ".", ""]
+    lines += ["## All metrics, latency and size", "",
+              "| Dataset | Method | nDCG@10 | Recall@100 | MRR@10 | MAP | p50 ms | p95 ms | p99 ms | QPS | "
+              "index MiB | queries |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for result in results:
+        m = result.metrics
+        lines.append(f"| {result.dataset} | {result.method} | {m['ndcg@10']:.4f} | {m['recall@100']:.4f} | "
+                     f"{m['mrr@10']:.4f} | {m['map']:.4f} | {result.latency_ms['p50']:.1f} | "
+                     f"{result.latency_ms['p95']:.1f} | {result.latency_ms['p99']:.1f} | {result.qps:.1f} | "
+                     f"{(result.index_size_bytes or 0) / 2**20:.1f} | {result.queries} |")
+    lines += ["", "Latency is the engine's own time per query (`took`); QPS is one client sending multi-search "
+              "batches; query encoding is not included.", ""]
+    for chart in charts:
+        lines += [f"![{chart.removesuffix('.png').replace('_', ' ')}]({chart})", ""]
+    return "\n".join(lines)
+
+
+def _pct(result: EvalResult | None, metric: str) -> str:
+    return f"{100 * result.metrics[metric]:.2f}" if result else "—"
+
+
+def write_charts(results: Sequence[EvalResult], out: Path) -> list[Path]:
+    """nDCG@10 per dataset and method; latency versus nDCG@10; index size per method."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    datasets, methods, cell = _grid(results)
+    paths = []
+
+    paths.append(_bars(datasets, methods, cell, lambda r: 100 * r.metrics["ndcg@10"], "nDCG@10 × 100",
+                       "nDCG@10 per dataset and method", out / "ndcg.png"))
+
+    figure, axes = plt.subplots(figsize=(5.5, 3.8))
+    for method in methods:
+        points = [r for r in results if r.method == method]
+        axes.scatter([r.latency_ms["p50"] for r in points], [100 * r.metrics["ndcg@10"] for r in points], label=method)
+        for r in points:
+            axes.annotate(r.dataset, (r.latency_ms["p50"], 100 * r.metrics["ndcg@10"]), fontsize=7,
+                          xytext=(3, 3), textcoords="offset points")
+    axes.set_xlabel("engine latency p50 (ms)")
+    axes.set_ylabel("nDCG@10 × 100")
+    axes.set_title("Latency versus nDCG@10")
+    axes.legend()
+    paths.append(_save(figure, out / "latency_vs_ndcg.png"))
+
+    paths.append(_bars(datasets, methods, cell, lambda r: (r.index_size_bytes or 0) / 2**20, "index size (MiB)",
+                       "Index size per method", out / "index_size.png"))
+    return paths
+
+
+def _bars(datasets: list[str], methods: list[str], cell: dict[tuple[str, str], EvalResult],
+          value: Callable[[EvalResult], float], label: str, title: str, path: Path) -> Path:
+    """Grouped bars: one group per dataset, one bar per method."""
+    import matplotlib.pyplot as plt
+
+    width = 0.8 / max(len(methods), 1)
+    figure, axes = plt.subplots(figsize=(max(5.0, 1.6 * len(datasets) + 2), 3.6))
+    for i, method in enumerate(methods):
+        xs = [d + i * width for d in range(len(datasets))]
+        axes.bar(xs, [value(cell[(name, method)]) if (name, method) in cell else 0 for name in datasets], width,
+                 label=method)
+    axes.set_xticks([d + width * (len(methods) - 1) / 2 for d in range(len(datasets))], datasets)
+    axes.set_ylabel(label)
+    axes.set_title(title)
+    axes.legend()
+    return _save(figure, path)
+
+
+def _save(figure, path: Path) -> Path:
+    import matplotlib.pyplot as plt
+
+    figure.tight_layout()
+    staging = path.with_name(f".{path.name}.tmp.png")
+    figure.savefig(staging, dpi=120)
+    plt.close(figure)
+    staging.replace(path)
+    return path
