@@ -18,7 +18,7 @@ from typing import Any
 from splade_es.errors import ConfigError
 from splade_es.toolkit.corpus import Document
 from splade_es.toolkit.engines.base import Engine, EngineInfo
-from splade_es.toolkit.engines.elastic import _version_tuple
+from splade_es.toolkit.engines.elastic import version_tuple
 from splade_es.toolkit.mappings import recorded_meta, text_index_body
 
 DEFAULT_INFERENCE_ID = ".elser-2-elasticsearch"
@@ -46,7 +46,7 @@ def plan_for(info: EngineInfo, inference_id: str = DEFAULT_INFERENCE_ID) -> Else
     if info.kind != "elasticsearch":
         raise ConfigError(f"ELSER runs only inside Elasticsearch (on a machine-learning node); {info.kind} at "
                           f"{info.location} cannot run it: point --url at an Elasticsearch 8.11+ cluster")
-    version = _version_tuple(info.version)
+    version = version_tuple(info.version)
     if version != (0, 0) and version < (8, 11):
         raise ConfigError(f"ELSER v2 needs Elasticsearch 8.11 or later; {info.location} runs {info.version}")
     return ElserPlan(inference_id, "semantic_text" if version == (0, 0) or version >= (8, 15) else "pipeline", version)
@@ -117,4 +117,4 @@ def recorded_plan(engine: Engine, index: str) -> ElserPlan:
     if meta["encoder"] != "elser":
         raise ConfigError(f"index {index!r} holds {meta['encoder']} documents, not ELSER ones: build one with "
                           "'splade-es ingest --encoder elser'")
-    return ElserPlan(meta["inference_id"], meta["layout"], _version_tuple(engine.info.version))
+    return ElserPlan(meta["inference_id"], meta["layout"], version_tuple(engine.info.version))

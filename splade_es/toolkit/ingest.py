@@ -31,6 +31,20 @@ Features = dict[str, float]
 VectorSource = Callable[[list[Document]], list[Features]]
 
 
+def encoded_vectors(encoder, pruning) -> VectorSource:
+    """Document vectors from a loaded encoder, one batch at a time."""
+    def encode(documents: list[Document]) -> list[Features]:
+        vectors = encoder.encode_documents([d.text for d in documents], pruning=pruning, show_progress=False)
+        return [vector.to_features() for vector in vectors]
+
+    return encode
+
+
+def no_vectors(documents: list[Document]) -> list[Features]:
+    """For layouts whose documents carry no vector of ours (text, ELSER)."""
+    return [{} for _ in documents]
+
+
 @dataclass
 class IngestOptions:
     index: str

@@ -17,7 +17,8 @@ from splade_es.errors import ConfigError
 from splade_es.toolkit import elser
 from splade_es.toolkit.corpus import Document
 from splade_es.toolkit.engines.base import Engine, EngineInfo
-from splade_es.toolkit.mappings import VectorIndexSpec, check_compatible, index_body, recorded_meta, text_index_body
+from splade_es.toolkit.mappings import (VectorIndexSpec, check_compatible, choose_field_type, config_hash, index_body,
+                                        model_id, recorded_meta, text_index_body)
 
 Features = dict[str, float]
 ENCODERS = ("splade", "text", "elser")
@@ -60,6 +61,16 @@ class SpladeLayout(Layout):
 
     def __init__(self, spec: VectorIndexSpec, terms_top_k: int = 32) -> None:
         self.spec, self.terms_top_k = spec, terms_top_k
+
+    @classmethod
+    def for_encoder(cls, encoder, model: str, adapter: str | None, info: EngineInfo, pruning,
+                    field: str = "splade", field_type: str | None = None) -> SpladeLayout:
+        """The layout of vectors a loaded encoder writes with ``pruning``; the field type is the
+        requested one, else the best the engine stores."""
+        where = f"{info.kind} {info.version} at {info.location}"
+        return cls(VectorIndexSpec(model_id(model, adapter), config_hash(encoder.config.to_dict()),
+                                   pruning.__dict__.copy(), field, choose_field_type(info.capabilities, field_type, where),
+                                   encoder.config.feature_naming))
 
     def create_body(self, info: EngineInfo) -> dict[str, Any]:
         return index_body(info, self.spec)

@@ -106,6 +106,12 @@ def _template(engine: EngineInfo, field_type: str) -> dict[str, Any]:
     return body
 
 
+def analysed_text_fields(mappings: dict[str, dict[str, Any]]) -> list[str]:
+    """The ``text`` fields of an index's mapping, in mapping order (BEIR's title and text)."""
+    properties = next(iter(mappings.values()), {}).get("properties", {})
+    return [name for name, spec in properties.items() if spec.get("type") == "text"]
+
+
 def recorded_meta(mappings: dict[str, dict[str, Any]], index: str) -> dict[str, Any]:
     """The ``_meta.splade_es`` shared by every index behind ``index``, with its ``encoder``."""
     metas = {name: mapping.get("_meta", {}).get("splade_es") for name, mapping in mappings.items()}

@@ -12,7 +12,8 @@ from splade_es.toolkit.cli.common import engine_options, friendly_errors, load_e
 from splade_es.toolkit.corpus import BadRecord, Document, read_corpus, read_vectors, resolve_corpus
 from splade_es.toolkit.distributed import Group, Ranks
 from splade_es.toolkit.elser import DEFAULT_INFERENCE_ID, plan_for
-from splade_es.toolkit.ingest import Ingester, IngestOptions, IngestSummary, VectorSource, shard
+from splade_es.toolkit.ingest import (Ingester, IngestOptions, IngestSummary, VectorSource, encoded_vectors,
+                                      no_vectors, shard)
 from splade_es.toolkit.layouts import ENCODERS, ElserLayout, Layout, SpladeLayout, TextLayout
 from splade_es.toolkit.mappings import FIELD_TYPES, VectorIndexSpec, choose_field_type, config_hash, model_id
 
@@ -140,29 +141,19 @@ def _layout(engine, encoder: str, inference_id: str, model_path: str | None, ada
             doc_min_weight: float | None) -> tuple[Layout, VectorSource]:
     """The index layout and where each document's vector comes from (none for text and ELSER)."""
     if encoder == "text":
-        return TextLayout(), _no_vectors
+        return TextLayout(), no_vectors
     if encoder == "elser":
-        return ElserLayout(plan_for(engine.info, inference_id)), _no_vectors
-    where = f"{engine.info.kind} {engine.info.version} at {engine.info.location}"
-    spec_field_type = choose_field_type(engine.info.capabilities, field_type, where)
+        return ElserLayout(plan_for(engine.info, inference_id)), no_vectors
     if vectors_path:
+        where = f"{engine.info.kind} {engine.info.version} at {engine.info.location}"
         spec = VectorIndexSpec(model_id(model_path, adapter), _bundle_config_hash(model_path, adapter),
-                               {"precomputed": Path(vectors_path).name}, field, spec_field_type)
+                               {"precomputed": Path(vectors_path).name}, field,
+                               choose_field_type(engine.info.capabilities, field_type, where))
         return SpladeLayout(spec), _precomputed
     model = load_encoder(model_path, adapter, device)
     pruning = model.config.pruning(False).override(top_k=doc_top_k, min_weight=doc_min_weight)
-    spec = VectorIndexSpec(model_id(model_path, adapter), config_hash(model.config.to_dict()),
-                           pruning.__dict__.copy(), field, spec_field_type, model.config.feature_naming)
-
-    def encode(documents: list[Document]) -> list[dict[str, float]]:
-        vectors = model.encode_documents([d.text for d in documents], pruning=pruning, show_progress=False)
-        return [v.to_features() for v in vectors]
-
-    return SpladeLayout(spec), encode
-
-
-def _no_vectors(documents: list[Document]) -> list[dict[str, float]]:
-    return [{} for _ in documents]
+    return (SpladeLayout.for_encoder(model, model_path, adapter, engine.info, pruning, field, field_type),
+            encoded_vectors(model, pruning))
 
 
 def _bundle_config_hash(model_path: str, adapter: str | None) -> str | None:

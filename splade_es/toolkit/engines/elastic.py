@@ -15,7 +15,7 @@ _JSON = "application/vnd.elasticsearch+json; compatible-with=8"
 _NDJSON = "application/vnd.elasticsearch+x-ndjson; compatible-with=8"
 
 
-def _version_tuple(version: str) -> tuple[int, int]:
+def version_tuple(version: str) -> tuple[int, int]:
     """``(major, minor)``; ``(0, 0)`` when the server did not say (restricted credentials)."""
     major, minor, *_ = (version.split("-")[0].split(".") + ["0", "0"])
     return (int(major), int(minor)) if major.isdigit() and minor.isdigit() else (0, 0)
@@ -40,7 +40,7 @@ class ElasticsearchEngine(RestEngine):
         # The sparse_vector field (8.11) predates the query of that name (8.15).
         return Capabilities(
             rank_features=has_rank_features(modules, queries),
-            sparse_vector_field=_version_tuple(version) >= (8, 11) or "sparse_vector" in queries,
+            sparse_vector_field=version_tuple(version) >= (8, 11) or "sparse_vector" in queries,
             sparse_vector_query="sparse_vector" in queries,
         )
 

@@ -339,7 +339,8 @@ class _Query:
         shoulds = _as_list(spec.get("should"))
         default = 0 if any(spec.get(o) for o in ("must", "filter")) else 1
         merged = _one_vector(shoulds) if int(spec.get("minimum_should_match", default)) <= 1 else None
-        if merged is not None and self.data.field_type(merged[0]) == "rank_features":  # a sparse query: one product instead of a pass per term
+        # A sparse query (linear rank_feature clauses on one field): one product, not a pass per term.
+        if merged is not None and self.data.field_type(merged[0]) == "rank_features":
             clause_scores, clause_matched = self._weighted(*merged)
             scores += np.where(clause_matched, clause_scores, 0)
             matched &= clause_matched | (default == 0)

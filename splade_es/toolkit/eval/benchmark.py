@@ -14,7 +14,6 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from splade_es.errors import ConfigError, SpladeError
 from splade_es.toolkit.corpus import read_corpus
@@ -24,9 +23,9 @@ from splade_es.toolkit.eval.beir import BeirDataset
 from splade_es.toolkit.eval.harness import EvalSettings, evaluate_index
 from splade_es.toolkit.eval.report import write_report
 from splade_es.toolkit.eval.runner import EvalResult
-from splade_es.toolkit.ingest import Ingester, IngestOptions
+from splade_es.toolkit.ingest import Ingester, IngestOptions, VectorSource, encoded_vectors, no_vectors
 from splade_es.toolkit.layouts import ElserLayout, Layout, SpladeLayout, TextLayout
-from splade_es.toolkit.mappings import VectorIndexSpec, choose_field_type, config_hash, model_id
+from splade_es.toolkit.mappings import config_hash, model_id
 
 ENCODER_OF = {"bm25": "text", "splade": "splade", "hybrid": "splade", "elser": "elser"}
 
@@ -66,7 +65,7 @@ class Benchmark:
             for method in self.settings.methods:
                 settings = EvalSettings(method, self.settings.model, self.settings.adapter, k=self.settings.k,
                                         batch_size=self.settings.batch_size, device=self.settings.device,
-                                        show_progress=self.settings.show_progress)
+                                        show_progress=self.settings.show_progress, encoder=self._encoder)
                 result = evaluate_index(self.engine, dataset, indices[ENCODER_OF[method]], settings)
                 self.log(f"{dataset.name} {method}: nDCG@10 {result.metrics['ndcg@10']:.4f}, "
                          f"p50 {result.latency_ms['p50']:.1f} ms")
@@ -109,14 +108,9 @@ class Benchmark:
             return TextLayout()
         if encoder == "elser":
             return ElserLayout(plan_for(self.engine.info, self.settings.inference_id))
-        encoder_model = self.encoder()
-        info = self.engine.info
-        field_type = choose_field_type(info.capabilities, None, f"{info.kind} at {info.location}")
-        spec = VectorIndexSpec(model_id(self.settings.model, self.settings.adapter),
-                               config_hash(encoder_model.config.to_dict()),
-                               encoder_model.config.pruning(False).__dict__.copy(), "splade", field_type,
-                               encoder_model.config.feature_naming)
-        return SpladeLayout(spec)
+        model = self.encoder()
+        return SpladeLayout.for_encoder(model, self.settings.model, self.settings.adapter, self.engine.info,
+                                        model.config.pruning(False))
 
     def encoder(self):
         if self._encoder is None:
@@ -133,13 +127,11 @@ class Benchmark:
             self.encoder().config.to_dict()))
         return hashlib.sha1(identity.encode()).hexdigest()[:8]
 
-    def _vectors(self, encoder: str) -> Callable[[list[Any]], list[dict[str, float]]]:
+    def _vectors(self, encoder: str) -> VectorSource:
         if encoder != "splade":
-            return lambda documents: [{} for _ in documents]
+            return no_vectors
         model = self.encoder()
-        pruning = model.config.pruning(False)
-        return lambda documents: [v.to_features() for v in model.encode_documents(
-            [d.text for d in documents], pruning=pruning, show_progress=False)]
+        return encoded_vectors(model, model.config.pruning(False))
 
 
 def index_name(prefix: str, dataset: str, encoder: str, model_tag: str = "") -> str:

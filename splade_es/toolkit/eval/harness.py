@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from typing import Any
 
 from splade_es.errors import ConfigError, InputError
 from splade_es.toolkit.corpus import read_vectors
@@ -30,6 +31,7 @@ class EvalSettings:
     inference_id: str | None = None  # default: the one recorded in the ELSER index
     device: str | None = None
     show_progress: bool = True
+    encoder: Any = None  # an already loaded SparseEncoder of ``model`` (the benchmark's); else loaded here
 
 
 def check_index(engine: Engine, index: str) -> int:
@@ -85,7 +87,7 @@ def query_vectors(searcher: Searcher, dataset: BeirDataset, settings: EvalSettin
 
     model = settings.model or searcher.meta.model
     adapter = settings.adapter if settings.model else None
-    encoder = SparseEncoder.from_pretrained(model, adapter=adapter, device=settings.device)
+    encoder = settings.encoder or SparseEncoder.from_pretrained(model, adapter=adapter, device=settings.device)
     searcher.meta.check_model(model_id(model, adapter), config_hash(encoder.config.to_dict()))
     pruning = encoder.config.pruning(True).override(top_k=settings.query_top_k)
     ids = list(dataset.queries)

@@ -11,6 +11,7 @@ from splade_es.errors import ConfigError
 from splade_es.toolkit.elser import ElserPlan
 from splade_es.toolkit.elser import query as elser_query
 from splade_es.toolkit.engines.base import Engine
+from splade_es.toolkit.mappings import analysed_text_fields
 from splade_es.toolkit.query.forms import bm25_query
 from splade_es.toolkit.query.searcher import Searcher
 
@@ -75,7 +76,7 @@ class Bm25Method(Method):
     name = "bm25"
 
     def __init__(self, engine: Engine, index: str) -> None:
-        self.fields = text_fields(engine, index)
+        self.fields = analysed_text_fields(engine.mappings(index))
         if not self.fields:
             raise ConfigError(f"index {index!r} has no text fields to run BM25 on")
 
@@ -84,11 +85,6 @@ class Bm25Method(Method):
             return []
         return [{"query": bm25_query(text, self.fields), "size": k, "_source": False, "track_total_hits": False}]
 
-
-def text_fields(engine: Engine, index: str) -> list[str]:
-    """The analysed text fields of an index (BEIR's title and text, in mapping order)."""
-    properties = next(iter(engine.mappings(index).values()), {}).get("properties", {})
-    return [name for name, spec in properties.items() if spec.get("type") == "text"]
 
 
 class ElserMethod(Method):

@@ -14,7 +14,7 @@ from typing import Any
 
 from splade_es.errors import ConfigError, InputError
 from splade_es.toolkit.engines.base import Engine
-from splade_es.toolkit.mappings import recorded_meta, same_model, terms_field_of
+from splade_es.toolkit.mappings import analysed_text_fields, recorded_meta, same_model, terms_field_of
 from splade_es.toolkit.query import fusion
 from splade_es.toolkit.query.forms import (DEFAULT_MAX_CLAUSES, bm25_query, capped, choose_form, filtered, rescore,
                                           split_heaviest, vector_query)
@@ -51,8 +51,8 @@ class IndexMeta:
                               + ", ".join(sorted(metas)))
         model, config_hash, vector_field, field_type = distinct.pop()
         properties = next(iter(mappings.values())).get("properties", {})
-        text_fields = [name for name, spec in properties.items() if spec.get("type") == "text"]
-        return cls(index, model, config_hash, vector_field, field_type, text_fields, frozenset(properties))
+        return cls(index, model, config_hash, vector_field, field_type, analysed_text_fields(mappings),
+                   frozenset(properties))
 
     @property
     def terms_field(self) -> str:
