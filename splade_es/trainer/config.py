@@ -26,7 +26,8 @@ MISTRAL_PROJECTIONS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_
 class ModelConfig:
     backbone: str = "mistralai/Mistral-7B-v0.3"
     mode: str = "echo"  # echo | bidirectional | causal | mlm
-    max_length: int = 256
+    max_length: int = 256  # tokens per text while training
+    encode_max_length: int = 0  # the bundle's max_length (0: max_length): train short, encode whole documents
     quantization: str = "none"  # none | 8bit | 4bit (QLoRA: NF4, double quantisation, bf16 compute)
     gradient_checkpointing: bool = True
     init_adapter: str = ""  # start from this adapter (e.g. the output of --stage adapt)
@@ -216,6 +217,8 @@ def _check(config: TrainConfig) -> None:
     for name, value in positive.items():
         if value < 1:
             raise ConfigError(f"{name} must be at least 1, got {value}")
+    if config.model.encode_max_length < 0:
+        raise ConfigError(f"model.encode_max_length must be >= 0, got {config.model.encode_max_length}")
     for name in ("lambda_q", "lambda_d", "lambda_relu"):
         if getattr(config.loss, name) < 0:
             raise ConfigError(f"loss.{name} must be >= 0")

@@ -12,7 +12,7 @@ import random
 import shutil
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -229,9 +229,14 @@ class Trainer:
     def _save_bundle(self) -> Path:
         bundle = self.output / ("adapter" if self.stage == "adapt" else "bundle")
         if self.ranks.is_main:
+            trained = self.encoder.config
+            self.encoder.config = replace(trained, max_length=self.config.model.encode_max_length or trained.max_length)
             self.encoder.backbone.model.eval()
-            self.encoder.save_pretrained(bundle)
-            self.encoder.backbone.model.train()
+            try:
+                self.encoder.save_pretrained(bundle)
+            finally:
+                self.encoder.config = trained
+                self.encoder.backbone.model.train()
         self._barrier()
         return bundle
 

@@ -13,16 +13,12 @@ from conftest import SHARED_DATA
 @pytest.fixture(scope="session")
 def cranfield_pairs(tmp_path_factory) -> Path:
     """``[title, text]`` lines (sentence-transformers shape) from Cranfield documents alone."""
+    from splade_es.toolkit.corpus import resolve_corpus
+    from splade_es.trainer.pairs import title_pairs
+
     path = tmp_path_factory.mktemp("pairs") / "cranfield-pairs.jsonl"
-    lines = []
-    for raw in (SHARED_DATA / "cranfield" / "corpus.jsonl").read_text().splitlines():
-        doc = json.loads(raw)
-        title, text = doc.get("title", "").strip(), doc.get("text", "").strip()
-        if text.startswith(title):
-            text = text[len(title):].strip(" .")
-        if title and text:
-            lines.append(json.dumps([title, text]))
-    path.write_text("\n".join(lines) + "\n")
+    pairs = title_pairs(resolve_corpus(SHARED_DATA / "cranfield", None, None), negatives_depth=0)
+    path.write_text("".join(json.dumps([pair.title, pair.body]) + "\n" for pair in pairs))
     return path
 
 

@@ -9,12 +9,15 @@ import click
 
 from splade_es import __version__
 from splade_es.toolkit.cli.benchmark import benchmark
+from splade_es.toolkit.cli.compare import compare
 from splade_es.toolkit.cli.encode import encode
 from splade_es.toolkit.cli.engine import engine
 from splade_es.toolkit.cli.evaluate import evaluate
 from splade_es.toolkit.cli.explain import explain
 from splade_es.toolkit.cli.ingest import ingest
+from splade_es.toolkit.cli.init_model import init_model
 from splade_es.toolkit.cli.kibana import kibana
+from splade_es.toolkit.cli.pairs import pairs
 from splade_es.toolkit.cli.search import search
 from splade_es.toolkit.cli.train import train
 
@@ -29,6 +32,8 @@ def main() -> None:
 
     \b
     Examples:
+      splade-es init-model --base minilm --output models/start
+      splade-es pairs --corpus data/cranfield --output pairs.jsonl
       splade-es encode --model ./bundle "boundary layer transition"
       splade-es encode --model ./bundle --query --json "lift of a delta wing"
       splade-es encode --model ./bundle --input docs.jsonl --output vectors.jsonl
@@ -47,7 +52,10 @@ main.add_command(ingest)
 main.add_command(search)
 main.add_command(explain)
 main.add_command(kibana)
+main.add_command(init_model)
+main.add_command(pairs)
 main.add_command(train)
 main.add_command(evaluate)
 main.add_command(benchmark)
+main.add_command(compare)
 

@@ -228,7 +228,7 @@ class _IndexData:
             else:
                 self.sources[row] = record["_source"]
         self._matrices: dict[str, tuple[sp.csr_matrix, dict[str, int]]] = {}
-        self._bm25: dict[str, _BM25] = {}
+        self._bm25: dict[str, BM25] = {}
 
     @property
     def live(self) -> int:
@@ -255,13 +255,13 @@ class _IndexData:
             self._matrices[field_name] = (matrix, columns)
         return self._matrices[field_name]
 
-    def bm25(self, field_name: str) -> _BM25:
+    def bm25(self, field_name: str) -> BM25:
         if field_name not in self._bm25:
-            self._bm25[field_name] = _BM25([_text(s.get(field_name)) for s in self.sources])
+            self._bm25[field_name] = BM25([_text(s.get(field_name)) for s in self.sources])
         return self._bm25[field_name]
 
 
-class _BM25:
+class BM25:
     """Okapi BM25 over one text field (Lucene's formula and defaults)."""
 
     def __init__(self, texts: list[str], k1: float = 1.2, b: float = 0.75) -> None:
