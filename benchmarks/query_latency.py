@@ -16,6 +16,7 @@ source document as the one relevant answer.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import platform
 import time
@@ -125,9 +126,17 @@ def _read_qrels(path: Path) -> dict:
     return qrels
 
 
+def _model_key(model: str) -> str:
+    """Short hash of where the model is and what its weights and config files are (size, mtime)."""
+    path = Path(model)
+    files = sorted(p for p in path.iterdir() if p.is_file()) if path.is_dir() else []
+    stamp = [str(path.resolve() if path.exists() else model)] + [f"{p.name}:{p.stat().st_size}:{p.stat().st_mtime_ns}" for p in files]
+    return hashlib.sha1("|".join(stamp).encode()).hexdigest()[:10]
+
+
 def cranfield(url: str, model: str, work: Path) -> dict:
     encoder = SparseEncoder.from_pretrained(model, device="cpu")
-    vectors_file = work / "cranfield-vectors.jsonl"
+    vectors_file = work / f"cranfield-vectors-{_model_key(model)}.jsonl"  # never another model's vectors
     if not vectors_file.exists():
         documents = [orjson.loads(line) for line in (CRANFIELD / "corpus.jsonl").read_bytes().splitlines()]
         encoded = encoder.encode_documents([f"{d.get('title', '')}\n{d['text']}".strip() for d in documents])
@@ -219,15 +228,22 @@ def run() -> None:
     parser.add_argument("--synthetic-docs", type=int, default=100_000)
     parser.add_argument("--synthetic-queries", type=int, default=200)
     parser.add_argument("--work-dir", default="/tmp/splade-es-query-latency")
+    parser.add_argument("--corpora", default="cranfield,synthetic",
+                        help="comma-separated: cranfield (uses --model), synthetic (model-free vectors)")
     parser.add_argument("--out", help="write the raw results here (JSON)")
     args = parser.parse_args()
+    corpora = [name.strip() for name in args.corpora.split(",") if name.strip()]
+    unknown = sorted(set(corpora) - {"cranfield", "synthetic"})
+    if unknown or not corpora:
+        parser.error(f"--corpora: unknown {', '.join(unknown) or 'nothing given'} (choose cranfield, synthetic)")
     work = Path(args.work_dir)
     work.mkdir(parents=True, exist_ok=True)
     engine = connect(args.url)
     results = {"engine": f"{engine.info.kind} {engine.info.version}", "machine": platform.platform(),
                "date": time.strftime("%Y-%m-%d"), "model": args.model,
-               "corpora": [cranfield(args.url, args.model, work),
-                           synthetic(args.url, args.synthetic_docs, args.synthetic_queries, work)]}
+               "corpora": [cranfield(args.url, args.model, work) if name == "cranfield"
+                           else synthetic(args.url, args.synthetic_docs, args.synthetic_queries, work)
+                           for name in corpora]}
     for result in results["corpora"]:
         _print(result)
     if args.out:
