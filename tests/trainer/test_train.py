@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import math
 import json
 
 import pytest
@@ -20,25 +21,47 @@ def _losses(path) -> list[float]:
         return [float(row["loss"]) for row in csv.DictReader(handle)]
 
 
-def test_a_small_config_trains_loss_falls_and_the_bundle_encodes(tmp_path, tiny_mistral_dir, cranfield_pairs):
-    # A random 2-layer model learns fast enough only with a larger LoRA step and no dropout.
+def test_a_small_config_trains_end_to_end_and_the_bundle_encodes(tmp_path, tiny_mistral_dir, cranfield_pairs):
+    # The mechanics on the decoder path (echo, LoRA): logs, FLOPS, checkpoints, the bundle. A random
+    # 2-layer model cannot learn to rank in 30 steps; the MiniLM test below shows learning.
     config = TrainConfig.from_dict(tiny_config(
         tmp_path, tiny_mistral_dir, cranfield_pairs, lora={"r": 8, "dropout": 0.0},
         loss={"lambda_q": 0.01, "lambda_d": 0.01, "lambda_warmup_steps": 0},
         optim={"max_steps": 30, "warmup_steps": 3, "lr": 1e-2}, run={"save_every": 10}))
     result = Trainer(config, show_progress=False).train()
     losses = _losses(result.log)
-    assert len(losses) == 30 and sum(losses[-5:]) / 5 < 0.5 * sum(losses[:5]) / 5
+    assert len(losses) == 30 and sum(losses[-5:]) < sum(losses[:5])
     with open(result.log) as handle:
         rows = list(csv.DictReader(handle))
     assert {"info_nce", "flops_q", "flops_d", "lambda_q", "active_q", "active_d", "lr", "examples_per_s"} <= set(rows[0])
-    assert float(rows[-1]["active_d"]) < 0.9 * float(rows[0]["active_d"])  # FLOPS sparsifies
     assert list((tmp_path / "run" / "tensorboard").iterdir())
     encoder = SparseEncoder.from_pretrained(str(result.bundle), device="cpu")
     vector = encoder.encode_queries("boundary layer transition")
     assert len(vector) > 0 and encoder.config.mode == "echo"
     checkpoints = sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir())
     assert checkpoints == ["contrastive-step-20", "contrastive-step-30"]  # keep_checkpoints = 2
+
+
+def test_a_real_small_model_trains_sparse_and_keeps_ranking(tmp_path, minilm_start, cranfield_pairs):
+    """Full fine-tuning of the MiniLM start on Cranfield title -> body pairs. The pretrained start
+    already tells a title's body from the others of its batch; training must keep that (InfoNCE
+    well under chance, the log of the 8 documents per query) while FLOPS makes the documents
+    several times sparser. (Whether it ranks *better* takes hundreds of steps: docs/BENCHMARKS.md.)"""
+    config = TrainConfig.from_dict(tiny_config(
+        tmp_path, minilm_start, cranfield_pairs, model={"mode": "mlm", "max_length": 32, "encode_max_length": 128},
+        lora={"enabled": False}, loss={"lambda_q": 0.001, "lambda_d": 0.001, "lambda_warmup_steps": 10},
+        optim={"max_steps": 20, "warmup_steps": 3, "lr": 1e-4}, batch={"size": 8, "chunk_size": 8},
+        run={"save_every": 100}))
+    result = Trainer(config, show_progress=False).train()
+    with open(result.log) as handle:
+        rows = list(csv.DictReader(handle))
+    info_nce = [float(row["info_nce"]) for row in rows]
+    assert len(rows) == 20 and sum(info_nce[-10:]) / 10 < 0.6 * math.log(8), info_nce
+    active = [float(row["active_d"]) for row in rows]
+    assert sum(active[-5:]) / 5 < 0.3 * active[0], active  # FLOPS sparsifies
+    encoder = SparseEncoder.from_pretrained(str(result.bundle), device="cpu")
+    assert encoder.config.max_length == 128 and encoder.config.mode == "mlm"  # encode_max_length, not 32
+    assert len(encoder.encode_documents("boundary layer transition on a flat plate")) > 0
 
 
 def test_an_interrupted_run_resumes_exactly(tmp_path, tiny_mistral_dir, cranfield_pairs):
