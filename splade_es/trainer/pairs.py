@@ -20,7 +20,7 @@ import orjson
 
 from splade_es.errors import InputError
 from splade_es.toolkit.atomic import atomic_text_file
-from splade_es.toolkit.corpus import CorpusFormat, Document, read_corpus
+from splade_es.toolkit.corpus import CorpusFormat, read_corpus
 from splade_es.toolkit.engines.local import BM25
 
 _SPACE = re.compile(r"\s+")
@@ -64,9 +64,8 @@ def title_pairs(corpus: CorpusFormat, title_field: str = "title", body_field: st
     over the bodies, the document itself and identical bodies excluded; 0 disables negatives.
     """
     stats = stats if stats is not None else PairStats()
-    documents = [d for d in read_corpus(corpus) if isinstance(d, Document)]
     titles, bodies = [], []
-    for document in documents:
+    for document in read_corpus(corpus):  # a malformed record raises, naming FILE:LINE
         title, text = document.fields.get(title_field, "").strip(), document.fields.get(body_field, "")
         body = strip_title(title, text)
         if not title:

@@ -15,8 +15,8 @@ from typing import Any
 import numpy as np
 
 from splade_es.errors import InputError
+from splade_es.toolkit.eval.metrics import METRICS
 
-METRICS = ("ndcg@10", "recall@100", "mrr@10", "map")
 PAIRED_METRIC = "ndcg@10"
 PERMUTATIONS = 10_000
 
