@@ -11,16 +11,16 @@ from __future__ import annotations
 import importlib.util
 import json
 import re
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 
 from splade_es.errors import ModelLoadError
 from splade_es.model.config import CONFIG_NAME, SpladeConfig
 from splade_es.model.inputs import Batch
-from splade_es.model.pooling import pool_full_logits, pool_pooled_positions
+from splade_es.model.pooling import VocabHead, pool_full_logits, pool_pooled_positions
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.txt")
@@ -36,7 +36,7 @@ class Backbone:
         self.is_mlm = is_mlm
         self.lm = model.get_base_model() if hasattr(model, "get_base_model") else model
         self.body = getattr(self.lm, self.lm.base_model_prefix)
-        self.head = _mlm_head(self.lm) if is_mlm else self.lm.get_output_embeddings()
+        self.head = _mlm_head(self.lm) if is_mlm else VocabHead(self.lm.get_output_embeddings())
         self.vocab_size = int(self.lm.get_output_embeddings().weight.shape[0])
 
     @property
@@ -63,7 +63,7 @@ class Backbone:
             logits = self.lm(input_ids=batch.input_ids, attention_mask=mask).logits
             return pool_full_logits(logits, batch.pool_mask)
         hidden = self.hidden_states(batch.input_ids, batch.attention_mask, bidirectional)
-        return pool_pooled_positions(hidden, batch.pool_mask, self.head, self.vocab_size, chunk_tokens)
+        return pool_pooled_positions(hidden, batch.pool_mask, self.head, chunk_tokens)
 
 
 def _bidirectional_mask(attention_mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -73,14 +73,16 @@ def _bidirectional_mask(attention_mask: torch.Tensor, dtype: torch.dtype) -> tor
     return ((1.0 - keys) * torch.finfo(dtype).min).expand(-1, 1, seq, seq)
 
 
-def _mlm_head(lm) -> Callable[[torch.Tensor], torch.Tensor] | None:
-    """The full MLM head (transform + decoder) of known families; None -> full forward."""
+def _mlm_head(lm) -> VocabHead | None:
+    """The MLM head (transform, decoder) of known families; None -> full forward."""
     if hasattr(lm, "cls"):  # BERT family (naver/splade-*)
-        return lm.cls
+        return VocabHead(lm.cls.predictions.decoder, lm.cls.predictions.transform)
     if hasattr(lm, "vocab_projector"):  # DistilBERT (opensearch neural sparse)
-        return lambda h: lm.vocab_projector(lm.vocab_layer_norm(lm.activation(lm.vocab_transform(h))))
+        return VocabHead(lm.vocab_projector,
+                         lambda h: lm.vocab_layer_norm(lm.activation(lm.vocab_transform(h))))
     if hasattr(lm, "lm_head"):  # RoBERTa / XLM-R
-        return lm.lm_head
+        head = lm.lm_head
+        return VocabHead(head.decoder, lambda h: head.layer_norm(F.gelu(head.dense(h))))
     return None
 
 
