@@ -1,6 +1,7 @@
 """Gradient caching: an effective batch of any size on fixed memory, exactly.
 
-1. Encode every chunk without a graph, remembering each chunk's RNG state.
+1. Encode every chunk without a graph, remembering each chunk's RNG state (a group that fits
+   in one chunk keeps its graph instead and skips step 3).
 2. Gather all ranks' representations, compute the loss on the whole batch (InfoNCE and
    FLOPS both need it), and take its gradient with respect to the representations only.
 3. Re-encode chunk by chunk with a graph, replaying each chunk's RNG state so dropout masks
@@ -61,25 +62,31 @@ def cached_step(encode: Encode, groups: Sequence[Sequence[Any]], chunk_size: int
     """
     autocast = autocast or nullcontext
     rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
-    cached: list[list[tuple[Sequence[Any], _RngState]]] = []
+    cached: list[list[tuple[Sequence[Any], _RngState]] | None] = []
     local_reps: list[torch.Tensor] = []
-    with torch.no_grad():
-        for group in groups:
-            pieces, reps = [], []
-            for chunk in _chunks(group, chunk_size):
-                state = _RngState.capture()
-                with autocast():
-                    reps.append(encode(chunk).float())
-                pieces.append((chunk, state))
-            cached.append(pieces)
-            local_reps.append(torch.cat(reps))
-    full = [gather(reps).detach().requires_grad_(True) for reps in local_reps]
+    for group in groups:
+        chunks = _chunks(group, chunk_size)
+        # A group that fits in one chunk keeps its graph: there is nothing to replay, and
+        # encoding it twice would cost a third more compute for the same gradients.
+        keep_graph = len(chunks) == 1
+        pieces, reps = [], []
+        for chunk in chunks:
+            state = _RngState.capture()
+            with torch.set_grad_enabled(keep_graph), autocast():
+                reps.append(encode(chunk).float())
+            pieces.append((chunk, state))
+        cached.append(None if keep_graph else pieces)
+        local_reps.append(torch.cat(reps))
+    full = [gather(reps.detach()).requires_grad_(True) for reps in local_reps]
     loss, parts = loss_fn(full)
     loss.backward()
     after = _RngState.capture()
     for reps, pieces, local in zip(full, cached, local_reps):
         start = rank * local.shape[0]
         grad = reps.grad[start:start + local.shape[0]]
+        if pieces is None:
+            local.backward(grad)
+            continue
         offset = 0
         for chunk, state in pieces:
             state.restore()

@@ -37,7 +37,7 @@ def prepared(config_path: str):
 
 
 def main() -> None:
-    config_path, pairs_path, out = sys.argv[1:4]
+    config_path, pairs_path, out, chunk = sys.argv[1:5]
     dist.init_process_group("gloo")
     rank, world = dist.get_rank(), dist.get_world_size()
     pairs = json.loads(open(pairs_path).read())
@@ -45,7 +45,7 @@ def main() -> None:
     mine = pairs[rank * share:(rank + 1) * share]
     encoder = prepared(config_path)
     groups = [[(True, q) for q, _ in mine], [(False, d) for _, d in mine]]
-    loss, _ = cached_step(encode_fn(encoder), groups, 2, loss_fn)
+    loss, _ = cached_step(encode_fn(encoder), groups, int(chunk), loss_fn)
     parameters = trainable_parameters(encoder)
     all_reduce_gradients(parameters)
     if rank == 0:

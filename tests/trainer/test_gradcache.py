@@ -38,10 +38,17 @@ def _full_batch_grads(encoder, pairs, chunk: int) -> tuple[float, list[torch.Ten
     return float(loss.detach()), [p.grad.clone() for p in trainable_parameters(encoder)]
 
 
-def _cached_grads(encoder, pairs, chunk: int) -> tuple[float, list[torch.Tensor]]:
+def _cached_grads(encoder, pairs, chunk: int) -> tuple[float, list[torch.Tensor], int]:
+    """Loss, gradients, and how many texts were encoded (with replays)."""
     groups = [[(True, q) for q, _ in pairs], [(False, d) for _, d in pairs]]
-    loss, _ = cached_step(encode_fn(encoder), groups, chunk, loss_fn)
-    return loss, [p.grad.clone() for p in trainable_parameters(encoder)]
+    encode, encoded = encode_fn(encoder), []
+
+    def counting(items):
+        encoded.append(len(items))
+        return encode(items)
+
+    loss, _ = cached_step(counting, groups, chunk, loss_fn)
+    return loss, [p.grad.clone() for p in trainable_parameters(encoder)], sum(encoded)
 
 
 def _assert_same(a, b, tolerance=1e-3):
@@ -50,22 +57,26 @@ def _assert_same(a, b, tolerance=1e-3):
         torch.testing.assert_close(x, y, rtol=tolerance, atol=1e-5)  # padding changes float sums
 
 
-@pytest.mark.parametrize("dropout, reference_chunk", [
-    (0.1, 3),  # dropout on: the reference encodes the same chunks, so masks come from the same RNG draws
-    (0.0, 8),  # dropout off: any chunking gives the one-pass gradients
+@pytest.mark.parametrize("dropout, reference_chunk, chunk, encoded", [
+    (0.1, 3, 3, 32),  # dropout on: the reference encodes the same chunks, so masks come from the same RNG draws
+    (0.0, 8, 3, 32),  # dropout off: any chunking gives the one-pass gradients
+    (0.1, 8, 8, 16),  # each group in one chunk: its graph is kept, nothing is encoded twice
 ])
-def test_cached_gradients_equal_the_full_batch(tmp_path, tiny_mistral_dir, cranfield_pairs, dropout, reference_chunk):
+def test_cached_gradients_equal_the_full_batch(tmp_path, tiny_mistral_dir, cranfield_pairs, dropout, reference_chunk,
+                                               chunk, encoded):
     config = _config_file(tmp_path, tiny_mistral_dir, cranfield_pairs, dropout=dropout)
     pairs = _pairs(cranfield_pairs, 8)
     torch.manual_seed(5)
     reference = _full_batch_grads(prepared(config), pairs, chunk=reference_chunk)
     torch.manual_seed(5)
-    cached = _cached_grads(prepared(config), pairs, chunk=3)
+    cached = _cached_grads(prepared(config), pairs, chunk=chunk)
     assert cached[0] == pytest.approx(reference[0], rel=1e-5)
     _assert_same(cached[1], reference[1])
+    assert cached[2] == encoded
 
 
-def test_two_gloo_ranks_give_the_single_process_loss_and_gradients(tmp_path, tiny_mistral_dir, cranfield_pairs):
+@pytest.mark.parametrize("chunk", [2, 4])  # replayed chunks; one chunk per rank and group (graph kept)
+def test_two_gloo_ranks_give_the_single_process_loss_and_gradients(tmp_path, tiny_mistral_dir, cranfield_pairs, chunk):
     config = _config_file(tmp_path, tiny_mistral_dir, cranfield_pairs, dropout=0.0)
     pairs = _pairs(cranfield_pairs, 8)
     pairs_file = tmp_path / "pairs.json"
@@ -77,7 +88,7 @@ def test_two_gloo_ranks_give_the_single_process_loss_and_gradients(tmp_path, tin
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[1]), os.environ.get("PYTHONPATH", "")])}
     result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
                              "--master-addr", "127.0.0.1", "--master-port", str(port), str(worker), config,
-                             str(pairs_file), str(tmp_path / "ranks.pt")], capture_output=True, text=True, env=env,
+                             str(pairs_file), str(tmp_path / "ranks.pt"), str(chunk)], capture_output=True, text=True, env=env,
                             timeout=600, check=False)
     assert result.returncode == 0, result.stderr[-3000:]
     two = torch.load(tmp_path / "ranks.pt")
