@@ -132,6 +132,8 @@ class Trainer:
     def _autocast(self):
         if self.device.type == "cuda" and self.config.run.bf16:
             return torch.autocast("cuda", dtype=torch.bfloat16)
+        if self.device.type == "cpu" and cpu_bf16_enabled(self.config.run.cpu_bf16):
+            return torch.autocast("cpu", dtype=torch.bfloat16)
         return nullcontext()
 
     def _contrastive_step(self) -> dict[str, Any]:
@@ -255,6 +257,13 @@ class Trainer:
     def _barrier(self) -> None:
         if dist.is_available() and dist.is_initialized():
             dist.barrier()
+
+
+def cpu_bf16_enabled(setting: bool | str) -> bool:
+    """``run.cpu_bf16``: "auto" means the CPU does bf16 matrix products natively."""
+    if setting != "auto":
+        return bool(setting)
+    return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
 
 
 def encode_chunk(encoder: SparseEncoder, chunk: list[tuple[bool, str]]) -> torch.Tensor:

@@ -40,6 +40,7 @@ def test_overrides_take_toml_values(tmp_path):
     ("[optim]\nlr = 'fast'\n", "optim.lr must be float"),
     ("[model]\nmode = 'sideways'\n", "model.mode = 'sideways': choose"),
     ("[batch]\nsize = 0\n", "batch.size must be at least 1"),
+    ("[run]\ncpu_bf16 = 'yes'\n", "run.cpu_bf16 = 'yes': choose true, false or"),
     ("[optim\n", "invalid TOML"),
 ])
 def test_bad_configs_name_the_problem(tmp_path, text, message):

@@ -7,12 +7,13 @@ import math
 import json
 
 import pytest
+import torch
 from click.testing import CliRunner
 
 from splade_es.model import SparseEncoder
 from splade_es.toolkit.cli import main
 from splade_es.trainer.config import TrainConfig
-from splade_es.trainer.loop import Trainer
+from splade_es.trainer.loop import Trainer, cpu_bf16_enabled
 from trainer.conftest import tiny_config
 
 
@@ -62,6 +63,20 @@ def test_a_real_small_model_trains_sparse_and_keeps_ranking(tmp_path, minilm_sta
     encoder = SparseEncoder.from_pretrained(str(result.bundle), device="cpu")
     assert encoder.config.max_length == 128 and encoder.config.mode == "mlm"  # encode_max_length, not 32
     assert len(encoder.encode_documents("boundary layer transition on a flat plate")) > 0
+
+
+def test_cpu_bf16_autocasts_on_cpu_and_the_bundle_stays_float32(tmp_path, tiny_mistral_dir, cranfield_pairs):
+    native = torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+    assert [cpu_bf16_enabled(s) for s in (True, False, "auto")] == [True, False, native]
+    config = TrainConfig.from_dict(tiny_config(tmp_path, tiny_mistral_dir, cranfield_pairs,
+                                               optim={"max_steps": 4}, run={"cpu_bf16": True, "save_every": 100}))
+    trainer = Trainer(config, show_progress=False)
+    with trainer._autocast():
+        assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.bfloat16
+    result = trainer.train()
+    assert len(_losses(result.log)) == 4 and all(math.isfinite(x) for x in _losses(result.log))
+    adapter = SparseEncoder.from_pretrained(str(result.bundle), device="cpu").backbone.model
+    assert {p.dtype for p in adapter.parameters()} == {torch.float32}
 
 
 def test_an_interrupted_run_resumes_exactly(tmp_path, tiny_mistral_dir, cranfield_pairs):
