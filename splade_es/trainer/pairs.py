@@ -1,10 +1,11 @@
-"""Training pairs from a collection's own documents: title -> body, with BM25 hard negatives.
+"""Training pairs from a collection's own documents: title -> body, optionally a BM25 negative.
 
 No queries or judgments needed, so any corpus with titles can adapt a model to its domain.
 A title is a short, query-like description of its document; where the body repeats the
 title at its start (Cranfield does), that copy is stripped, or the pair would be a copy task.
-The hard negative is a document BM25 ranks high for the title, which makes in-batch
-contrastive learning far less trivial than random negatives alone.
+An optional hard negative is a document BM25 ranks high for the title: a harder task than
+in-batch negatives alone, but in a collection of close topics such a document is often
+relevant to the same questions, and training to push it away then hurts.
 """
 
 from __future__ import annotations
@@ -57,11 +58,12 @@ def strip_title(title: str, text: str) -> str:
 
 
 def title_pairs(corpus: CorpusFormat, title_field: str = "title", body_field: str = "text",
-                negatives_depth: int = 20, seed: int = 0, stats: PairStats | None = None) -> Iterator[TitlePair]:
+                negatives_depth: int = 0, seed: int = 0, stats: PairStats | None = None) -> Iterator[TitlePair]:
     """One pair per document that has both a title and a body left after stripping.
 
-    The negative is drawn (seeded) from the ``negatives_depth`` best BM25 hits of the title
-    over the bodies, the document itself and identical bodies excluded; 0 disables negatives.
+    With ``negatives_depth`` > 0 a negative is drawn (seeded) from that many best BM25 hits of
+    the title over the bodies, the document itself and identical bodies excluded; by default
+    there is none (in-batch negatives only: BM25's best hits are often false negatives).
     """
     stats = stats if stats is not None else PairStats()
     titles, bodies = [], []

@@ -47,7 +47,7 @@ RECORDS = [
 
 def test_pairs_have_bm25_negatives_and_count_what_was_left_out(tmp_path):
     stats = PairStats()
-    pairs = list(title_pairs(_corpus(tmp_path, RECORDS), seed=3, stats=stats))
+    pairs = list(title_pairs(_corpus(tmp_path, RECORDS), negatives_depth=20, seed=3, stats=stats))
     assert (stats.pairs, stats.no_title, stats.no_body, stats.stripped) == (4, 1, 1, 1)
     by_title = {p.title: p for p in pairs}
     assert by_title["shock wave boundary layer"].body == "interaction on a flat plate"
@@ -57,14 +57,16 @@ def test_pairs_have_bm25_negatives_and_count_what_was_left_out(tmp_path):
     # rather than a random one.
     assert by_title["turbulent boundary layer"].negative is None
     assert by_title["buckling of cylinders"].negative is None
-    again = list(title_pairs(_corpus(tmp_path, RECORDS), seed=3))
+    again = list(title_pairs(_corpus(tmp_path, RECORDS), negatives_depth=20, seed=3))
     assert again == pairs
-    assert all(p.negative is None for p in title_pairs(_corpus(tmp_path, RECORDS), negatives_depth=0))
+    default = list(title_pairs(_corpus(tmp_path, RECORDS)))  # in-batch negatives only, unless asked
+    assert [(p.title, p.body) for p in default] == [(p.title, p.body) for p in pairs]
+    assert all(p.negative is None for p in default)
 
 
 def test_written_pairs_train_and_cranfield_yields_one_pair_per_titled_document(tmp_path):
     out = tmp_path / "pairs.jsonl"
-    stats = write_title_pairs(resolve_corpus(SHARED_DATA / "cranfield", None, None), out)
+    stats = write_title_pairs(resolve_corpus(SHARED_DATA / "cranfield", None, None), out, negatives_depth=20)
     titled = sum(1 for line in (SHARED_DATA / "cranfield" / "corpus.jsonl").open() if json.loads(line).get("title", "").strip())
     assert stats.pairs == titled and stats.stripped > 0.95 * titled
     dataset = load_dataset(DatasetConfig(name="cran", path=str(out)))
@@ -89,7 +91,11 @@ def test_pairs_command(tmp_path):
     result = CliRunner().invoke(main, ["pairs", "--corpus", str(source), "--output", str(out), "--json"])
     assert result.exit_code == 0, result.output
     assert json.loads(result.output) == {"pairs": 4, "title_stripped": 1, "no_title": 1, "no_body": 1, "output": str(out)}
-    assert len(out.read_text().splitlines()) == 4
+    assert [json.loads(line)["neg"] for line in out.read_text().splitlines()] == [[]] * 4
+    hard = tmp_path / "hard.jsonl"
+    result = CliRunner().invoke(main, ["pairs", "--corpus", str(source), "--output", str(hard), "--negatives-depth", "20"])
+    assert result.exit_code == 0, result.output
+    assert sum(bool(json.loads(line)["neg"]) for line in hard.read_text().splitlines()) == 1
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"_id": "1", "title": "t", "text": "x"}\nnot json\n')
     result = CliRunner().invoke(main, ["pairs", "--corpus", str(bad), "--output", str(tmp_path / "q.jsonl")])
