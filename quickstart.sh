@@ -12,7 +12,7 @@
 # 7. evaluates the model and BM25 on the 225 Cranfield test queries and compares them.
 #
 # Knobs (environment): QUICKSTART_DIR (work directory, default ./quickstart; rebuilt on each run),
-# QUICKSTART_STEPS (training steps, default 60), QUICKSTART_DATA (a BEIR directory, default
+# QUICKSTART_STEPS (training steps, default 150), QUICKSTART_DATA (a BEIR directory, default
 # ../shared/data/cranfield), QUICKSTART_START_MODEL (an existing starting bundle instead of MiniLM),
 # QUICKSTART_INSTALL=0 (use the splade-es already on PATH), QUICKSTART_TRAIN (extra --override
 # values for the training config, space-separated).
@@ -25,7 +25,7 @@ say() { printf '\n\033[1m==> %s\033[0m\n' "$*"; }
 elapsed() { printf '%dm%02ds' $(((SECONDS - started) / 60)) $(((SECONDS - started) % 60)); }
 
 data=${QUICKSTART_DATA:-${SPLADE_ES_SHARED_DATA:-../shared/data}/cranfield}
-steps=${QUICKSTART_STEPS:-60}
+steps=${QUICKSTART_STEPS:-150}
 work=${QUICKSTART_DIR:-quickstart}
 if [[ ! -f "$data/corpus.jsonl" ]]; then
     echo "quickstart: $data/corpus.jsonl not found; set QUICKSTART_DATA to a BEIR directory" >&2
@@ -67,7 +67,7 @@ else
     splade-es init-model --base minilm --output "$start"
 fi
 
-say "3/7 Training pairs from the collection's own titles (title -> body, BM25 hard negative)"
+say "3/7 Training pairs from the collection's own titles (title -> body; in-batch negatives)"
 splade-es pairs --corpus "$data" --output "$work/pairs.jsonl"
 
 say "4/7 Training $steps steps on $(nproc 2>/dev/null || echo some) CPU cores (InfoNCE + FLOPS)"
