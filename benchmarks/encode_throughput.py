@@ -24,6 +24,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from memory import rss_bytes
+
 from splade_es.model.tiny import build_tiny_mistral
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -37,14 +39,6 @@ def load_texts(n: int) -> list[str]:
     else:
         texts = [("supersonic flow over a slender cone with heat transfer " * (1 + i % 8)).strip() for i in range(n)]
     return [texts[i % len(texts)] for i in range(n)]
-
-
-def _rss_bytes() -> int:
-    with open("/proc/self/status", encoding="ascii") as status:
-        for line in status:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    return 0
 
 
 def worker(args: argparse.Namespace) -> dict:
@@ -61,7 +55,7 @@ def worker(args: argparse.Namespace) -> dict:
     texts = load_texts(args.docs)
     cuda = encoder.device.type == "cuda"
     # Baseline before the warm-up: freed CPU memory can stay in RSS afterwards.
-    base = torch.cuda.memory_allocated() if cuda else _rss_bytes()
+    base = torch.cuda.memory_allocated() if cuda else rss_bytes()
     if cuda:
         torch.cuda.reset_peak_memory_stats()
     encoder.encode_documents(texts[: args.batch], show_progress=False)  # warm-up (same batch size)
