@@ -17,9 +17,11 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import itertools
 import json
 import platform
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -33,8 +35,8 @@ from splade_es.toolkit.cli import main
 from splade_es.toolkit.engines.connect import connect
 from splade_es.toolkit.query.searcher import Searcher
 
-TWO_PHASE = (16, 32)  # first-phase terms of the two-phase rows
-TWO_PHASE_WINDOW = 100
+TWO_PHASE = (16, 32)  # default first-phase terms of the two-phase rows (--two-phase)
+TWO_PHASE_WINDOWS = (100,)  # default rescore windows (--windows)
 TOP_KS = (16, 32, 64, None)  # None ("all"): the model's own query pruning, no tighter top-k
 CRANFIELD = Path(__file__).resolve().parents[2] / "shared" / "data" / "cranfield"
 
@@ -94,7 +96,7 @@ def _ndcg(run: list[dict], query_ids: list[str], qrels: dict) -> float:
 
 
 def _suite(url: str, index: str, vectors_by_k: dict, texts: list[str], query_ids: list[str], qrels: dict,
-           text_field: str) -> list[dict]:
+           text_field: str, two_phase: Sequence[int], windows: Sequence[int]) -> list[dict]:
     engine = connect(url)
     searcher = Searcher(engine, index)
     settings = []
@@ -105,10 +107,10 @@ def _suite(url: str, index: str, vectors_by_k: dict, texts: list[str], query_ids
             bodies = [searcher.body(searcher.sparse_query(v), 10, total_hits) for v in vectors]
             settings.append(({"method": "splade", "top_k": top_k or "all", "track_total_hits": total_hits,
                               "query_terms_mean": round(float(np.mean([len(v) for v in vectors])), 1)}, bodies))
-        for first in TWO_PHASE:  # the full query, its heaviest terms first, the rest rescored
-            two = Searcher(engine, index, two_phase=first, two_phase_window=TWO_PHASE_WINDOW)
+        for first, window in itertools.product(two_phase, windows):  # heaviest terms first, the rest rescored
+            two = Searcher(engine, index, two_phase=first, two_phase_window=window)
             bodies = [two.sparse_body(v, 10, track_total_hits=total_hits) for v in vectors_by_k[None]]
-            settings.append(({"method": f"splade two-phase {first}+rest/{TWO_PHASE_WINDOW}", "top_k": "all",
+            settings.append(({"method": f"splade two-phase {first}+rest/{window}", "top_k": "all",
                               "track_total_hits": total_hits,
                               "query_terms_mean": round(float(np.mean([len(v) for v in vectors_by_k[None]])), 1)},
                              bodies))
@@ -134,7 +136,7 @@ def _model_key(model: str) -> str:
     return hashlib.sha1("|".join(stamp).encode()).hexdigest()[:10]
 
 
-def cranfield(url: str, model: str, work: Path) -> dict:
+def cranfield(url: str, model: str, work: Path, two_phase: Sequence[int], windows: Sequence[int]) -> dict:
     encoder = SparseEncoder.from_pretrained(model, device="cpu")
     vectors_file = work / f"cranfield-vectors-{_model_key(model)}.jsonl"  # never another model's vectors
     if not vectors_file.exists():
@@ -156,13 +158,14 @@ def cranfield(url: str, model: str, work: Path) -> dict:
             encode_ms.append((time.perf_counter() - t0) * 1000)
         vectors_by_k[top_k] = vectors
     rows = _suite(url, "bench-cranfield", vectors_by_k, texts, [q["_id"] for q in queries],
-                  _read_qrels(CRANFIELD / "qrels" / "test.tsv"), "text")
+                  _read_qrels(CRANFIELD / "qrels" / "test.tsv"), "text", two_phase, windows)
     return {"corpus": "cranfield", "docs": 1400, "queries": len(texts),
             "query_encoding_ms": {f"p{p}": round(float(np.percentile(encode_ms, p)), 2) for p in (50, 99)},
             "rows": rows}
 
 
-def synthetic(url: str, docs: int, n_queries: int, work: Path, seed: int = 0) -> dict:
+def synthetic(url: str, docs: int, n_queries: int, work: Path, two_phase: Sequence[int], windows: Sequence[int],
+              seed: int = 0) -> dict:
     """Zipf-distributed terms (s = 1.05 over 30k terms), ~110 features per document (log-normal);
     weights log-normal times an idf-like factor ``log(rank + 1) / log(V + 1)``, because FLOPS
     regularisation makes a trained model give frequent terms small weights; text of 80
@@ -206,7 +209,7 @@ def synthetic(url: str, docs: int, n_queries: int, work: Path, seed: int = 0) ->
                     for k in TOP_KS}
     query_ids = [f"q{i}" for i in range(n_queries)]
     qrels = {qid: {f"d{source}": 1} for qid, source in zip(query_ids, sources)}
-    rows = _suite(url, "bench-synthetic", vectors_by_k, texts, query_ids, qrels, "text")
+    rows = _suite(url, "bench-synthetic", vectors_by_k, texts, query_ids, qrels, "text", two_phase, windows)
     return {"corpus": "synthetic", "docs": docs, "queries": n_queries, "rows": rows}
 
 
@@ -221,6 +224,16 @@ def _print(result: dict) -> None:
               f"{r['client_ms']['p50']:>8.2f}{r['qps']:>8.1f}{r['ndcg@10']:>9.4f}")
 
 
+def _int_list(parser: argparse.ArgumentParser, option: str, value: str) -> list[int]:
+    try:
+        numbers = [int(n) for n in value.split(",") if n.strip()]
+    except ValueError:
+        numbers = []
+    if not numbers or min(numbers) < 1:
+        parser.error(f"{option}: expected comma-separated positive integers, got {value!r}")
+    return numbers
+
+
 def run() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--url", required=True, help="OpenSearch URL (splade-es engine start --kind opensearch)")
@@ -230,8 +243,13 @@ def run() -> None:
     parser.add_argument("--work-dir", default="/tmp/splade-es-query-latency")
     parser.add_argument("--corpora", default="cranfield,synthetic",
                         help="comma-separated: cranfield (uses --model), synthetic (model-free vectors)")
+    parser.add_argument("--two-phase", default=",".join(map(str, TWO_PHASE)),
+                        help="comma-separated first-phase term counts of the two-phase rows")
+    parser.add_argument("--windows", default=",".join(map(str, TWO_PHASE_WINDOWS)),
+                        help="comma-separated rescore windows of the two-phase rows")
     parser.add_argument("--out", help="write the raw results here (JSON)")
     args = parser.parse_args()
+    two_phase, windows = _int_list(parser, "--two-phase", args.two_phase), _int_list(parser, "--windows", args.windows)
     corpora = [name.strip() for name in args.corpora.split(",") if name.strip()]
     unknown = sorted(set(corpora) - {"cranfield", "synthetic"})
     if unknown or not corpora:
@@ -241,8 +259,9 @@ def run() -> None:
     engine = connect(args.url)
     results = {"engine": f"{engine.info.kind} {engine.info.version}", "machine": platform.platform(),
                "date": time.strftime("%Y-%m-%d"), "model": args.model,
-               "corpora": [cranfield(args.url, args.model, work) if name == "cranfield"
-                           else synthetic(args.url, args.synthetic_docs, args.synthetic_queries, work)
+               "corpora": [cranfield(args.url, args.model, work, two_phase, windows) if name == "cranfield"
+                           else synthetic(args.url, args.synthetic_docs, args.synthetic_queries, work, two_phase,
+                                          windows)
                            for name in corpora]}
     for result in results["corpora"]:
         _print(result)
