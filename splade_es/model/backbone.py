@@ -36,7 +36,10 @@ class Backbone:
         self.is_mlm = is_mlm
         self.lm = model.get_base_model() if hasattr(model, "get_base_model") else model
         self.body = getattr(self.lm, self.lm.base_model_prefix)
-        self.head = _mlm_head(self.lm) if is_mlm else VocabHead(self.lm.get_output_embeddings())
+        head = _mlm_head(self.lm) if is_mlm else VocabHead(self.lm.get_output_embeddings())
+        # A wrapped projection (a LoRA adapter on the head, say) computes more than weight and
+        # bias: only a plain Linear may be applied as one; anything else takes the full forward.
+        self.head = head if head is not None and type(head.projection) is torch.nn.Linear else None
         self.vocab_size = int(self.lm.get_output_embeddings().weight.shape[0])
 
     @property

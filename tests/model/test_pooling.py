@@ -101,3 +101,25 @@ def test_encoder_training_gradients_equal_full_forward(model, tiny_mistral_dir, 
     for name, grad in expected_grads.items():
         atol = 1e-5 * float(grad.abs().max()) + floor
         torch.testing.assert_close(grads[name], grad, atol=atol, rtol=1e-4, msg=name)
+
+
+def test_a_wrapped_head_takes_the_full_forward(tiny_mistral_dir):
+    """A LoRA adapter on lm_head adds to its output: applying only its weight would drop that."""
+    from peft import LoraConfig, get_peft_model
+
+    from splade_es.model.backbone import Backbone
+
+    encoder = SparseEncoder.from_pretrained(tiny_mistral_dir)
+    batch = encoder.inputs.collate(encoder.inputs.encode(["shock wave", "heat transfer in a laminar jet"], False))
+    with torch.no_grad():
+        plain = encoder.forward(batch)
+    torch.manual_seed(2)
+    model = get_peft_model(encoder.backbone.model, LoraConfig(r=4, target_modules=["lm_head"], init_lora_weights=False))
+    encoder.backbone = Backbone(model, is_mlm=False)
+    assert encoder.backbone.head is None
+    with torch.no_grad():
+        adapted = encoder.forward(batch)
+        logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+    expected = pool_full_logits(logits, batch.pool_mask).index_fill(1, encoder._special_ids, 0.0)
+    torch.testing.assert_close(adapted, expected, atol=1e-5, rtol=1e-5)
+    assert (adapted - plain).abs().max() > 1e-2
