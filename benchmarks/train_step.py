@@ -82,9 +82,9 @@ def measure(args: argparse.Namespace, impl: str, bf16: bool) -> dict:
 def bf16_is_native() -> bool:
     import torch
 
-    if torch.cuda.is_available():
-        return True
-    return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+    from splade_es.trainer.loop import cpu_bf16_enabled
+
+    return torch.cuda.is_available() or cpu_bf16_enabled("auto")
 
 
 def main() -> None:

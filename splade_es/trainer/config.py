@@ -95,7 +95,7 @@ class RunConfig:
     tensorboard: bool = True
     device: str = ""  # default: cuda:LOCAL_RANK when available, else cpu
     bf16: bool = True  # autocast on GPU
-    # bf16 autocast on CPU as well: 2-3x faster where the CPU has AVX512-BF16 or AMX, much slower
+    # bf16 autocast on CPU as well: 1.3-2x faster where the CPU has AVX512-BF16 or AMX, much slower
     # without; "auto" turns it on only where the CPU has them
     cpu_bf16: bool | str = False
 
