@@ -8,6 +8,7 @@ silently fall back to a default).
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,8 @@ DEFAULT_DOCUMENT_TEMPLATE = "Document:{text}\nDocument again:{text}"
 DEFAULT_QUERY_PROMPT = "Given a web search query, retrieve relevant passages that answer the query"
 DEFAULT_BACKBONE = "mistralai/Mistral-7B-v0.3"
 FEATURE_NAMING = "readable-v1"
+# Lucene's FeatureField rejects weights below Float.MIN_NORMAL (float32), so no vector keeps one.
+MIN_WEIGHT = 1.1754943508222875e-38
 
 
 @dataclass(frozen=True)
@@ -57,6 +60,18 @@ class Pruning:
         """A copy with the given (non-None) values replaced: how CLI flags refine config defaults."""
         changes = {k: v for k, v in (("top_k", top_k), ("min_weight", min_weight), ("max_ratio", max_ratio)) if v is not None}
         return replace(self, **changes)
+
+    def apply(self, features: Mapping[str, float]) -> dict[str, float]:
+        """These rules on a ``{feature: weight}`` map (precomputed vectors), heaviest first;
+        ties go to the smaller feature name, as token ids are not known here."""
+        if not features:
+            return {}
+        threshold = max(MIN_WEIGHT, float(self.min_weight))
+        if self.max_ratio > 0:
+            threshold = max(threshold, max(features.values()) * self.max_ratio)
+        kept = sorted(((name, weight) for name, weight in features.items() if weight >= threshold),
+                      key=lambda item: (-item[1], item[0]))
+        return dict(kept if self.top_k is None else kept[:self.top_k])
 
     @classmethod
     def from_dict(cls, data: Any, where: str) -> Pruning:

@@ -12,11 +12,8 @@ import numpy as np
 import torch
 
 from splade_es.errors import EncodingError
-from splade_es.model.config import Pruning
+from splade_es.model.config import MIN_WEIGHT, Pruning
 from splade_es.model.features import FeatureNamer
-
-# Lucene's FeatureField rejects weights below Float.MIN_NORMAL.
-MIN_WEIGHT = float(np.finfo(np.float32).tiny)
 
 
 @dataclass(frozen=True, eq=False)

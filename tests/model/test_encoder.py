@@ -125,6 +125,27 @@ def test_pruning_rules(encoders):
     assert set(by_ratio.indices.tolist()) == set(np.flatnonzero(dense >= 0.5 * dense.max()).tolist())
 
 
+@pytest.mark.parametrize("pruning", [Pruning(top_k=10), Pruning(min_weight=0.5), Pruning(max_ratio=0.4),
+                                     Pruning(top_k=25, min_weight=0.2, max_ratio=0.1)])
+def test_pruning_a_feature_map_matches_pruning_the_pooled_row(encoders, pruning):
+    """Precomputed vectors (ingest --vectors) are pruned by the same rules as encoded ones."""
+    encoder = encoders["causal"]
+    text = "heat transfer in a turbulent boundary layer"
+    full = encoder.encode_documents(text, pruning=NO_PRUNING).to_features()
+    assert len(full) > 100
+    pruned = pruning.apply(full)
+    assert pruned == encoder.encode_documents(text, pruning=pruning).to_features()
+    assert list(pruned.values()) == sorted(pruned.values(), reverse=True)
+
+
+def test_pruning_a_feature_map_breaks_ties_by_name_and_drops_subnormal_weights():
+    features = {"b": 0.5, "a": 0.5, "c": 0.1, "tiny": 1e-39}
+    assert Pruning(top_k=1).apply(features) == {"a": 0.5}
+    assert Pruning().apply(features) == {"a": 0.5, "b": 0.5, "c": 0.1}
+    assert Pruning(min_weight=0.2).apply(features) == {"a": 0.5, "b": 0.5}
+    assert Pruning(top_k=3).apply({}) == {}
+
+
 def test_prune_rows_rejects_non_finite(encoders):
     dense = torch.zeros(2, encoders["echo"].vocab_size)
     dense[1, 5] = float("nan")

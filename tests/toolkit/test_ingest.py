@@ -78,6 +78,24 @@ def test_cranfield_counts_vectors_and_scores_are_exact(target, cranfield_vectors
 
 
 @pytest.mark.parametrize("target", ["local", "opensearch"], indirect=True)
+def test_doc_pruning_applies_to_precomputed_vectors(target, cranfield_vectors):
+    """--doc-top-k / --doc-min-weight prune --vectors too (static pruning), and the index says so."""
+    expected = _vectors(cranfield_vectors)
+    weights = sorted(w for features in expected.values() for w in features.values())
+    cut = weights[len(weights) // 2]
+    summary = _summary(_ingest(target, "--doc-top-k", "20", "--doc-min-weight", str(cut), vectors=cranfield_vectors))
+    engine, index = target["engine"], target["index"]
+    kept = {doc_id: dict(sorted(((k, w) for k, w in features.items() if w >= cut), key=lambda kv: (-kv[1], kv[0]))[:20])
+            for doc_id, features in expected.items()}
+    assert summary["features"] == sum(map(len, kept.values())) < sum(map(len, expected.values()))
+    for doc_id in ("1", "486", "1400"):
+        assert 0 < len(kept[doc_id]) <= 20
+        assert engine.get(index, doc_id)["splade"] == pytest.approx(kept[doc_id], rel=2**-9)
+    meta = next(iter(engine.mappings(index).values()))["_meta"]["splade_es"]
+    assert meta["pruning"] == {"precomputed": cranfield_vectors.name, "top_k": 20, "min_weight": cut}
+
+
+@pytest.mark.parametrize("target", ["local", "opensearch"], indirect=True)
 def test_ingest_encodes_with_the_tiny_model(target, tiny_mistral_dir, cranfield_vectors):
     summary = _summary(_ingest(target, "--batch-size", "128", model=str(tiny_mistral_dir)))
     engine, index = target["engine"], target["index"]

@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from splade_es.errors import InputError
+from splade_es.model.config import Pruning
 from splade_es.toolkit.cli.common import engine_options, friendly_errors, load_encoder, open_engine
 from splade_es.toolkit.corpus import BadRecord, Document, read_corpus, read_vectors, resolve_corpus
 from splade_es.toolkit.distributed import Group, Ranks
@@ -41,8 +42,11 @@ from splade_es.toolkit.mappings import FIELD_TYPES, VectorIndexSpec, choose_fiel
 @click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True,
               help="Documents encoded per step.")
 @click.option("--device", help="cpu, cuda, cuda:N (default: cuda when available; cuda:LOCAL_RANK under torchrun).")
-@click.option("--doc-top-k", type=click.IntRange(min=1), help="Keep at most K features per document.")
-@click.option("--doc-min-weight", type=click.FloatRange(min=0), help="Drop document weights below W.")
+@click.option("--doc-top-k", type=click.IntRange(min=1),
+              help="Keep at most K features per document (static pruning; also applies to --vectors).")
+@click.option("--doc-min-weight", type=click.FloatRange(min=0),
+              help="Drop document weights below W (also applies to --vectors): shorter posting lists, "
+                   "faster queries; measure the nDCG cost first (docs/BENCHMARKS.md).")
 @click.option("--resume", is_flag=True, help="Continue an interrupted run of the same command.")
 @click.option("--alias", help="Write a new versioned index, then point this alias at it atomically.")
 @click.option("--skip-bad", is_flag=True, help="Record malformed records in the failures file and go on.")
@@ -146,10 +150,13 @@ def _layout(engine, encoder: str, inference_id: str, model_path: str | None, ada
         return ElserLayout(plan_for(engine.info, inference_id)), no_vectors
     if vectors_path:
         where = f"{engine.info.kind} {engine.info.version} at {engine.info.location}"
-        spec = VectorIndexSpec(model_id(model_path, adapter), _bundle_config_hash(model_path, adapter),
-                               {"precomputed": Path(vectors_path).name}, field,
+        pruning = Pruning(top_k=doc_top_k, min_weight=doc_min_weight or 0.0)
+        recorded = {"precomputed": Path(vectors_path).name}
+        if doc_top_k is not None or doc_min_weight is not None:
+            recorded.update(top_k=doc_top_k, min_weight=pruning.min_weight)
+        spec = VectorIndexSpec(model_id(model_path, adapter), _bundle_config_hash(model_path, adapter), recorded, field,
                                choose_field_type(engine.info.capabilities, field_type, where))
-        return SpladeLayout(spec), _precomputed
+        return SpladeLayout(spec), _precomputed(pruning)
     model = load_encoder(model_path, adapter, device)
     pruning = model.config.pruning(False).override(top_k=doc_top_k, min_weight=doc_min_weight)
     return (SpladeLayout.for_encoder(model, model_path, adapter, engine.info, pruning, field, field_type),
@@ -191,8 +198,12 @@ def _with_vectors(records, vectors_path: str):
         raise InputError(f"{extra[0]}: more vectors than corpus records")
 
 
-def _precomputed(documents: list[Document]) -> list[dict[str, float]]:
-    return [document.features or {} for document in documents]
+def _precomputed(pruning: Pruning) -> VectorSource:
+    """Vectors read with the corpus, pruned by --doc-top-k / --doc-min-weight like encoded ones."""
+    def vectors(documents: list[Document]) -> list[dict[str, float]]:
+        return [pruning.apply(document.features or {}) for document in documents]
+
+    return vectors
 
 
 def _report(summary: IngestSummary, as_json: bool) -> None:
