@@ -44,7 +44,7 @@ def engine() -> None:
 @click.option("--port", type=click.IntRange(0, 65535),
               help="HTTP port on 127.0.0.1 (default 9200 for opensearch, 9201 for elasticsearch; 0 = any free port).")
 @click.option("--heap", default=DEFAULT_HEAP, show_default=True, help="JVM heap (-Xms/-Xmx).")
-@click.option("--fresh", is_flag=True, help="Delete the node's data before starting.")
+@click.option("--fresh", is_flag=True, help="Delete the node's data (of this version) before starting.")
 @click.option("--timeout", type=float, default=180.0, show_default=True, help="Seconds to wait for a healthy cluster.")
 @friendly_errors
 def start(kind: str, version: str | None, port: int | None, heap: str, fresh: bool, timeout: float) -> None:

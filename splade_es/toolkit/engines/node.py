@@ -4,7 +4,7 @@ No Docker and no vendor download site: both projects publish an "integ-test" zip
 real node with the transport modules) as a Maven artifact. OpenSearch's ``rank_features``
 lives in the mapper-extras module, which Maven Central carries as a client jar; we
 install it as a module. The assembled distribution is cached; each node gets its own
-config, data and log directories, so the distribution is never written to.
+config, data (per version) and log directories, so the distribution is never written to.
 """
 
 from __future__ import annotations
@@ -226,7 +226,8 @@ class LocalNode:
         return state
 
     def _prepare_node_dir(self, home: Path, heap: str, fresh: bool) -> tuple[Path, Path, Path]:
-        config, data, logs = (self.node_dir / name for name in ("config", "data", "logs"))
+        # Data per version: a newer engine rewrites it in a format an older one refuses to start on.
+        config, data, logs = (self.node_dir / name for name in ("config", f"data-{self.version}", "logs"))
         if fresh:
             shutil.rmtree(data, ignore_errors=True)
         shutil.rmtree(config, ignore_errors=True)
