@@ -112,10 +112,11 @@ class Plan:
     def top_ks(self) -> list[int | None]:
         return [*TOP_KS, *([self.two_phase_top_k] if self.two_phase_top_k not in TOP_KS else [])]
 
-    def indexes(self, base: str) -> list[tuple[str, str]]:
-        """(index, label of its documents): the full index, then the pruned copy when asked."""
-        pruned = [(f"{base}-pruned", " ".join(self.doc_pruning).replace("--doc-", ""))] if self.doc_pruning else []
-        return [(base, "all"), *pruned]
+    def indexes(self, base: str) -> list[tuple[str, str, Sequence[str]]]:
+        """(index, label of its documents, ingest options): the full index, then the pruned copy
+        when asked."""
+        label = " ".join(self.doc_pruning).replace("--doc-", "")
+        return [(base, "all", ()), *([(f"{base}-pruned", label, self.doc_pruning)] if self.doc_pruning else [])]
 
 
 def _terms(vectors: list[dict]) -> float:
@@ -170,9 +171,9 @@ def _model_key(model: str) -> str:
 def _load(url: str, base: str, corpus: Path, vectors: Path, model: str, work: Path, plan: Plan) -> list[tuple[str, str]]:
     """The index (and its statically pruned copy when the plan asks for one), loaded."""
     indexes = plan.indexes(base)
-    for index, _ in indexes:
-        _ingest(url, index, corpus, vectors, model, work, plan.doc_pruning if index != base else ())
-    return indexes
+    for index, _, options in indexes:
+        _ingest(url, index, corpus, vectors, model, work, options)
+    return [(index, label) for index, label, _ in indexes]
 
 
 def cranfield(url: str, model: str, work: Path, plan: Plan) -> dict:

@@ -150,9 +150,9 @@ def _layout(engine, encoder: str, inference_id: str, model_path: str | None, ada
         return ElserLayout(plan_for(engine.info, inference_id)), no_vectors
     if vectors_path:
         where = f"{engine.info.kind} {engine.info.version} at {engine.info.location}"
-        pruning = Pruning(top_k=doc_top_k, min_weight=doc_min_weight or 0.0)
-        recorded = {"precomputed": Path(vectors_path).name}
-        if doc_top_k is not None or doc_min_weight is not None:
+        recorded, pruning = {"precomputed": Path(vectors_path).name}, None
+        if doc_top_k is not None or doc_min_weight is not None:  # else the vectors go in as given
+            pruning = Pruning(top_k=doc_top_k, min_weight=doc_min_weight or 0.0)
             recorded.update(top_k=doc_top_k, min_weight=pruning.min_weight)
         spec = VectorIndexSpec(model_id(model_path, adapter), _bundle_config_hash(model_path, adapter), recorded, field,
                                choose_field_type(engine.info.capabilities, field_type, where))
@@ -198,10 +198,11 @@ def _with_vectors(records, vectors_path: str):
         raise InputError(f"{extra[0]}: more vectors than corpus records")
 
 
-def _precomputed(pruning: Pruning) -> VectorSource:
-    """Vectors read with the corpus, pruned by --doc-top-k / --doc-min-weight like encoded ones."""
+def _precomputed(pruning: Pruning | None) -> VectorSource:
+    """Vectors read with the corpus; pruned like encoded ones when --doc-top-k / --doc-min-weight ask."""
     def vectors(documents: list[Document]) -> list[dict[str, float]]:
-        return [pruning.apply(document.features or {}) for document in documents]
+        features = [document.features or {} for document in documents]
+        return [pruning.apply(f) for f in features] if pruning else features
 
     return vectors
 
