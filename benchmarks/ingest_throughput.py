@@ -19,7 +19,7 @@ from click.testing import CliRunner
 from opensearchpy import OpenSearch, helpers
 
 from splade_es.toolkit.cli import main
-from splade_es.toolkit.corpus import read_corpus, read_vectors, resolve_corpus
+from splade_es.io.corpus import read_corpus, read_vectors, resolve_corpus
 from splade_es.toolkit.engines.connect import connect
 from splade_es.toolkit.layouts import SpladeLayout
 from splade_es.toolkit.mappings import VectorIndexSpec, index_body

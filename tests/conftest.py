@@ -151,7 +151,7 @@ def target(request, tmp_path) -> dict:
 def cranfield_vectors(tmp_path_factory, tiny_mistral_dir) -> Path:
     """The tiny model's vectors for all of Cranfield, in `splade-es encode --json` format."""
     from splade_es.model import SparseEncoder
-    from splade_es.toolkit.corpus import read_corpus, resolve_corpus
+    from splade_es.io.corpus import read_corpus, resolve_corpus
 
     documents = list(read_corpus(resolve_corpus(SHARED_DATA / "cranfield", None, None)))
     encoder = SparseEncoder.from_pretrained(str(tiny_mistral_dir), device="cpu")

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from splade_es.errors import ConfigError
-from splade_es.toolkit.corpus import Document
+from splade_es.io.corpus import Document
 from splade_es.toolkit.engines.base import Engine, EngineInfo
 from splade_es.toolkit.engines.elastic import version_tuple
 from splade_es.toolkit.mappings import recorded_meta, text_index_body

@@ -22,7 +22,7 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from splade_es.errors import SpladeError
-from splade_es.toolkit.corpus import BadRecord, Document
+from splade_es.io.corpus import BadRecord, Document
 from splade_es.toolkit.engines.base import BulkFailure, Engine, EngineError, EngineUnavailable
 from splade_es.toolkit.engines.rest import bulk_line
 from splade_es.toolkit.layouts import Layout

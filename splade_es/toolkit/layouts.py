@@ -15,7 +15,7 @@ from typing import Any
 
 from splade_es.errors import ConfigError
 from splade_es.toolkit import elser
-from splade_es.toolkit.corpus import Document
+from splade_es.io.corpus import Document
 from splade_es.toolkit.engines.base import Engine, EngineInfo
 from splade_es.toolkit.mappings import (VectorIndexSpec, check_compatible, choose_field_type, config_hash, index_body,
                                         model_id, recorded_meta, text_index_body)

@@ -18,7 +18,7 @@ from typing import Any
 import orjson
 
 from splade_es.errors import ConfigError, InputError
-from splade_es.toolkit.corpus import read_corpus, resolve_corpus
+from splade_es.io.corpus import read_corpus, resolve_corpus
 from splade_es.trainer.config import DatasetConfig
 
 

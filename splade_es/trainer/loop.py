@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 
 from splade_es.errors import ConfigError
 from splade_es.model.encoder import SparseEncoder
-from splade_es.toolkit.distributed import Ranks
+from splade_es.io.ranks import Ranks
 from splade_es.trainer import losses
 from splade_es.trainer.config import TrainConfig
 from splade_es.trainer.data import Example, MixtureSampler, iter_adapt_texts, load_dataset

@@ -20,8 +20,8 @@ import numpy as np
 import orjson
 
 from splade_es.errors import InputError
-from splade_es.toolkit.atomic import atomic_text_file
-from splade_es.toolkit.corpus import CorpusFormat, read_corpus
+from splade_es.io.atomic import atomic_text_file
+from splade_es.io.corpus import CorpusFormat, read_corpus
 from splade_es.toolkit.engines.local import BM25
 
 _SPACE = re.compile(r"\s+")

@@ -15,7 +15,7 @@ from conftest import SHARED_DATA, engine_url
 from splade_es.errors import ConfigError
 from splade_es.toolkit import elser
 from splade_es.toolkit.cli import main
-from splade_es.toolkit.corpus import read_corpus, resolve_corpus
+from splade_es.io.corpus import read_corpus, resolve_corpus
 from splade_es.toolkit.engines.base import BulkFailure, Capabilities, Engine, EngineInfo, IndexStats
 from splade_es.toolkit.engines.connect import connect
 from splade_es.toolkit.ingest import Ingester, IngestOptions

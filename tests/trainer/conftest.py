@@ -13,7 +13,7 @@ from conftest import SHARED_DATA
 @pytest.fixture(scope="session")
 def cranfield_pairs(tmp_path_factory) -> Path:
     """``[title, text]`` lines (sentence-transformers shape) from Cranfield documents alone."""
-    from splade_es.toolkit.corpus import resolve_corpus
+    from splade_es.io.corpus import resolve_corpus
     from splade_es.trainer.pairs import title_pairs
 
     path = tmp_path_factory.mktemp("pairs") / "cranfield-pairs.jsonl"

@@ -10,7 +10,7 @@ from conftest import SHARED_DATA
 
 from splade_es.errors import InputError
 from splade_es.toolkit.cli import main
-from splade_es.toolkit.corpus import resolve_corpus
+from splade_es.io.corpus import resolve_corpus
 from splade_es.trainer.config import DatasetConfig
 from splade_es.trainer.data import load_dataset
 from splade_es.trainer.pairs import PairStats, strip_title, title_pairs, write_title_pairs

@@ -10,9 +10,9 @@ from typing import TextIO
 import click
 
 from splade_es.errors import InputError
-from splade_es.toolkit.atomic import atomic_text_file
+from splade_es.io.atomic import atomic_text_file
 from splade_es.toolkit.cli.common import friendly_errors, quiet_libraries
-from splade_es.toolkit.readers import TextRecord, read_text_records
+from splade_es.io.readers import TextRecord, read_text_records
 
 SHOWN_FEATURES = 20
 BLOCK = 4096  # texts encoded between writes, so memory stays flat on big files

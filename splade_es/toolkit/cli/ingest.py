@@ -10,8 +10,8 @@ import click
 from splade_es.errors import InputError
 from splade_es.model.config import Pruning
 from splade_es.toolkit.cli.common import engine_options, friendly_errors, load_encoder, open_engine
-from splade_es.toolkit.corpus import BadRecord, Document, read_corpus, read_vectors, resolve_corpus
-from splade_es.toolkit.distributed import Group, Ranks
+from splade_es.io.corpus import BadRecord, Document, read_corpus, read_vectors, resolve_corpus
+from splade_es.io.ranks import Group, Ranks
 from splade_es.toolkit.elser import DEFAULT_INFERENCE_ID, plan_for
 from splade_es.toolkit.ingest import (Ingester, IngestOptions, IngestSummary, VectorSource, encoded_vectors,
                                       no_vectors, shard)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from splade_es.errors import ConfigError
-from splade_es.toolkit.atomic import atomic_text_file
+from splade_es.io.atomic import atomic_text_file
 from splade_es.toolkit.cli.common import engine_options, friendly_errors, open_engine
 from splade_es.toolkit.inspection.kibana import FLAVORS, saved_objects, to_ndjson
 from splade_es.toolkit.query.searcher import IndexMeta

@@ -42,7 +42,7 @@ def pairs(corpus: str, output: str, id_field: str | None, title_field: str, body
       splade-es pairs --corpus docs.parquet --title-field headline --body-field body --output pairs.jsonl
       splade-es pairs --corpus docs.jsonl --negatives-depth 20 --output pairs-hard.jsonl
     """
-    from splade_es.toolkit.corpus import resolve_corpus
+    from splade_es.io.corpus import resolve_corpus
     from splade_es.trainer.pairs import write_title_pairs
 
     source = resolve_corpus(corpus, id_field, (title_field, body_field))

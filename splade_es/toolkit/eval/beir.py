@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from splade_es.errors import InputError
-from splade_es.toolkit.corpus import CorpusFormat, Document, raw_records, read_corpus
+from splade_es.io.corpus import CorpusFormat, Document, raw_records, read_corpus
 
 Qrels = dict[str, dict[str, int]]
 

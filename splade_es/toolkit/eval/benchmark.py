@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from splade_es.errors import ConfigError, SpladeError
-from splade_es.toolkit.corpus import read_corpus
+from splade_es.io.corpus import read_corpus
 from splade_es.toolkit.elser import DEFAULT_INFERENCE_ID, plan_for
 from splade_es.toolkit.engines.base import Engine
 from splade_es.toolkit.eval.beir import BeirDataset

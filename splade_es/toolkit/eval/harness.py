@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from splade_es.errors import ConfigError, InputError
-from splade_es.toolkit.corpus import read_vectors
+from splade_es.io.corpus import read_vectors
 from splade_es.toolkit.elser import check_available, recorded_plan
 from splade_es.toolkit.engines.base import Engine
 from splade_es.toolkit.eval.beir import BeirDataset

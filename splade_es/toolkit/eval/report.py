@@ -9,7 +9,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from splade_es.toolkit.atomic import atomic_text_file
+from splade_es.io.atomic import atomic_text_file
 from splade_es.toolkit.eval.runner import EvalResult
 
 # nDCG@10 x 100 from the papers (DESIGN section 5): BM25 / ELSER v2 / Echo-Mistral-SPLADE.

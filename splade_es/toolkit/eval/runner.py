@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from splade_es.toolkit.atomic import atomic_text_file
+from splade_es.io.atomic import atomic_text_file
 from splade_es.toolkit.engines.base import Engine
 from splade_es.toolkit.eval.methods import Method
 from splade_es.toolkit.eval.metrics import Run, evaluate

@@ -10,7 +10,7 @@ from click.testing import CliRunner
 
 from conftest import SHARED_DATA, engine_url
 from splade_es.toolkit.cli import main
-from splade_es.toolkit.corpus import Document, read_corpus, resolve_corpus
+from splade_es.io.corpus import Document, read_corpus, resolve_corpus
 from splade_es.toolkit.engines.connect import connect
 from splade_es.toolkit.eval.beir import load_beir
 from splade_es.toolkit.eval.metrics import evaluate

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from splade_es.errors import InputError
-from splade_es.toolkit.corpus import read_vectors
+from splade_es.io.corpus import read_vectors
 
 
 def _write(tmp_path, *lines: str):
