@@ -1,4 +1,4 @@
-"""Output files appear whole or not at all."""
+"""Files appear whole or not at all: the one way splade-es writes checkpoints, aliases and outputs."""
 
 from __future__ import annotations
 
@@ -10,11 +10,20 @@ from pathlib import Path
 from typing import TextIO
 
 
+def _umask() -> int:
+    current = os.umask(0)
+    os.umask(current)
+    return current
+
+
 @contextmanager
 def atomic_text_file(path: str | Path) -> Iterator[TextIO]:
-    """Write to a temporary file beside ``path`` and rename it into place on success.
+    """Write to a uniquely named temporary file beside ``path``, fsync it and rename it into place.
 
-    On any error the temporary file is removed and an existing ``path`` is untouched.
+    On any error (or a kill) the target is untouched: either the old file or the new one,
+    never a mix. The new file gets the mode any new file gets (0666 less the umask), not
+    the 0600 of a temporary file. The directory is synced too, so the rename survives a
+    power cut.
     """
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -22,7 +31,30 @@ def atomic_text_file(path: str | Path) -> Iterator[TextIO]:
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             yield handle
+            handle.flush()
+            os.fchmod(handle.fileno(), 0o666 & ~_umask())
+            os.fsync(handle.fileno())
         os.replace(tmp, target)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    _sync_directory(target.parent)
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    """``path`` holds exactly ``text``, or what it held before."""
+    with atomic_text_file(path) as handle:
+        handle.write(text)
+
+
+def _sync_directory(directory: Path) -> None:
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # some file systems cannot sync a directory; the rename itself is still atomic
+        pass
+    finally:
+        os.close(fd)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import csv
 import gzip
-import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +17,7 @@ from typing import Any
 import orjson
 
 from splade_es.errors import InputError
+from splade_es.io.weights import check_features
 
 
 @dataclass(frozen=True)
@@ -35,11 +35,10 @@ class Document:
 
 @dataclass(frozen=True)
 class BadRecord:
+    """A record that could not be read, kept (with ``--skip-bad``) so it is reported, not lost."""
+
     where: str
     reason: str
-
-    def message(self) -> str:
-        return f"{self.where}: {self.reason}"
 
 
 @dataclass(frozen=True)
@@ -136,26 +135,18 @@ def _parquet_rows(path: Path) -> Iterator[tuple[str, Any]]:
             yield f"{path}:row {row}", record
 
 
-def read_vectors(path: str | Path) -> Iterator[tuple[str, str, dict[str, float]]]:
-    """``(where, id, features)`` from ``splade-es encode`` JSON lines (``{"id", "features"}``)."""
+def read_vectors(path: str | Path, skip_bad: bool = False) -> Iterator[tuple[str, str, dict[str, float]] | BadRecord]:
+    """``(where, id, features)`` from ``splade-es encode`` JSON lines (``{"id", "features"}``), each
+    vector checked as the engines will see it; a bad line raises, or is yielded as a
+    :class:`BadRecord` when ``skip_bad``."""
     for where, record in raw_records(Path(path)):
-        if isinstance(record, InputError):
-            raise record
-        if not isinstance(record, dict) or "id" not in record or not isinstance(record.get("features"), dict):
-            raise InputError(f"{where}: expected {{\"id\", \"features\": {{name: weight}}}} (splade-es encode --json)")
-        yield where, str(record["id"]), _checked_features(record["features"], where)
-
-
-def _checked_features(features: dict[str, Any], where: str) -> dict[str, float]:
-    """The features as floats; a whole-vector check first, the per-feature search only on failure."""
-    weights = list(features.values())
-    names_ok = "" not in features and "." not in "".join(features)
-    types = set(map(type, weights))
-    if names_ok and types <= {float, int} and (not weights or (min(weights) > 0 and math.isfinite(sum(weights)))):
-        return features if types <= {float} else {k: float(v) for k, v in features.items()}
-    for feature, weight in features.items():
-        if not feature or "." in feature:
-            raise InputError(f"{where}: feature name {feature!r} is empty or contains '.'")
-        if type(weight) not in (float, int) or not 0 < weight < math.inf:
-            raise InputError(f"{where}: feature {feature!r} has an invalid weight {weight!r}")
-    raise InputError(f"{where}: the feature weights do not sum to a finite number")
+        try:
+            if isinstance(record, InputError):
+                raise record
+            if not isinstance(record, dict) or "id" not in record or not isinstance(record.get("features"), dict):
+                raise InputError(f"{where}: expected {{\"id\", \"features\": {{name: weight}}}} (splade-es encode --json)")
+            yield where, str(record["id"]), check_features(record["features"], where)
+        except InputError as exc:
+            if not skip_bad:
+                raise
+            yield BadRecord(where, str(exc).removeprefix(f"{where}: "))

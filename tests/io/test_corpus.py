@@ -24,12 +24,12 @@ def test_valid_lines_give_float_weights_in_order(tmp_path):
 
 
 @pytest.mark.parametrize("features, problem", [
-    ('{"a": 0.5, "": 1.0}', "feature name '' is empty"),
-    ('{"a.b": 1.0}', "feature name 'a.b'"),
-    ('{"a": 0.5, "b": 0}', "feature 'b' has an invalid weight 0"),
-    ('{"a": -1.5}', "feature 'a' has an invalid weight -1.5"),
-    ('{"a": true}', "feature 'a' has an invalid weight True"),
-    ('{"a": "1.0"}', "feature 'a' has an invalid weight '1.0'"),
+    ('{"a": 0.5, "": 1.0}', "feature '': the name is empty"),
+    ('{"a.b": 1.0}', "feature 'a.b': the name contains '.'"),
+    ('{"a": 0.5, "b": 0}', "feature 'b': the weight 0 is 0.0 as float32, below the smallest value"),
+    ('{"a": -1.5}', "feature 'a': the weight -1.5 is -1.5 as float32, below the smallest value"),
+    ('{"a": true}', "feature 'a': the weight must be a number, got bool True"),
+    ('{"a": "1.0"}', "feature 'a': the weight must be a number, got str '1.0'"),
     ('{"a": NaN}', "invalid JSON"),
     ('[1, 2]', "expected"),
 ])
