@@ -9,6 +9,7 @@ from collections.abc import Callable
 from typing import TypeVar
 
 import click
+from click.core import ParameterSource
 
 from splade_es.errors import SpladeError
 
@@ -48,9 +49,11 @@ def engine_options(command: F) -> F:
                      help="Insist on an engine kind (default: detected from the server)."),
         click.option("--data-dir", envvar="SPLADE_ES_DATA_DIR", type=click.Path(file_okay=False),
                      help="Where the local engine keeps its indices (env SPLADE_ES_DATA_DIR)."),
-        click.option("--api-key", envvar="SPLADE_ES_API_KEY", help="API key (env SPLADE_ES_API_KEY); never printed."),
+        click.option("--api-key", envvar="SPLADE_ES_API_KEY",
+                     help="API key (env SPLADE_ES_API_KEY; '-' reads it from standard input); never printed."),
         click.option("--username", envvar="SPLADE_ES_USERNAME", help="Basic-auth user (env SPLADE_ES_USERNAME)."),
-        click.option("--password", envvar="SPLADE_ES_PASSWORD", help="Basic-auth password (env SPLADE_ES_PASSWORD)."),
+        click.option("--password", envvar="SPLADE_ES_PASSWORD",
+                     help="Basic-auth password (env SPLADE_ES_PASSWORD; '-' reads it from standard input)."),
         click.option("--ca-certs", envvar="SPLADE_ES_CA_CERTS", type=click.Path(dir_okay=False),
                      help="CA bundle to verify the server's certificate (env SPLADE_ES_CA_CERTS)."),
         click.option("--insecure", is_flag=True, help="Skip TLS certificate verification (not recommended)."),
@@ -63,11 +66,29 @@ def engine_options(command: F) -> F:
 def open_engine(url: str | None, engine_kind: str | None, data_dir: str | None, api_key: str | None,
                 username: str | None, password: str | None, ca_certs: str | None, insecure: bool):
     """The engine the options describe; an unreachable one fails here, before any work."""
-    from splade_es.toolkit.engines.connect import Credentials, connect
+    from splade_es.toolkit.engines.connect import connect
+    from splade_es.toolkit.engines.credentials import Credentials
 
     route_warnings()
+    api_key, password = _secret("api_key", api_key), _secret("password", password)
     credentials = Credentials(api_key or None, username or None, password or None, ca_certs or None, not insecure)
     return connect(url, engine_kind, data_dir, credentials)
+
+
+def _secret(name: str, value: str | None) -> str | None:
+    """``-`` reads the secret from standard input; one typed on the command line gets a warning,
+    since the process list and the shell history show it to anyone on the machine."""
+    if value == "-":
+        line = click.get_text_stream("stdin").readline().rstrip("\r\n")
+        if not line:
+            raise click.UsageError(f"--{name.replace('_', '-')} -: standard input held no value")
+        return line
+    context = click.get_current_context(silent=True)
+    if value and context is not None and context.get_parameter_source(name) == ParameterSource.COMMANDLINE:
+        logging.getLogger("splade_es").warning(
+            "--%s on the command line is visible in the process list and shell history: set SPLADE_ES_%s "
+            "instead, or pass '-' to read it from standard input", name.replace("_", "-"), name.upper())
+    return value
 
 
 def load_encoder(model: str, adapter: str | None = None, device: str | None = None):

@@ -2,77 +2,18 @@
 
 from __future__ import annotations
 
-import base64
 import json
 import logging
 import os
-from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
 import urllib3
 
-from splade_es.toolkit.engines.base import Engine, EngineError, EngineUnavailable
+from splade_es.toolkit.engines.base import PROBE_PATTERN, Engine, EngineError, EngineUnavailable
+from splade_es.toolkit.engines.credentials import Credentials, split_credentials
 
 ENGINE_KINDS = ("opensearch", "elasticsearch", "local")
-PROBE_PATTERN = "splade-es-capability-probe-*"  # matches no index: searches on it only parse
 _log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class Credentials:
-    """How to authenticate and verify TLS. Secrets never appear in ``repr`` or messages."""
-
-    api_key: str | None = field(default=None, repr=False)
-    username: str | None = None
-    password: str | None = field(default=None, repr=False)
-    ca_certs: str | None = None
-    verify_certs: bool = True
-
-    @classmethod
-    def from_env(cls, **given) -> Credentials:
-        """Explicit values win; otherwise SPLADE_ES_API_KEY / _USERNAME / _PASSWORD / _CA_CERTS."""
-        def pick(name: str) -> str | None:
-            value = given.get(name)
-            return value if value else (os.environ.get(f"SPLADE_ES_{name.upper()}") or None)
-
-        verify = given.get("verify_certs")
-        return cls(pick("api_key"), pick("username"), pick("password"), pick("ca_certs"),
-                   True if verify is None else bool(verify))
-
-    def tls_options(self, url: str) -> dict[str, object]:
-        """Client keyword arguments for certificate checks (both official clients take the same)."""
-        if not url.startswith("https"):
-            return {}
-        return {"verify_certs": self.verify_certs, "ca_certs": self.ca_certs, "ssl_show_warn": self.verify_certs}
-
-    def headers(self) -> dict[str, str]:
-        if self.api_key:
-            return {"authorization": f"ApiKey {self.api_key}"}
-        if self.username:
-            token = base64.b64encode(f"{self.username}:{self.password or ''}".encode()).decode()
-            return {"authorization": f"Basic {token}"}
-        return {}
-
-
-def redact(url: str) -> str:
-    """The URL without user:password, for messages and logs."""
-    parts = urlsplit(url)
-    if parts.username is None and parts.password is None:
-        return url
-    host = parts.hostname or ""
-    netloc = f"{host}:{parts.port}" if parts.port else host
-    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
-
-
-def split_credentials(url: str, credentials: Credentials) -> tuple[str, Credentials]:
-    """Move ``user:password@`` out of the URL into the credentials."""
-    parts = urlsplit(url)
-    if parts.username is None:
-        return url, credentials
-    from dataclasses import replace
-
-    return redact(url), replace(credentials, username=parts.username, password=parts.password)
 
 
 def resolve_url(url: str | None) -> str | None:

@@ -8,7 +8,7 @@ import elastic_transport
 import elasticsearch
 
 from splade_es.toolkit.engines.base import Capabilities, EngineError, EngineUnavailable
-from splade_es.toolkit.engines.connect import Credentials
+from splade_es.toolkit.engines.credentials import Credentials
 from splade_es.toolkit.engines.rest import RestEngine, error_reason, has_rank_features, url_part
 
 _JSON = "application/vnd.elasticsearch+json; compatible-with=8"

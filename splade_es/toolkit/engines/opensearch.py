@@ -7,7 +7,7 @@ from typing import Any
 import opensearchpy
 
 from splade_es.toolkit.engines.base import Capabilities, EngineError, EngineUnavailable
-from splade_es.toolkit.engines.connect import Credentials
+from splade_es.toolkit.engines.credentials import Credentials
 from splade_es.toolkit.engines.rest import RestEngine, error_reason, has_rank_features
 
 

@@ -1,0 +1,72 @@
+"""Credentials and TLS settings, and keeping them out of everything splade-es prints.
+
+A module of its own so that the engines and :mod:`connect` both depend on it and not on
+each other.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+from dataclasses import dataclass, field, replace
+from urllib.parse import unquote, urlsplit, urlunsplit
+
+
+@dataclass(frozen=True)
+class Credentials:
+    """How to authenticate and verify TLS. Secrets never appear in ``repr`` or messages."""
+
+    api_key: str | None = field(default=None, repr=False)
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)
+    ca_certs: str | None = None
+    verify_certs: bool = True
+
+    @classmethod
+    def from_env(cls, **given) -> Credentials:
+        """Explicit values win; otherwise SPLADE_ES_API_KEY / _USERNAME / _PASSWORD / _CA_CERTS."""
+        def pick(name: str) -> str | None:
+            value = given.get(name)
+            return value if value else (os.environ.get(f"SPLADE_ES_{name.upper()}") or None)
+
+        verify = given.get("verify_certs")
+        return cls(pick("api_key"), pick("username"), pick("password"), pick("ca_certs"),
+                   True if verify is None else bool(verify))
+
+    def tls_options(self, url: str) -> dict[str, object]:
+        """Client keyword arguments for certificate checks (both official clients take the same)."""
+        if not url.startswith("https"):
+            return {}
+        return {"verify_certs": self.verify_certs, "ca_certs": self.ca_certs, "ssl_show_warn": self.verify_certs}
+
+    def headers(self) -> dict[str, str]:
+        if self.api_key:
+            return {"authorization": f"ApiKey {self.api_key}"}
+        if self.username:
+            token = base64.b64encode(f"{self.username}:{self.password or ''}".encode()).decode()
+            return {"authorization": f"Basic {token}"}
+        return {}
+
+    def secrets(self) -> list[str]:
+        """Every string that must never be printed: the key, the password, and the encoded header."""
+        values = [self.api_key, self.password, *self.headers().values()]
+        return [value for value in values if value]
+
+
+def redact(url: str) -> str:
+    """The URL without ``user:password@``, for messages and logs (IPv6 hosts keep their brackets)."""
+    parts = urlsplit(url)
+    if "@" not in parts.netloc:
+        return url
+    return urlunsplit((parts.scheme, parts.netloc.rpartition("@")[2], parts.path, parts.query, parts.fragment))
+
+
+def split_credentials(url: str, credentials: Credentials) -> tuple[str, Credentials]:
+    """Move ``user:password@`` out of the URL into the credentials; percent-encoded
+    characters in them (``%40`` for ``@``) are decoded, as browsers and curl do."""
+    parts = urlsplit(url)
+    if "@" not in parts.netloc:
+        return url, credentials
+    username = unquote(parts.username) if parts.username else None
+    password = unquote(parts.password) if parts.password is not None else credentials.password
+    return redact(url), replace(credentials, username=username or credentials.username, password=password)
