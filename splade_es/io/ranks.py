@@ -45,6 +45,11 @@ class Group:
                 dist.init_process_group("gloo")
             self._dist = dist
 
+    @classmethod
+    def single(cls) -> Group:
+        """One process, no collectives."""
+        return cls(Ranks(0, 1, 0))
+
     def broadcast(self, value: Any) -> Any:
         """Rank 0's ``value`` on every rank."""
         if self._dist is None:

@@ -1,18 +1,35 @@
-"""Corpus -> sparse vectors -> engine, overlapped, retried, resumable and shardable.
+"""Corpus -> sparse vectors -> engine: overlapped, retried, resumable, shardable, and honest.
 
-Encoding runs in the calling thread while earlier bulk requests are in flight on a small
-thread pool (torch releases the GIL while it computes). Documents are indexed by corpus
-id, so replaying any part of a run never duplicates. A checkpoint records how many
-records of this shard are known to be indexed (a contiguous prefix, in corpus order);
-``resume`` skips exactly those and replays the rest.
+:func:`ingest_corpus` is the one entry point (the CLI and ``benchmark`` call it): prepare the
+index, encode and bulk-load each rank's shard, gather, then check and finish.
+
+What it promises, and how:
+
+- *Nothing lost.* A checkpoint per shard holds a watermark (every shard position below it is
+  settled: acknowledged by the engine, or recorded below) and the documents that failed or
+  were skipped, with their reasons. ``resume`` skips the settled positions, re-sends what failed
+  for a retryable reason, and reports what still fails. A run succeeds only when nothing failed
+  or was skipped and, after a refresh, the index holds exactly the corpus's number of distinct
+  ids; only then does an alias move.
+- *Nothing doubled, later record wins.* Documents are indexed by corpus id. Two records with the
+  same id are never in flight together (the later one waits for the earlier to settle, and an
+  earlier copy inside one batch is dropped), and under torchrun a record goes to the rank its
+  id hashes to, so one rank orders all copies of an id.
+- *Faults survived.* 429/502/503/504 and connection errors are retried with full-jitter
+  exponential backoff, per request and per refused item; a 413 splits the request in halves.
+- *Kills survived.* The checkpoint (and the name of the index, before it is created) is written
+  atomically; a replayed request only overwrites documents with themselves.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
+import random
 import threading
 import time
+import zlib
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass, field
@@ -21,21 +38,29 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from splade_es.errors import SpladeError
+from splade_es.errors import ConfigError, InputError, SpladeError
+from splade_es.io.atomic import atomic_text_file, atomic_write_text
 from splade_es.io.corpus import BadRecord, Document
+from splade_es.io.failpoints import failpoint
+from splade_es.io.ranks import Group
+from splade_es.io.weights import check_features
 from splade_es.toolkit.engines.base import BulkFailure, Engine, EngineError, EngineUnavailable
 from splade_es.toolkit.engines.rest import bulk_line
 from splade_es.toolkit.layouts import Layout
+from splade_es.toolkit.mappings import with_shards
 
 Features = dict[str, float]
 VectorSource = Callable[[list[Document]], list[Features]]
+_log = logging.getLogger(__name__)
+CHECKPOINT_VERSION = 2
 
 
 def encoded_vectors(encoder, pruning) -> VectorSource:
-    """Document vectors from a loaded encoder, one batch at a time."""
+    """Document vectors from a loaded encoder, one batch at a time, checked as the engine will see them."""
     def encode(documents: list[Document]) -> list[Features]:
         vectors = encoder.encode_documents([d.text for d in documents], pruning=pruning, show_progress=False)
-        return [vector.to_features() for vector in vectors]
+        return [check_features(vector.to_features(), f"{d.where} (encoder output)")
+                for d, vector in zip(documents, vectors)]
 
     return encode
 
@@ -62,6 +87,9 @@ class IngestOptions:
     rank: int = 0
     world_size: int = 1
     show_progress: bool = True
+    shards: int | None = None  # index layout; None: the cluster's default
+    replicas: int | None = None
+    seed: int | None = None  # of the backoff jitter (tests)
 
 
 @dataclass
@@ -69,18 +97,23 @@ class IngestSummary:
     index: str
     alias: str | None = None
     indexed: int = 0
-    failed: int = 0
+    failed: int = 0  # documents the engine refused (still missing)
     skipped: int = 0  # bad records passed over with --skip-bad
-    resumed: int = 0  # records a previous run had already indexed
+    resumed: int = 0  # records a previous run had already settled
+    retried: int = 0  # documents a previous run failed to index, sent again
     empty: int = 0
     duplicate_ids: int = 0
     features: int = 0
     retries: int = 0
     seconds: float = 0.0
+    expected: int = 0  # distinct corpus ids: what the index must hold
     index_docs: int | None = None
     index_size_bytes: int | None = None
+    complete: bool = False
+    alias_moved: bool = False
     failures_file: str | None = None
     duplicate_examples: list[str] = field(default_factory=list)
+    problem: str | None = None  # why the run is not complete, in one line
 
     @property
     def docs_per_second(self) -> float:
@@ -90,86 +123,143 @@ class IngestSummary:
     def mean_features(self) -> float:
         return self.features / self.indexed if self.indexed else 0.0
 
+    @property
+    def missing(self) -> int:
+        return max(0, self.expected - (self.index_docs or 0)) if self.index_docs is not None else self.expected
+
     def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "docs_per_second": round(self.docs_per_second, 2),
+        return {**asdict(self), "missing": self.missing, "docs_per_second": round(self.docs_per_second, 2),
                 "mean_features_per_doc": round(self.mean_features, 2)}
 
     def merge(self, other: IngestSummary) -> None:
-        for name in ("indexed", "failed", "skipped", "resumed", "empty", "duplicate_ids", "features", "retries"):
+        for name in ("indexed", "failed", "skipped", "resumed", "retried", "empty", "duplicate_ids", "features",
+                     "retries", "expected"):
             setattr(self, name, getattr(self, name) + getattr(other, name))
         self.seconds = max(self.seconds, other.seconds)
         self.duplicate_examples = (self.duplicate_examples + other.duplicate_examples)[:10]
+        files = [f for f in (self.failures_file, other.failures_file) if f]
+        self.failures_file = ", ".join(files) or None
 
 
-class Checkpoint:
-    """How far this shard got, written atomically after every acknowledged bulk request."""
-
-    def __init__(self, path: Path, identity: dict[str, Any]) -> None:
-        self.path = path
-        self.identity = identity
-        self.done = 0
-        self.index: str | None = None
-        self.complete = False
-
-    @classmethod
-    def open(cls, state_dir: Path, identity: dict[str, Any], resume: bool) -> Checkpoint:
-        key = hashlib.sha1(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
-        checkpoint = cls(state_dir / f"ingest-{key}.json", identity)
-        if resume and checkpoint.path.is_file():
-            saved = json.loads(checkpoint.path.read_text())
-            checkpoint.done, checkpoint.index = int(saved["done"]), saved.get("index")
-            checkpoint.complete = bool(saved.get("complete"))
-        return checkpoint
-
-    def save(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        staging = self.path.with_suffix(".tmp")
-        staging.write_text(json.dumps({**self.identity, "done": self.done, "index": self.index,
-                                       "complete": self.complete}))
-        staging.replace(self.path)
+# ---------------------------------------------------------------- identity and checkpoint
+def file_identity(path: str | Path) -> dict[str, Any]:
+    """A file as a checkpoint knows it: where, how big, when last written."""
+    resolved = Path(path).expanduser().resolve()
+    stat = resolved.stat()
+    return {"path": str(resolved), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
 
 
 @dataclass
+class Checkpoint:
+    """How far one shard got, what failed and what was skipped; written atomically.
+
+    ``done`` is the watermark: every shard position below it is settled. ``failed`` maps a
+    document id to its position, status, reason and whether a resume may re-send it;
+    ``skipped`` maps a position to the bad record's ``where`` and reason.
+    """
+
+    path: Path
+    identity: dict[str, Any]
+    index: str | None = None
+    done: int = 0
+    failed: dict[str, dict[str, Any]] = field(default_factory=dict)
+    skipped: dict[int, dict[str, Any]] = field(default_factory=dict)
+    refresh_interval: Any = None  # the index's own setting, restored when the load ends
+    complete: bool = False
+
+    @classmethod
+    def open(cls, state_dir: Path, key: dict[str, Any], identity: dict[str, Any], resume: bool) -> Checkpoint:
+        """This run's checkpoint; with ``resume``, the saved one, refused if written for another run."""
+        name = hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+        checkpoint = cls(state_dir / f"ingest-{name}.json", identity)
+        saved = checkpoint.read() if checkpoint.path.is_file() else None
+        if saved is None:
+            return checkpoint
+        if not resume:
+            checkpoint.index = saved.index if saved.index_is_orphan_of(identity) else None
+            return checkpoint
+        changed = [k for k in sorted(set(identity) | set(saved.identity)) if identity.get(k) != saved.identity.get(k)]
+        if changed:
+            raise ConfigError(f"{checkpoint.path}: cannot resume: the {', '.join(changed)} changed since the "
+                              "interrupted run (drop --resume to start over)")
+        return saved
+
+    def read(self) -> Checkpoint:
+        try:
+            saved = json.loads(self.path.read_text(encoding="utf-8"))
+            if saved.get("version") != CHECKPOINT_VERSION:
+                raise ValueError(f"version {saved.get('version')!r}, this splade-es writes {CHECKPOINT_VERSION}")
+            return Checkpoint(self.path, dict(saved["identity"]), saved.get("index"), int(saved["done"]),
+                              {str(k): dict(v) for k, v in saved["failed"].items()},
+                              {int(k): dict(v) for k, v in saved["skipped"].items()},
+                              saved.get("refresh_interval"), bool(saved["complete"]))
+        except (ValueError, KeyError, TypeError, AttributeError, UnicodeDecodeError) as exc:
+            raise InputError(f"{self.path}: not a readable ingest checkpoint ({type(exc).__name__}: {exc}); "
+                             "delete it to start over") from None
+
+    def index_is_orphan_of(self, identity: dict[str, Any]) -> bool:
+        """An incomplete index this same run left behind (killed early): the next run reuses it."""
+        return bool(self.index) and not self.complete and self.identity == identity
+
+    def save(self) -> None:
+        atomic_write_text(self.path, json.dumps({
+            "version": CHECKPOINT_VERSION, "identity": self.identity, "index": self.index, "done": self.done,
+            "failed": self.failed, "skipped": {str(k): v for k, v in self.skipped.items()},
+            "refresh_interval": self.refresh_interval, "complete": self.complete}, ensure_ascii=False))
+
+
+# ---------------------------------------------------------------- one shard
+@dataclass
 class _Pending:
+    position: int
     id: str
-    body: dict[str, Any]
+    where: str
     line: bytes  # its action and source lines of a _bulk body, serialised once
+    body: dict[str, Any]
 
 
 @dataclass
 class _Chunk:
-    first: int  # shard positions [first, last)
-    last: int
+    positions: list[int]  # the shard positions this request settles (dropped duplicates too)
     documents: list[_Pending]
     features: int
 
 
-
 class _Watermark:
-    """The contiguous prefix of shard positions whose bulk requests all succeeded."""
+    """The contiguous prefix of shard positions that are settled."""
 
     def __init__(self, start: int) -> None:
         self.value = start
-        self._finished: dict[int, int] = {}
+        self._settled: set[int] = set()
 
-    def finish(self, first: int, last: int) -> bool:
-        self._finished[first] = last
+    def settle(self, positions: Iterable[int]) -> bool:
+        self._settled.update(p for p in positions if p >= self.value)
         moved = False
-        while self.value in self._finished:
-            self.value = self._finished.pop(self.value)
+        while self.value in self._settled:
+            self._settled.discard(self.value)
+            self.value += 1
             moved = True
         return moved
 
 
+def shard_of(record: Document | BadRecord, position: int, world_size: int) -> int:
+    """A document goes to the rank its id hashes to (so one rank orders every copy of an id);
+    a bad record, which may have no id, by its position."""
+    if world_size == 1:
+        return 0
+    if isinstance(record, BadRecord):
+        return position % world_size
+    return zlib.crc32(record.id.encode("utf-8")) % world_size
+
+
 def shard(records: Iterable[Document | BadRecord], rank: int, world_size: int) -> Iterator[Document | BadRecord]:
-    """Record ``i`` of the corpus belongs to rank ``i % world_size``."""
     for position, record in enumerate(records):
-        if position % world_size == rank:
+        if shard_of(record, position, world_size) == rank:
             yield record
 
 
 class Ingester:
-    """One shard's run: call :meth:`prepare_index` (rank 0 first), then :meth:`run`."""
+    """One shard's run: :meth:`prepare_index` (rank 0), :meth:`run`, then :meth:`finish` (rank 0)."""
 
     def __init__(self, engine: Engine, layout: Layout, options: IngestOptions,
                  identity: dict[str, Any]) -> None:
@@ -177,14 +267,17 @@ class Ingester:
         self.layout = layout
         self.options = options
         state_dir = options.state_dir or _default_state_dir()
-        self.checkpoint = Checkpoint.open(state_dir, {**identity, "target": options.alias or options.index,
-                                                      "rank": options.rank, "world_size": options.world_size},
-                                          options.resume)
-        self._failures_lock = threading.Lock()
+        key = {"engine": engine.info.location, "target": options.alias or options.index,
+               "rank": options.rank, "world_size": options.world_size}
+        full_identity = {**identity, "layout": layout.identity(), "engine": engine.info.location,
+                         "target": options.alias or options.index, "world_size": options.world_size}
+        self.checkpoint = Checkpoint.open(state_dir, key, full_identity, options.resume)
+        self._lock = threading.Lock()
+        self._rng = random.Random(options.seed)
 
     # ---------------------------------------------------------------- index
     def target_index(self, proposed: str | None = None) -> str:
-        """The concrete index: the resumed one, ``proposed`` (a versioned name), or --index."""
+        """The concrete index: the resumed (or orphaned) one, ``proposed`` (a versioned name), or --index."""
         if self.checkpoint.index:
             return self.checkpoint.index
         if self.options.alias:
@@ -192,118 +285,193 @@ class Ingester:
         return self.options.index
 
     def prepare_index(self, index: str) -> None:
-        """Create the index with its mapping, or check that an existing one fits this layout (and model)."""
+        """Create the index (its name saved first, so a kill leaves no orphan) or check an existing one
+        fits this layout; then switch periodic refresh off for the load."""
         self.layout.prepare(self.engine)
+        self.checkpoint.index = index
         if self.engine.exists(index):
             self.layout.check(self.engine.mappings(index), index)
-            return
-        try:
-            self.engine.create_index(index, self.layout.create_body(self.engine.info))
-        except EngineError as exc:
-            if "already_exists" not in str(exc) and "already exists" not in str(exc):
-                raise
-            self.layout.check(self.engine.mappings(index), index)
+        else:
+            self.checkpoint.save()
+            try:
+                self.engine.create_index(index, with_shards(self.layout.create_body(self.engine.info),
+                                                            self.options.shards, self.options.replicas))
+            except EngineError as exc:
+                if "already_exists" not in str(exc) and "already exists" not in str(exc):
+                    raise
+                self.layout.check(self.engine.mappings(index), index)
+        previous = self.engine.set_refresh_interval(index, "-1")
+        if self.checkpoint.refresh_interval is None:  # a resumed run keeps the setting it found first
+            self.checkpoint.refresh_interval = {"value": previous}
+        self.checkpoint.save()
+
+    def restore_refresh(self, index: str) -> None:
+        saved = self.checkpoint.refresh_interval
+        if saved is not None:
+            self.engine.set_refresh_interval(index, saved.get("value"))
 
     # ---------------------------------------------------------------- run
     def run(self, index: str, records: Iterable[Document | BadRecord], vectors: VectorSource,
-            total: int | None = None) -> IngestSummary:
-        """Encode and index this shard's ``records``; returns what happened."""
-        options = self.options
+            total: int | None = None) -> tuple[IngestSummary, set[str]]:
+        """Encode and index this shard's ``records``; returns what happened and the shard's distinct ids."""
+        options, checkpoint = self.options, self.checkpoint
         summary = IngestSummary(index=index, alias=options.alias)
-        self.checkpoint.index = index
-        if self.checkpoint.complete:
-            summary.resumed = self.checkpoint.done
-            return summary
+        checkpoint.index = index
         start = time.monotonic()
-        failures = options.failures_path.open("a" if options.resume else "w", encoding="utf-8")
-        watermark = _Watermark(self.checkpoint.done)
-        seen: set[str] = set()
+        self._watermark = _Watermark(checkpoint.done)
+        self._in_flight: dict[str, int] = {}
+        last_position: dict[str, int] = {}
+        retry_later: list[tuple[int, Document]] = []
         pending: set[Future] = set()
         bar = tqdm(total=total, unit="doc", desc=f"ingest {index}", disable=not options.show_progress,
-                   initial=0, smoothing=0.1)
-        position = 0
+                   smoothing=0.1)
         try:
             with ThreadPoolExecutor(max_workers=options.concurrency, thread_name_prefix="bulk") as pool:
                 block: list[tuple[int, Document]] = []
-                for record in records:
-                    if position < self.checkpoint.done:
-                        position += 1
-                        summary.resumed += 1
+                for position, record in enumerate(records):
+                    if isinstance(record, BadRecord):
+                        if position not in checkpoint.skipped:
+                            checkpoint.skipped[position] = {"where": record.where, "reason": record.reason}
+                        self._watermark.settle([position])
                         bar.update(1)
                         continue
-                    if isinstance(record, BadRecord):
-                        summary.skipped += 1
-                        self._record_failure(failures, {"where": record.where, "reason": record.reason})
-                        watermark.finish(position, position + 1)
-                        position += 1
-                        continue
-                    if record.id in seen:
+                    if record.id in last_position:
                         summary.duplicate_ids += 1
                         if len(summary.duplicate_examples) < 10:
                             summary.duplicate_examples.append(record.id)
-                    seen.add(record.id)
+                    last_position[record.id] = position
+                    if position < checkpoint.done:
+                        failure = checkpoint.failed.get(record.id)
+                        if failure is not None and failure["position"] == position and failure["retryable"]:
+                            retry_later.append((position, record))  # sent once the whole shard is read
+                        else:
+                            summary.resumed += 1
+                            bar.update(1)
+                        continue
                     block.append((position, record))
-                    position += 1
                     if len(block) >= options.encode_batch:
-                        pending |= self._submit(pool, index, block, vectors, summary)
+                        pending = self._submit(pool, index, block, vectors, summary, pending, bar)
                         block = []
-                        pending = self._drain(pending, watermark, summary, failures, bar, options.concurrency * 2)
+                        pending = self._drain(pending, summary, bar, options.concurrency * 2)
                 if block:
-                    pending |= self._submit(pool, index, block, vectors, summary)
-                self._drain(pending, watermark, summary, failures, bar, 0)
-            self.checkpoint.done = max(self.checkpoint.done, watermark.value)
-            self.checkpoint.complete = watermark.value >= position
-            self.checkpoint.save()
+                    pending = self._submit(pool, index, block, vectors, summary, pending, bar)
+                # What a previous run failed to index, unless a later record of the same id superseded it.
+                retry = [(p, d) for p, d in retry_later if last_position[d.id] == p]
+                for p, d in retry_later:
+                    if last_position[d.id] != p:
+                        checkpoint.failed.pop(d.id, None)
+                        summary.resumed += 1
+                summary.retried = len(retry)
+                for offset in range(0, len(retry), options.encode_batch):
+                    pending = self._submit(pool, index, retry[offset:offset + options.encode_batch], vectors,
+                                           summary, pending, bar)
+                self._drain(pending, summary, bar, 0)
+            checkpoint.done = max(checkpoint.done, self._watermark.value)
+            summary.failed = len(checkpoint.failed)
+            summary.skipped = len(checkpoint.skipped)
+            checkpoint.save()
         finally:
             bar.close()
-            failures.close()
+            self._write_failures(summary)
         summary.seconds = time.monotonic() - start
-        if summary.failed or summary.skipped:
-            summary.failures_file = str(options.failures_path)
-        elif not options.resume:
-            options.failures_path.unlink(missing_ok=True)
-        return summary
+        return summary, set(last_position)
 
     def finish(self, summary: IngestSummary) -> IngestSummary:
-        """Refresh, measure the index and, with an alias, point it at the new index."""
-        self.engine.refresh(summary.index)
-        stats = self.engine.stats(summary.index)
+        """Restore refresh, refresh, count; with an alias, point it at the index only if it is complete."""
+        index = summary.index
+        self.restore_refresh(index)
+        self.engine.refresh(index)
+        stats = self.engine.stats(index)
         summary.index_docs, summary.index_size_bytes = stats.docs, stats.size_bytes
-        if self.options.alias and not summary.failed:
-            self.engine.point_alias(self.options.alias, summary.index)
+        problems = []
+        if summary.failed:
+            problems.append(f"{summary.failed} documents were refused")
+        if summary.skipped:
+            problems.append(f"{summary.skipped} records were malformed and skipped")
+        if stats.docs < summary.expected:
+            problems.append(f"the index holds {stats.docs} of the corpus's {summary.expected} documents "
+                            f"({summary.expected - stats.docs} missing)")
+        elif stats.docs > summary.expected and self.options.alias:
+            problems.append(f"the index holds {stats.docs} documents, more than the corpus's {summary.expected}")
+        if problems:
+            where = f"; reasons in {summary.failures_file}" if summary.failures_file else ""
+            summary.problem = ", ".join(problems) + where + "; fix the cause, then rerun with --resume"
+        summary.complete = not problems
+        self.checkpoint.complete = summary.complete
+        self.checkpoint.save()
+        if summary.complete:
+            record_loaded(self.engine, index, {"corpus": self.checkpoint.identity.get("corpus"),
+                                               "documents": stats.docs, "time": round(time.time())})
+        if self.options.alias and summary.complete:
+            self.engine.point_alias(self.options.alias, index)
+            summary.alias_moved = True
         return summary
 
+    # ---------------------------------------------------------------- sending
     def _submit(self, pool: ThreadPoolExecutor, index: str, block: list[tuple[int, Document]],
-                vectors: VectorSource, summary: IngestSummary) -> set[Future]:
+                vectors: VectorSource, summary: IngestSummary, pending: set[Future], bar) -> set[Future]:
+        """Encode one block and queue its bulk requests; copies of an id keep corpus order."""
+        latest = {document.id: position for position, document in block}
+        dropped = [position for position, document in block if latest[document.id] != position]
+        block = [(position, document) for position, document in block if latest[document.id] == position]
+        if any(document.id in self._in_flight for _, document in block):
+            pending = self._drain(pending, summary, bar, 0)  # an earlier copy must settle first
         features = vectors([document for _, document in block])
         if len(features) != len(block):
             raise SpladeError(f"got {len(features)} vectors for {len(block)} documents")
-        chunks, current, size, first = [], [], 0, block[0][0]
-        count = 0
+        failpoint("encoded")
+        chunks: list[_Chunk] = []
+        current: list[_Pending] = []
+        size = count = 0
         for (position, document), vector in zip(block, features):
             if self.layout.needs_vectors and not vector:
                 summary.empty += 1
             body = self.layout.document(document, vector)
             line = bulk_line(index, document.id, body)
             if current and (len(current) >= self.options.chunk_docs or size + len(line) > self.options.chunk_bytes):
-                chunks.append(_Chunk(first, position, current, count))
-                current, size, first, count = [], 0, position, 0
-            current.append(_Pending(document.id, body, line))
+                chunks.append(_Chunk([p.position for p in current], current, count))
+                current, size, count = [], 0, 0
+            current.append(_Pending(position, document.id, document.where, line, body))
             size += len(line)
             count += len(vector)
-        chunks.append(_Chunk(first, block[-1][0] + 1, current, count))
-        return {pool.submit(self._send, index, chunk) for chunk in chunks}
+        if current:
+            chunks.append(_Chunk([p.position for p in current], current, count))
+        if dropped:  # an earlier copy in the same block: superseded, settled without being sent
+            if chunks:
+                chunks[-1].positions += dropped
+            else:
+                self._watermark.settle(dropped)
+            bar.update(len(dropped))
+        for chunk in chunks:
+            for item in chunk.documents:
+                self._in_flight[item.id] = self._in_flight.get(item.id, 0) + 1
+            pending.add(pool.submit(self._send, index, chunk))
+        return pending
 
     def _send(self, index: str, chunk: _Chunk) -> tuple[_Chunk, list[BulkFailure], int]:
-        """One chunk, retrying 429/502/503/504 (whole request or per document) with backoff."""
-        todo, retries, delay, final = chunk.documents, 0, self.options.initial_backoff, []
-        while True:
+        """One chunk: retried with backoff on 429/502/503/504 and lost connections (whole request or
+        per refused document); a 413 splits it. Returns the documents that still failed."""
+        retries, final = 0, []
+        todo = chunk.documents
+        while todo:
             try:
                 failures = self._bulk(index, todo)
             except EngineError as exc:
+                if exc.status == 413:
+                    if len(todo) == 1:
+                        final.append(BulkFailure(todo[0].id, 413, "request_too_large: one document exceeds the "
+                                                                  "engine's http.max_content_length"))
+                        return chunk, final, retries
+                    half = len(todo) // 2
+                    for part in (todo[:half], todo[half:]):
+                        _, failed, more = self._send(index, _Chunk([], part, 0))
+                        final += failed
+                        retries += more + 1
+                    return chunk, final, retries
                 if not (exc.retryable or isinstance(exc, EngineUnavailable)) or retries >= self.options.max_retries:
                     raise
             else:
+                failpoint("acknowledged")
                 final += [f for f in failures if not f.retryable]
                 again = {f.id for f in failures if f.retryable}
                 if not again:
@@ -311,9 +479,13 @@ class Ingester:
                 if retries >= self.options.max_retries:
                     return chunk, final + [f for f in failures if f.retryable], retries
                 todo = [pending for pending in todo if pending.id in again]
+            time.sleep(self._backoff(retries))
             retries += 1
-            time.sleep(delay)
-            delay = min(delay * 2, self.options.max_backoff)
+        return chunk, final, retries
+
+    def _backoff(self, retries: int) -> float:
+        """Full jitter: uniform in [0, min(cap, initial x 2^retries)], so clients do not retry in lock-step."""
+        return self._rng.uniform(0, min(self.options.max_backoff, self.options.initial_backoff * 2 ** retries))
 
     def _bulk(self, index: str, documents: list[_Pending]) -> list[BulkFailure]:
         bulk_raw = getattr(self.engine, "bulk_raw", None)
@@ -321,30 +493,99 @@ class Ingester:
             return bulk_raw(b"".join(pending.line for pending in documents))
         return self.engine.bulk(index, [(pending.id, pending.body) for pending in documents])
 
-    def _drain(self, pending: set[Future], watermark: _Watermark, summary: IngestSummary, failures,
-               bar, keep: int) -> set[Future]:
+    def _drain(self, pending: set[Future], summary: IngestSummary, bar, keep: int) -> set[Future]:
         """Wait until at most ``keep`` requests are in flight, booking the finished ones."""
+        checkpoint = self.checkpoint
         while len(pending) > keep:
             done, pending = wait(pending, return_when=FIRST_COMPLETED)
             for future in done:
                 chunk, failed, retries = future.result()
+                refused = {failure.id: failure for failure in failed}
                 summary.retries += retries
-                summary.failed += len(failed)
-                summary.indexed += len(chunk.documents) - len(failed)
+                summary.indexed += len(chunk.documents) - len(refused)
                 summary.features += chunk.features
-                for failure in failed:
-                    self._record_failure(failures, {"id": failure.id, "status": failure.status,
-                                                    "reason": failure.reason})
+                for item in chunk.documents:
+                    self._in_flight[item.id] -= 1
+                    if not self._in_flight[item.id]:
+                        del self._in_flight[item.id]
+                    failure = refused.get(item.id)
+                    if failure is None:
+                        checkpoint.failed.pop(item.id, None)  # indexed now, or superseded by this later copy
+                    else:
+                        checkpoint.failed[item.id] = {"position": item.position, "where": item.where,
+                                                      "status": failure.status, "reason": failure.reason,
+                                                      "retryable": failure.retryable}
                 bar.update(len(chunk.documents))
-                if watermark.finish(chunk.first, chunk.last):
-                    self.checkpoint.done = watermark.value
-                    self.checkpoint.save()
+                if self._watermark.settle(chunk.positions) or refused:
+                    checkpoint.done = self._watermark.value
+                    failpoint("before-checkpoint")
+                    checkpoint.save()
         return pending
 
-    def _record_failure(self, handle, entry: dict[str, Any]) -> None:
-        with self._failures_lock:
-            handle.write(json.dumps(entry, ensure_ascii=False) + "\n")
-            handle.flush()
+    def _write_failures(self, summary: IngestSummary) -> None:
+        """The failures file lists exactly what the checkpoint says is missing, or is removed."""
+        path = self.options.failures_path
+        entries = [{"where": v["where"], "reason": v["reason"]} for _, v in sorted(self.checkpoint.skipped.items())]
+        entries += [{"id": doc_id, "where": v["where"], "status": v["status"], "reason": v["reason"],
+                     "retryable": v["retryable"]} for doc_id, v in self.checkpoint.failed.items()]
+        if not entries:
+            path.unlink(missing_ok=True)
+            return
+        with atomic_text_file(path) as handle:
+            handle.writelines(json.dumps(entry, ensure_ascii=False) + "\n" for entry in entries)
+        summary.failures_file = str(path)
+
+
+# ---------------------------------------------------------------- the entry point
+def ingest_corpus(engine: Engine, layout: Layout, records: Iterable[Document | BadRecord], vectors: VectorSource,
+                  options: IngestOptions, identity: dict[str, Any], group: Group | None = None,
+                  total: int | None = None) -> IngestSummary:
+    """Prepare, encode and load this rank's shard, gather, then check the index and finish.
+
+    Every rank returns the same verdict (``complete``, ``problem``); counts are the whole run's
+    on rank 0 and the rank's own elsewhere.
+    """
+    group = group or Group.single()
+    ingester = Ingester(engine, layout, options, identity)
+    target = None
+    if group.ranks.is_main:
+        target = ingester.target_index()
+        ingester.prepare_index(target)
+    target = group.broadcast(target)
+    try:
+        summary, ids = ingester.run(target, shard(records, options.rank, options.world_size), vectors, total)
+    except BaseException:
+        if group.ranks.world_size == 1:
+            ingester.restore_refresh(target)
+        raise
+    summary.expected = len(ids)  # a rank holds every copy of its ids, so the ranks' counts add up
+    summaries = group.gather(summary)
+    verdict = None
+    if group.ranks.is_main:
+        merged = summaries[0]
+        for other in summaries[1:]:
+            merged.merge(other)
+        ingester.finish(merged)
+        summary = merged
+        verdict = (merged.complete, merged.problem)
+    summary.complete, summary.problem = group.broadcast(verdict)
+    return summary
+
+
+def record_loaded(engine: Engine, index: str, loaded: dict[str, Any]) -> None:
+    """Note a complete load in the index's ``_meta.splade_es.loaded``, so a later ``benchmark`` can
+    trust the index without reading the corpus."""
+    meta = engine.mappings(index)[index].get("_meta", {})
+    meta.setdefault("splade_es", {})["loaded"] = loaded
+    engine.put_meta(index, meta)
+
+
+def loaded_record(engine: Engine, index: str) -> dict[str, Any] | None:
+    """What :func:`record_loaded` noted in the index (an alias's single index), or None."""
+    mappings = engine.mappings(index)
+    if len(mappings) != 1:
+        return None
+    return next(iter(mappings.values())).get("_meta", {}).get("splade_es", {}).get("loaded")
 
 
 def versioned_name(base: str) -> str:
@@ -356,4 +597,3 @@ def _default_state_dir() -> Path:
     from platformdirs import user_state_dir
 
     return Path(user_state_dir("splade-es"))
-

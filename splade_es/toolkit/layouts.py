@@ -31,6 +31,10 @@ class Layout(ABC):
     def prepare(self, engine: Engine) -> None:
         """Whatever must exist before the index (a pipeline); check what the cluster lacks."""
 
+    def identity(self) -> dict[str, Any]:
+        """What a resumed load must find unchanged: the encoder and, for vectors, model and settings."""
+        return {"encoder": self.encoder}
+
     @abstractmethod
     def create_body(self, info: EngineInfo) -> dict[str, Any]:
         """The create-index body."""
@@ -72,6 +76,11 @@ class SpladeLayout(Layout):
                                    pruning.__dict__.copy(), field, choose_field_type(info.capabilities, field_type, where),
                                    encoder.config.feature_naming))
 
+    def identity(self) -> dict[str, Any]:
+        meta = self.spec.meta()
+        meta.pop("splade_es_version")
+        return {"encoder": self.encoder, **meta}
+
     def create_body(self, info: EngineInfo) -> dict[str, Any]:
         return index_body(info, self.spec)
 
@@ -106,6 +115,9 @@ class ElserLayout(Layout):
         elser.check_available(engine, self.plan)
         if self.plan.layout == "pipeline":
             engine.put_pipeline(self.plan.pipeline, elser.pipeline_body(self.plan))
+
+    def identity(self) -> dict[str, Any]:
+        return self.plan.meta()
 
     def create_body(self, info: EngineInfo) -> dict[str, Any]:
         return elser.index_body(self.plan, info)

@@ -96,6 +96,21 @@ def text_index_body(engine: EngineInfo, meta: dict[str, Any]) -> dict[str, Any]:
     return body
 
 
+def with_shards(body: dict[str, Any], shards: int | None, replicas: int | None) -> dict[str, Any]:
+    """``body`` with the index layout asked for; unset, the cluster's defaults apply (a shipped
+    mapping never forces ``number_of_replicas: 0``, which would leave a real cluster without copies)."""
+    settings = body.setdefault("settings", {}).setdefault("index", {})
+    if shards is not None:
+        settings["number_of_shards"] = shards
+    if replicas is not None:
+        settings["number_of_replicas"] = replicas
+    if not settings:
+        body["settings"].pop("index")
+    if not body["settings"]:
+        body.pop("settings")
+    return body
+
+
 def _template(engine: EngineInfo, field_type: str) -> dict[str, Any]:
     """A shipped mapping; a node without the ``english`` analyzer (analysis-common) gets ``standard``."""
     body = load_mapping(_TEMPLATE_ENGINE[engine.kind], field_type)

@@ -60,7 +60,7 @@ class RecordingEngine(Engine):
     def stats(self, index):
         return IndexStats(len(self.documents), 1)
 
-    delete_index = mappings = alias_targets = point_alias = search = get = None
+    delete_index = mappings = alias_targets = point_alias = search = get = put_meta = None
 
 
 def test_layout_follows_the_version():
@@ -136,7 +136,7 @@ def _ingest(engine: Engine, layout: ElserLayout, state: Path):
                                                       state_dir=state, show_progress=False), {"t": 1})
     ingester.prepare_index("cran-elser")
     records = read_corpus(resolve_corpus(SHARED_DATA / "cranfield", None, None))
-    return ingester.run("cran-elser", records, lambda docs: [{} for _ in docs])
+    return ingester.run("cran-elser", records, lambda docs: [{} for _ in docs])[0]
 
 
 def test_real_elasticsearch_without_ml_explains_what_is_missing(tmp_path):

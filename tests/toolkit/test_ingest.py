@@ -146,22 +146,9 @@ def test_unreachable_engine_fails_fast_with_one_line():
     assert "hunter2" not in result.output and "Traceback" not in result.output
 
 
-@pytest.mark.parametrize("target", ["opensearch"], indirect=True)
-def test_credentials_never_appear_in_output_or_failures(target, cranfield_vectors, tmp_path):
-    with FaultProxy(target["url"]) as proxy:
-        result = _ingest(target, "--api-key", "S3CRET-API-KEY", "--failures", str(tmp_path / "f.jsonl"),
-                         vectors=cranfield_vectors, url=proxy.url)
-        assert result.exit_code == 0, result.output
-        assert any(h.get("authorization") == "ApiKey S3CRET-API-KEY" for h in proxy.seen_headers)
-        basic = _ingest(target, vectors=cranfield_vectors, url=proxy.url.replace("//", "//elastic:pa55word@"))
-    for output in (result.output, basic.output):
-        assert "S3CRET" not in output and "pa55word" not in output
-    assert basic.exit_code == 0, basic.output
-    assert any(h.get("authorization", "").startswith("Basic ") for h in proxy.seen_headers)
-
-
 def test_tls_is_verified_by_default(tmp_path):
-    from splade_es.toolkit.engines.connect import Credentials, connect
+    from splade_es.toolkit.engines.connect import connect
+    from splade_es.toolkit.engines.credentials import Credentials
 
     assert Credentials().verify_certs and Credentials.from_env().verify_certs
     cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
@@ -267,8 +254,16 @@ def test_two_torchrun_ranks_each_load_their_shard_and_resume(target, cranfield_v
     assert first.returncode == 0, first.stderr[-3000:]
     summary = json.loads(first.stdout.strip().splitlines()[-1])
     assert summary["indexed"] == CRANFIELD_DOCS and target["engine"].count(target["index"]) == CRANFIELD_DOCS
+    # A document goes to the rank its id hashes to: both ranks get a share, and together all of it.
+    from splade_es.io.corpus import read_corpus, resolve_corpus
+    from splade_es.toolkit.ingest import shard_of
+
+    records = list(read_corpus(resolve_corpus(CRANFIELD, None, None)))
+    shares = [sum(shard_of(r, i, 2) == rank for i, r in enumerate(records)) for rank in (0, 1)]
+    assert min(shares) > 500 and sum(shares) == CRANFIELD_DOCS
     checkpoints = [json.loads(p.read_text()) for p in Path(target["args"][-1]).glob("ingest-*.json")]
-    assert sorted((c["rank"], c["done"]) for c in checkpoints) == [(0, 700), (1, 700)]
+    assert sorted(c["done"] for c in checkpoints) == sorted(shares)
+    assert all(c["failed"] == {} and c["skipped"] == {} for c in checkpoints)
     again = subprocess.run([*command, "--resume"], capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
     assert again.returncode == 0, again.stderr[-3000:]
     resumed = json.loads(again.stdout.strip().splitlines()[-1])

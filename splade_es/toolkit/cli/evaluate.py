@@ -39,6 +39,9 @@ def dataset_option(command):
 @click.option("--hybrid-mode", type=click.Choice(MODES), default="rrf", show_default=True, help="Fusion of --method hybrid.")
 @click.option("--inference-id", help="--method elser: the endpoint (default: the one the index was built with).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True, help="Queries per multi-search.")
+@click.option("--check-corpus", is_flag=True,
+              help="Read the whole corpus first and warn about judgments naming documents it lacks "
+                   "(off by default: a large collection evaluates without being parsed).")
 @click.option("--run-file", type=click.Path(dir_okay=False), help="Also write the run in TREC format.")
 @click.option("--device", help="Where queries are encoded: cpu, cuda, cuda:N.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object: aggregate first, then per_query.")
@@ -47,8 +50,8 @@ def dataset_option(command):
 def evaluate(dataset_spec: str, index: str, method: str, model_path: str | None, adapter: str | None,
              url, engine_kind, data_dir, api_key, username, password, ca_certs, insecure,
              split: str, k: int, query_top_k: int | None, query_vectors: str | None, hybrid_mode: str,
-             inference_id: str | None, batch_size: int, run_file: str | None, device: str | None,
-             as_json: bool, no_progress: bool) -> None:
+             inference_id: str | None, batch_size: int, check_corpus: bool, run_file: str | None,
+             device: str | None, as_json: bool, no_progress: bool) -> None:
     """Run every judged query of a BEIR split through one method and score the ranking.
 
     All queries go through multi-search in batches. Metrics come from pytrec_eval: nDCG@10
@@ -67,7 +70,8 @@ def evaluate(dataset_spec: str, index: str, method: str, model_path: str | None,
     dataset = load_beir(dataset_dir(dataset_spec, show_progress=not no_progress), split)
     engine = open_engine(url, engine_kind, data_dir, api_key, username, password, ca_certs, insecure)
     try:
-        dataset.unknown_documents()
+        if check_corpus:
+            dataset.unknown_documents()
         settings = EvalSettings(method, model_path, adapter, query_vectors, query_top_k, k, batch_size, hybrid_mode,
                                 inference_id, device, not no_progress)
         result = evaluate_index(engine, dataset, index, settings)

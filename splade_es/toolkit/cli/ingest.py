@@ -13,8 +13,8 @@ from splade_es.toolkit.cli.common import engine_options, friendly_errors, load_e
 from splade_es.io.corpus import BadRecord, Document, read_corpus, read_vectors, resolve_corpus
 from splade_es.io.ranks import Group, Ranks
 from splade_es.toolkit.elser import DEFAULT_INFERENCE_ID, plan_for
-from splade_es.toolkit.ingest import (Ingester, IngestOptions, IngestSummary, VectorSource, encoded_vectors,
-                                      no_vectors, shard)
+from splade_es.toolkit.ingest import (IngestOptions, IngestSummary, VectorSource, encoded_vectors, file_identity,
+                                      ingest_corpus, no_vectors)
 from splade_es.toolkit.layouts import ENCODERS, ElserLayout, Layout, SpladeLayout, TextLayout
 from splade_es.toolkit.mappings import FIELD_TYPES, VectorIndexSpec, choose_field_type, config_hash, model_id
 
@@ -47,14 +47,19 @@ from splade_es.toolkit.mappings import FIELD_TYPES, VectorIndexSpec, choose_fiel
 @click.option("--doc-min-weight", type=click.FloatRange(min=0),
               help="Drop document weights below W (also applies to --vectors): shorter posting lists, "
                    "faster queries; measure the nDCG cost first (docs/BENCHMARKS.md).")
-@click.option("--resume", is_flag=True, help="Continue an interrupted run of the same command.")
+@click.option("--shards", type=click.IntRange(min=1), help="Primary shards of a new index (default: the cluster's).")
+@click.option("--replicas", type=click.IntRange(min=0), help="Replicas of a new index (default: the cluster's).")
+@click.option("--resume", is_flag=True,
+              help="Continue an interrupted or incomplete run of the same command: skips what is indexed, "
+                   "re-sends what failed for a retryable reason.")
 @click.option("--alias", help="Write a new versioned index, then point this alias at it atomically.")
 @click.option("--skip-bad", is_flag=True, help="Record malformed records in the failures file and go on.")
 @click.option("--chunk-docs", type=click.IntRange(min=1), default=500, show_default=True, help="Documents per bulk request.")
 @click.option("--chunk-mb", type=click.FloatRange(min=0.01), default=8.0, show_default=True, help="Megabytes per bulk request.")
 @click.option("--concurrency", type=click.IntRange(min=1), default=2, show_default=True, help="Bulk requests in flight.")
 @click.option("--max-retries", type=click.IntRange(min=0), default=8, show_default=True,
-              help="Retries of a bulk request on 429/502/503/504 (exponential backoff).")
+              help="Retries of a bulk request on 429/502/503/504 and lost connections (exponential backoff "
+                   "with full jitter); a 413 splits the request instead.")
 @click.option("--failures", "failures_path", type=click.Path(dir_okay=False), default="failures.jsonl",
               show_default=True, help="Where refused documents and bad records are written.")
 @click.option("--state-dir", type=click.Path(file_okay=False), help="Where checkpoints live (default: user state dir).")
@@ -65,7 +70,8 @@ def ingest(index: str, corpus_path: str | None, model_path: str | None, encoder:
            adapter: str | None, vectors_path: str | None,
            url, engine_kind, data_dir, api_key, username, password, ca_certs, insecure,
            field: str, field_type: str | None, id_field: str | None, text_fields: str | None, batch_size: int,
-           device: str | None, doc_top_k: int | None, doc_min_weight: float | None, resume: bool,
+           device: str | None, doc_top_k: int | None, doc_min_weight: float | None, shards: int | None,
+           replicas: int | None, resume: bool,
            alias: str | None, skip_bad: bool, chunk_docs: int, chunk_mb: float, concurrency: int,
            max_retries: int, failures_path: str, state_dir: str | None, as_json: bool, no_progress: bool) -> None:
     """Encode documents into a vector field and bulk-load them, resumably.
@@ -75,11 +81,13 @@ def ingest(index: str, corpus_path: str | None, model_path: str | None, encoder:
     an inference pipeline over 256-word passages before).
 
     Documents are indexed by their corpus id, so running again never duplicates, and
-    --resume skips what an interrupted run already indexed. Refused documents go to the
-    failures file; the exit status is 1 when any document failed or was skipped.
-    Empty texts are indexed with an empty vector; a repeated id replaces the earlier
-    record (both are counted in the summary). Under torchrun, each rank encodes and
-    loads its own shard (record i goes to rank i % WORLD_SIZE).
+    --resume skips what an interrupted run already indexed and re-sends what failed for a
+    retryable reason. The exit status is 0 only when, after a refresh, the index holds
+    every document of the corpus; refused documents and skipped records are listed (with
+    their reasons) in the failures file and the checkpoint, and --alias moves only then.
+    Empty texts are indexed with an empty vector; a repeated id keeps the later record
+    (both are counted in the summary). Under torchrun, each rank encodes and loads its own
+    shard (a document goes to the rank its id hashes to).
 
     \b
     Examples:
@@ -103,37 +111,30 @@ def ingest(index: str, corpus_path: str | None, model_path: str | None, encoder:
     layout, encode = _layout(engine, encoder, inference_id, model_path, adapter, vectors_path, field, field_type,
                              device or ranks.default_device(), doc_top_k, doc_min_weight)
     if vectors_path:
-        records = _with_vectors(records, vectors_path)
+        records = _with_vectors(records, vectors_path, skip_bad)
     failures = Path(failures_path)
     if ranks.world_size > 1:
         failures = failures.with_name(f"{failures.stem}.rank{ranks.rank}{failures.suffix}")
     options = IngestOptions(index=index, alias=alias, chunk_docs=chunk_docs, chunk_bytes=int(chunk_mb * 2**20),
                             concurrency=concurrency, encode_batch=batch_size, max_retries=max_retries,
                             resume=resume, failures_path=failures, state_dir=Path(state_dir) if state_dir else None,
-                            rank=ranks.rank, world_size=ranks.world_size, show_progress=not no_progress)
-    identity = {"engine": engine.info.location, "corpus": str(Path(corpus_path or vectors_path).resolve()),
-                "encoder": encoder}
-    ingester = Ingester(engine, layout, options, identity)
+                            rank=ranks.rank, world_size=ranks.world_size, show_progress=not no_progress,
+                            shards=shards, replicas=replicas)
+    identity = {"corpus": file_identity(corpus.path) if corpus else None,
+                "vectors": file_identity(vectors_path) if vectors_path else None,
+                "corpus_format": [corpus.id_field, *corpus.text_fields] if corpus else None}
     group = Group(ranks)
     try:
-        target = None
-        if ranks.is_main:
-            target = ingester.target_index()
-            ingester.prepare_index(target)
-        target = group.broadcast(target)
-        summary = ingester.run(target, shard(records, ranks.rank, ranks.world_size), encode)
-        summaries = group.gather(summary)
-        if ranks.is_main:
-            total = summaries[0]
-            for other in summaries[1:]:
-                total.merge(other)
-            ingester.finish(total)
-            _report(total, as_json)
-            if total.failed or total.skipped:
-                raise SystemExit(1)
+        summary = ingest_corpus(engine, layout, records, encode, options, identity, group)
     finally:
         group.close()
         engine.close()
+    if ranks.is_main:
+        _report(summary, as_json)
+    if not summary.complete:
+        if ranks.is_main:
+            click.echo(f"Error: {summary.problem}", err=True)
+        raise SystemExit(1)
 
 
 def _split(value: str | None) -> list[str] | None:
@@ -175,27 +176,27 @@ def _bundle_config_hash(model_path: str, adapter: str | None) -> str | None:
     return None
 
 
-def _with_vectors(records, vectors_path: str):
+def _with_vectors(records, vectors_path: str, skip_bad: bool):
     """Pair each corpus record with its vector line (same order, same id), or vectors alone."""
-    vectors = read_vectors(vectors_path)
+    vectors = read_vectors(vectors_path, skip_bad)
     if records is None:
-        for where, doc_id, features in vectors:
-            yield Document(doc_id, {}, where, features)
+        for line in vectors:
+            yield line if isinstance(line, BadRecord) else Document(line[1], {}, line[0], line[2])
         return
     for record in records:
         line = next(vectors, None)
         if line is None:
             raise InputError(f"{vectors_path}: ends before the corpus does (at {record.where})")
-        where, doc_id, features = line
-        if isinstance(record, BadRecord):
-            yield record
+        if isinstance(record, BadRecord) or isinstance(line, BadRecord):
+            yield record if isinstance(record, BadRecord) else line
             continue
+        where, doc_id, features = line
         if doc_id != record.id:
             raise InputError(f"{where}: id {doc_id!r} does not match the corpus record {record.id!r} at {record.where}")
         yield Document(record.id, record.fields, record.where, features)
     extra = next(vectors, None)
     if extra is not None:
-        raise InputError(f"{extra[0]}: more vectors than corpus records")
+        raise InputError(f"{extra.where if isinstance(extra, BadRecord) else extra[0]}: more vectors than corpus records")
 
 
 def _precomputed(pruning: Pruning | None) -> VectorSource:
@@ -217,13 +218,19 @@ def _report(summary: IngestSummary, as_json: bool) -> None:
         f"already indexed (resume) {summary.resumed}",
         f"  {summary.docs_per_second:.1f} docs/s, {summary.mean_features:.1f} features/doc, "
         f"{summary.retries} retried requests",
-        f"  index now holds {summary.index_docs} documents, {(summary.index_size_bytes or 0) / 2**20:.1f} MiB on disk",
+        f"  index now holds {summary.index_docs} of the corpus's {summary.expected} documents, "
+        f"{(summary.index_size_bytes or 0) / 2**20:.1f} MiB on disk",
     ]
     if summary.empty:
         lines.append(f"  {summary.empty} empty texts indexed with no features")
     if summary.duplicate_ids:
         lines.append(f"  {summary.duplicate_ids} repeated ids (the later record wins), e.g. "
                      + ", ".join(summary.duplicate_examples[:5]))
+    if summary.retried:
+        lines.append(f"  {summary.retried} documents an earlier run could not index were sent again")
     if summary.failures_file:
         lines.append(f"  failures: {summary.failures_file}")
+    if summary.alias:
+        lines.append(f"  alias {summary.alias} " + ("now points at this index" if summary.alias_moved
+                                                    else "left as it was (the index is incomplete)"))
     click.echo("\n".join(lines))

@@ -15,6 +15,7 @@ from typing import Any
 from splade_es.errors import SpladeError
 
 RETRYABLE_STATUS = frozenset({429, 502, 503, 504})
+PROBE_PATTERN = "splade-es-capability-probe-*"  # matches no index: searches on it only parse
 
 
 class EngineError(SpladeError):
@@ -137,6 +138,16 @@ class Engine(ABC):
     @abstractmethod
     def refresh(self, index: str) -> None:
         """Make everything written so far searchable."""
+
+    @abstractmethod
+    def put_meta(self, index: str, meta: dict[str, Any]) -> None:
+        """Replace the concrete index's mapping ``_meta`` (the record of what was loaded into it)."""
+
+    def set_refresh_interval(self, index: str, value: str | None) -> str | None:
+        """Set the index's ``refresh_interval`` (None: back to the cluster's default) and return
+        the previous value (None when it was the default). A bulk load turns refresh off and
+        restores it afterwards; an engine without periodic refresh does nothing."""
+        return None
 
     def has_inference(self, inference_id: str) -> bool:
         """Whether the cluster can run this inference endpoint (or trained model); only

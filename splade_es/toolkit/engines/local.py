@@ -24,6 +24,10 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
+from splade_es.errors import InputError
+from splade_es.io.atomic import atomic_write_text
+from splade_es.io.failpoints import failpoint
+from splade_es.io.weights import check_features
 from splade_es.toolkit.engines.base import BulkFailure, Capabilities, Engine, EngineError, EngineInfo, IndexStats
 
 VECTOR_TYPES = ("rank_features", "sparse_vector")
@@ -68,7 +72,7 @@ class LocalEngine(Engine):
                     raise EngineError(f"field {field_name!r}: type {spec.get('type')!r} is not supported locally", 400)
             directory = self._dir(name)
             directory.mkdir()
-            (directory / "mappings.json").write_text(json.dumps(mappings, indent=2))
+            atomic_write_text(directory / "mappings.json", json.dumps(mappings, indent=2))
             (directory / "docs.jsonl").touch()
 
     def delete_index(self, name: str) -> bool:
@@ -86,6 +90,14 @@ class LocalEngine(Engine):
 
     def mappings(self, name: str) -> dict[str, dict[str, Any]]:
         return {index: json.loads((self._dir(index) / "mappings.json").read_text()) for index in self._resolve(name)}
+
+    def put_meta(self, index: str, meta: dict[str, Any]) -> None:
+        with self._lock():
+            path = self._dir(index) / "mappings.json"
+            mappings = json.loads(path.read_text())
+            mappings["_meta"] = meta
+            atomic_write_text(path, json.dumps(mappings, indent=2))
+            self._cache.pop(index, None)
 
     def alias_targets(self, alias: str) -> list[str]:
         return sorted(self._aliases().get(alias, []))
@@ -116,8 +128,13 @@ class LocalEngine(Engine):
             else:
                 lines.append(json.dumps({"_id": str(doc_id), "_source": source}, ensure_ascii=False) + "\n")
         if lines:
-            with self._lock(), (self._dir(targets[0]) / "docs.jsonl").open("a", encoding="utf-8") as log:
-                log.write("".join(lines))
+            with self._lock(), (self._dir(targets[0]) / "docs.jsonl").open("ab") as log:
+                _drop_torn_tail(log)
+                payload = "".join(lines).encode("utf-8")
+                log.write(payload[:len(payload) // 2])
+                log.flush()
+                failpoint("local-write")  # a kill here leaves a torn last line, which readers must survive
+                log.write(payload[len(payload) // 2:])
                 log.flush()
                 os.fsync(log.fileno())
         return failures
@@ -181,9 +198,7 @@ class LocalEngine(Engine):
         return json.loads(path.read_text()) if path.is_file() else {}
 
     def _save_aliases(self, aliases: dict[str, list[str]]) -> None:
-        staging = self.root / "aliases.json.tmp"
-        staging.write_text(json.dumps(aliases, indent=2))
-        staging.replace(self.root / "aliases.json")
+        atomic_write_text(self.root / "aliases.json", json.dumps(aliases, indent=2))
 
     @contextmanager
     def _lock(self) -> Iterator[None]:
@@ -216,10 +231,18 @@ class _IndexData:
         with log.open("rb") as handle:
             content = handle.read()
         self.log_size = len(content)
-        for line in content.decode("utf-8").splitlines():
+        lines = content.split(b"\n")
+        if lines[-1]:  # a write killed half-way: the next write truncates it, readers ignore it
+            lines[-1] = b""
+        for number, line in enumerate(lines, start=1):
             if not line:
                 continue
-            record = json.loads(line)
+            try:
+                record = json.loads(line)
+                record["_id"], record["_source"]
+            except (ValueError, KeyError, TypeError) as exc:
+                raise EngineError(f"{log}:{number}: not a stored document ({type(exc).__name__}: {exc}); the "
+                                  "local index is damaged: delete the index and ingest again", 500) from None
             row = self.rows.get(record["_id"])
             if row is None:
                 self.rows[record["_id"]] = len(self.ids)
@@ -459,6 +482,27 @@ def _stemmer():
 _STEMMER = None
 
 
+def _drop_torn_tail(log) -> None:
+    """Cut a last line that a killed writer left without its newline (``log`` is open for append)."""
+    size = log.seek(0, os.SEEK_END)
+    if size == 0:
+        return
+    with open(log.name, "rb") as reader:
+        reader.seek(max(0, size - 1))
+        if reader.read(1) == b"\n":
+            return
+        start = max(0, size - (1 << 20))
+        while True:
+            reader.seek(start)
+            tail = reader.read(size - start)
+            cut = tail.rfind(b"\n")
+            if cut >= 0 or start == 0:
+                break
+            start = max(0, start - (1 << 20))
+    os.truncate(log.name, start + cut + 1 if cut >= 0 else 0)
+    log.seek(0, os.SEEK_END)
+
+
 def _check_document(source: dict[str, Any], mappings: dict[str, Any]) -> str | None:
     properties = mappings.get("properties", {})
     if mappings.get("dynamic") == "strict":
@@ -469,13 +513,10 @@ def _check_document(source: dict[str, Any], mappings: dict[str, Any]) -> str | N
         value = source.get(name)
         if value is None or spec.get("type") not in VECTOR_TYPES:
             continue
-        if not isinstance(value, dict):
-            return f"field [{name}] must be an object of feature: weight"
-        for feature, weight in value.items():
-            if "." in feature or not feature:
-                return f"feature name [{feature}] in [{name}] must be non-empty and contain no '.'"
-            if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not np.isfinite(weight) or weight <= 0:
-                return f"feature [{feature}] in [{name}] has an invalid weight {weight!r}"
+        try:
+            check_features(value, f"field [{name}]")
+        except InputError as exc:
+            return str(exc)
     return None
 
 

@@ -14,8 +14,8 @@ from urllib.parse import quote
 
 import orjson
 
-from splade_es.toolkit.engines.base import BulkFailure, Capabilities, Engine, EngineError, EngineInfo, IndexStats
-from splade_es.toolkit.engines.connect import PROBE_PATTERN
+from splade_es.toolkit.engines.base import (PROBE_PATTERN, BulkFailure, Capabilities, Engine, EngineError, EngineInfo,
+                                            IndexStats)
 
 # Only what failure handling reads: a reply of 500 acknowledgements shrinks to a few bytes.
 _BULK_REPLY = "errors,items.*._id,items.*.status,items.*.error"
@@ -166,6 +166,16 @@ class RestEngine(Engine):
                 return None
             raise
         return reply.get("_source") if reply.get("found") else None
+
+    def put_meta(self, index: str, meta: dict[str, Any]) -> None:
+        self._send("PUT", f"/{url_part(index)}/_mapping", {"_meta": meta})
+
+    def set_refresh_interval(self, index: str, value: str | None) -> str | None:
+        path = f"/{url_part(index)}/_settings"
+        reply = self._send("GET", path, params={"filter_path": "*.settings.index.refresh_interval"})
+        previous = next((body["settings"]["index"]["refresh_interval"] for body in (reply or {}).values()), None)
+        self._send("PUT", path, {"index": {"refresh_interval": value}})
+        return previous
 
     def refresh(self, index: str) -> None:
         self._send("POST", f"/{url_part(index)}/_refresh")

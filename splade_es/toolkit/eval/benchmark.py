@@ -23,7 +23,8 @@ from splade_es.toolkit.eval.beir import BeirDataset
 from splade_es.toolkit.eval.harness import EvalSettings, evaluate_index
 from splade_es.toolkit.eval.report import write_report
 from splade_es.toolkit.eval.runner import EvalResult
-from splade_es.toolkit.ingest import Ingester, IngestOptions, VectorSource, encoded_vectors, no_vectors
+from splade_es.toolkit.ingest import (IngestOptions, VectorSource, encoded_vectors, file_identity, ingest_corpus,
+                                      loaded_record, no_vectors)
 from splade_es.toolkit.layouts import ElserLayout, Layout, SpladeLayout, TextLayout
 from splade_es.toolkit.mappings import config_hash, model_id
 
@@ -78,29 +79,29 @@ class Benchmark:
 
     # ---------------------------------------------------------------- indexing
     def ensure_index(self, dataset: BeirDataset, encoder: str) -> str:
-        """The index of ``dataset`` for ``encoder``, ingested unless it already holds the corpus."""
+        """The index of ``dataset`` for ``encoder``: reused only when a complete load of this very corpus
+        file is recorded in it and it still holds that many documents; otherwise loaded (resuming), and
+        refused unless the load ends complete."""
         layout = self.layout(encoder)
         index = index_name(self.settings.index_prefix, dataset.name, encoder, self._model_tag())
-        expected = len(dataset.corpus_ids())
+        corpus = file_identity(dataset.corpus.path)
+        loaded = None
         if self.engine.exists(index):
             layout.check(self.engine.mappings(index), index)
-            if self.engine.count(index) >= expected:
-                self.log(f"{index}: reusing ({expected} documents already indexed)")
+            loaded = loaded_record(self.engine, index)
+            if loaded and loaded.get("corpus") == corpus and self.engine.count(index) == loaded.get("documents"):
+                self.log(f"{index}: reusing ({loaded['documents']} documents, a complete load of this corpus)")
                 return index
-        self.log(f"{index}: indexing {expected} documents of {dataset.name} ({encoder})")
+        self.log(f"{index}: indexing {dataset.name} ({encoder})")
         self.out.mkdir(parents=True, exist_ok=True)
-        options = IngestOptions(index=index, encode_batch=self.settings.encode_batch, resume=True,
+        # An interrupted load resumes; an index that changed since its complete load is loaded again whole.
+        options = IngestOptions(index=index, encode_batch=self.settings.encode_batch, resume=loaded is None,
                                 failures_path=self.out / f"failures-{index}.jsonl", state_dir=self.out / "state",
                                 show_progress=self.settings.show_progress)
-        ingester = Ingester(self.engine, layout, options, {"engine": self.engine.info.location,
-                                                           "corpus": str(dataset.corpus.path), "encoder": encoder})
-        ingester.prepare_index(index)
-        summary = ingester.finish(ingester.run(index, read_corpus(dataset.corpus), self._vectors(encoder),
-                                               total=expected))
-        if summary.failed or summary.skipped:
-            raise SpladeError(f"{index}: {summary.failed + summary.skipped} documents were refused or malformed "
-                              f"(see {options.failures_path})")
-        options.failures_path.unlink(missing_ok=True)
+        summary = ingest_corpus(self.engine, layout, read_corpus(dataset.corpus), self._vectors(encoder), options,
+                                {"corpus": corpus, "vectors": None, "corpus_format": None})
+        if not summary.complete:
+            raise SpladeError(f"{index}: refusing to evaluate an incomplete index: {summary.problem}")
         return index
 
     def layout(self, encoder: str) -> Layout:
