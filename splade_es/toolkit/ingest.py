@@ -344,9 +344,10 @@ class Ingester:
                         failure = checkpoint.failed.get(record.id)
                         if failure is not None and failure["position"] == position and failure["retryable"]:
                             retry_later.append((position, record))  # sent once the whole shard is read
-                        else:
-                            summary.resumed += 1
-                            bar.update(1)
+                            continue
+                        if failure is None or failure["position"] != position:
+                            summary.resumed += 1  # indexed by an earlier run
+                        bar.update(1)
                         continue
                     block.append((position, record))
                     if len(block) >= options.encode_batch:

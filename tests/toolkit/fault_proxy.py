@@ -169,3 +169,18 @@ def _put_back(data: bytes, refused: dict[int, tuple[str, int]]) -> bytes:
             merged.append(next(forwarded, {"index": {"status": 201}}))
     reply["errors"], reply["items"] = True, merged
     return json.dumps(reply).encode()
+
+
+class NoProxy:
+    """Stands in for :class:`FaultProxy` where there is no server to put one in front of (the local engine)."""
+
+    url = None
+    delay = 0.0
+    on_bulk = None
+    bulk_requests = 0
+
+    def __enter__(self) -> NoProxy:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        pass

@@ -16,7 +16,7 @@ from click.testing import CliRunner
 
 from conftest import SHARED_DATA
 from splade_es.toolkit.cli import main
-from toolkit.fault_proxy import FaultProxy
+from toolkit.fault_proxy import FaultProxy, NoProxy
 
 CRANFIELD = SHARED_DATA / "cranfield"
 CRANFIELD_DOCS = 1400
@@ -202,7 +202,7 @@ def test_a_killed_run_resumes_with_nothing_lost_or_doubled(target, cranfield_vec
             "--vectors", str(cranfield_vectors), "--chunk-docs", "50", "--batch-size", "50", "--concurrency", "1",
             "--no-progress", "--json", *target["args"]]
     url = target["url"]
-    with FaultProxy(url, delay=0.3) if url else _no_proxy() as proxy:
+    with FaultProxy(url, delay=0.3) if url else NoProxy() as proxy:
         args = list(base)
         if url:
             args[args.index("--url") + 1] = proxy.url
@@ -227,17 +227,6 @@ def test_a_killed_run_resumes_with_nothing_lost_or_doubled(target, cranfield_vec
     assert summary["resumed"] >= 300 and summary["resumed"] + summary["indexed"] == CRANFIELD_DOCS
     target["engine"].refresh(target["index"])
     assert target["engine"].count(target["index"]) == CRANFIELD_DOCS
-
-
-class _no_proxy:
-    url = None
-    delay = 0
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        pass
 
 
 @pytest.mark.parametrize("target", ["local"], indirect=True)

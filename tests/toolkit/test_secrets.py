@@ -78,7 +78,7 @@ def test_no_command_prints_or_writes_a_secret(tmp_path, tiny_mistral_dir, cranfi
         assert (work / "failures.jsonl").is_file() and list((work / "state").glob("ingest-*.json"))
         invoke(*ingest, *with_user, "--resume", expect=1)
         refused.clear()
-        invoke(*ingest, "--url", proxy.url, "--username", "admin", "--password", "-", "--resume", stdin=PASSWORD + "\n")
+        invoke(*ingest, "--url", proxy.url, "--username", "admin", "--password", "-", stdin=PASSWORD + "\n")
         invoke("search", "--index", index, "--explain", "--k", "3", *with_key, "boundary layer")
         invoke("search", "--index", index, "--json", *with_user, "shock waves")
         invoke("eval", "--dataset", str(SHARED_DATA / "cranfield"), "--index", index, "--k", "10", "--no-progress",
