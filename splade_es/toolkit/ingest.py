@@ -172,12 +172,16 @@ class Checkpoint:
         """This run's checkpoint; with ``resume``, the saved one, refused if written for another run."""
         name = hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
         checkpoint = cls(state_dir / f"ingest-{name}.json", identity)
-        saved = checkpoint.read() if checkpoint.path.is_file() else None
-        if saved is None:
+        if not checkpoint.path.is_file():
             return checkpoint
-        if not resume:
+        if not resume:  # a fresh run starts over, reusing only an index this same run left behind
+            try:
+                saved = checkpoint.read()
+            except InputError:
+                return checkpoint
             checkpoint.index = saved.index if saved.index_is_orphan_of(identity) else None
             return checkpoint
+        saved = checkpoint.read()
         changed = [k for k in sorted(set(identity) | set(saved.identity)) if identity.get(k) != saved.identity.get(k)]
         if changed:
             raise ConfigError(f"{checkpoint.path}: cannot resume: the {', '.join(changed)} changed since the "

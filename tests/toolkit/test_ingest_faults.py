@@ -173,6 +173,9 @@ def test_resume_refuses_a_changed_run_and_a_corrupt_checkpoint(target, cranfield
     assert corrupt.exit_code == 1 and "Traceback" not in corrupt.output
     (line,) = [x for x in corrupt.output.splitlines() if x.startswith("Error")]
     assert f"{path}: not a readable ingest checkpoint" in line and "delete it to start over" in line
+    fresh, summary = _run(target, vectors=vectors, corpus=corpus)  # without --resume: starts over
+    assert fresh.exit_code == 0, fresh.output
+    assert summary["expected"] == summary["index_docs"] == CRANFIELD_DOCS + 1 and summary["resumed"] == 0
 
 
 @pytest.mark.parametrize("target", ["opensearch"], indirect=True)
