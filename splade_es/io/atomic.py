@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import stat
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -10,10 +11,13 @@ from pathlib import Path
 from typing import TextIO
 
 
-def _umask() -> int:
+def _read_umask() -> int:
     current = os.umask(0)
     os.umask(current)
     return current
+
+
+_NEW_FILE_MODE = 0o666 & ~_read_umask()  # read once, at import, before any thread could race it
 
 
 @contextmanager
@@ -21,8 +25,8 @@ def atomic_text_file(path: str | Path) -> Iterator[TextIO]:
     """Write to a uniquely named temporary file beside ``path``, fsync it and rename it into place.
 
     On any error (or a kill) the target is untouched: either the old file or the new one,
-    never a mix. The new file gets the mode any new file gets (0666 less the umask), not
-    the 0600 of a temporary file. The directory is synced too, so the rename survives a
+    never a mix. A new file gets the mode any new file gets (0666 less the umask), not the
+    0600 of a temporary file; a replaced one keeps its own. The directory is synced too, so the rename survives a
     power cut.
     """
     target = Path(path)
@@ -32,7 +36,8 @@ def atomic_text_file(path: str | Path) -> Iterator[TextIO]:
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             yield handle
             handle.flush()
-            os.fchmod(handle.fileno(), 0o666 & ~_umask())
+            mode = stat.S_IMODE(target.stat().st_mode) if target.exists() else _NEW_FILE_MODE
+            os.fchmod(handle.fileno(), mode)  # a replaced file keeps its mode
             os.fsync(handle.fileno())
         os.replace(tmp, target)
     except BaseException:

@@ -20,6 +20,9 @@ from splade_es.errors import InputError
 from splade_es.io.weights import check_features
 
 
+MAX_ID_BYTES = 512  # Elasticsearch and OpenSearch refuse a longer _id (the whole bulk request, not the item)
+
+
 @dataclass(frozen=True)
 class Document:
     id: str
@@ -84,6 +87,9 @@ def _document(record: Any, corpus: CorpusFormat, where: str) -> Document:
         raise InputError(f"{where}: missing id field '{corpus.id_field}'")
     if isinstance(doc_id, bool) or not isinstance(doc_id, (str, int)):
         raise InputError(f"{where}: id field '{corpus.id_field}' must be a string or integer")
+    if len(str(doc_id).encode("utf-8", "surrogatepass")) > MAX_ID_BYTES:
+        raise InputError(f"{where}: id field '{corpus.id_field}' is longer than the engines' limit of "
+                         f"{MAX_ID_BYTES} UTF-8 bytes")
     fields = {}
     for name in corpus.text_fields:
         value = record.get(name)

@@ -30,7 +30,8 @@ def check_features(features: Any, where: str) -> dict[str, float]:
     if not features:
         return features
     names, weights = list(features), list(features.values())
-    if set(map(type, weights)) <= {float, int} and all(type(name) is str for name in names):
+    if (set(map(type, weights)) <= {float, int} and all(type(name) is str for name in names)
+            and all(abs(w) < 2 ** 128 for w in weights if type(w) is int)):
         with np.errstate(over="ignore"):
             cast = np.asarray(weights, dtype=np.float64).astype(np.float32)
         joined = "".join(names)
@@ -67,6 +68,8 @@ def weight_problem(weight: Any) -> str | None:
     """Why an engine would refuse this weight after its float32 cast, or None."""
     if type(weight) not in (float, int):
         return f"the weight must be a number, got {type(weight).__name__} {weight!r}"
+    if type(weight) is int and abs(weight) > 2 ** 128:
+        return f"the weight {weight} overflows float32"
     if not np.isfinite(float(weight)):
         return f"the weight {weight!r} is not finite"
     with np.errstate(over="ignore"):

@@ -90,6 +90,7 @@ class IngestOptions:
     shards: int | None = None  # index layout; None: the cluster's default
     replicas: int | None = None
     seed: int | None = None  # of the backoff jitter (tests)
+    resend_refused: bool = False  # resume re-sends permanent refusals (400s) too, not only retryable ones
 
 
 @dataclass
@@ -142,6 +143,15 @@ class IngestSummary:
 
 
 # ---------------------------------------------------------------- identity and checkpoint
+def model_files_identity(*models: str | None) -> list[dict[str, Any]] | None:
+    """The weight and config files of local model directories (a retrained bundle in the same
+    directory must not resume a load of the old one's vectors); None for hub ids."""
+    patterns = ("*.safetensors", "*.bin", "*.pt", "*.json")
+    files = [file_identity(path) for model in models if model and Path(model).expanduser().is_dir()
+             for pattern in patterns for path in sorted(Path(model).expanduser().glob(pattern))]
+    return files or None
+
+
 def file_identity(path: str | Path) -> dict[str, Any]:
     """A file as a checkpoint knows it: where, how big, when last written."""
     resolved = Path(path).expanduser().resolve()
@@ -173,6 +183,9 @@ class Checkpoint:
         name = hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
         checkpoint = cls(state_dir / f"ingest-{name}.json", identity)
         if not checkpoint.path.is_file():
+            if resume:
+                _log.warning("--resume: no checkpoint of this run in %s (same engine URL, target and ranks?): "
+                             "starting from the beginning", state_dir)
             return checkpoint
         if not resume:  # a fresh run starts over, reusing only an index this same run left behind
             try:
@@ -180,6 +193,8 @@ class Checkpoint:
             except InputError:
                 return checkpoint
             checkpoint.index = saved.index if saved.index_is_orphan_of(identity) else None
+            if saved.index == checkpoint.index or saved.index is None or not saved.complete:
+                checkpoint.refresh_interval = saved.refresh_interval  # what a killed load had not restored
             return checkpoint
         saved = checkpoint.read()
         changed = [k for k in sorted(set(identity) | set(saved.identity)) if identity.get(k) != saved.identity.get(k)]
@@ -193,13 +208,21 @@ class Checkpoint:
             saved = json.loads(self.path.read_text(encoding="utf-8"))
             if saved.get("version") != CHECKPOINT_VERSION:
                 raise ValueError(f"version {saved.get('version')!r}, this splade-es writes {CHECKPOINT_VERSION}")
+            failed = {str(k): dict(v) for k, v in saved["failed"].items()}
+            skipped = {int(k): dict(v) for k, v in saved["skipped"].items()}
+            for entry in failed.values():
+                int(entry["position"]), entry["where"], entry["status"], entry["reason"], bool(entry["retryable"])
+            for entry in skipped.values():
+                entry["where"], entry["reason"]
             return Checkpoint(self.path, dict(saved["identity"]), saved.get("index"), int(saved["done"]),
-                              {str(k): dict(v) for k, v in saved["failed"].items()},
-                              {int(k): dict(v) for k, v in saved["skipped"].items()},
-                              saved.get("refresh_interval"), bool(saved["complete"]))
+                              failed, skipped, saved.get("refresh_interval"), bool(saved["complete"]))
         except (ValueError, KeyError, TypeError, AttributeError, UnicodeDecodeError) as exc:
             raise InputError(f"{self.path}: not a readable ingest checkpoint ({type(exc).__name__}: {exc}); "
                              "delete it to start over") from None
+
+    def reset(self) -> None:
+        """Forget progress (not the refresh setting to restore): it was about another index."""
+        self.done, self.failed, self.skipped, self.complete = 0, {}, {}, False
 
     def index_is_orphan_of(self, identity: dict[str, Any]) -> bool:
         """An incomplete index this same run left behind (killed early): the next run reuses it."""
@@ -292,10 +315,14 @@ class Ingester:
         """Create the index (its name saved first, so a kill leaves no orphan) or check an existing one
         fits this layout; then switch periodic refresh off for the load."""
         self.layout.prepare(self.engine)
+        if self.checkpoint.index not in (None, index):
+            self.checkpoint.reset()
         self.checkpoint.index = index
         if self.engine.exists(index):
             self.layout.check(self.engine.mappings(index), index)
         else:
+            self.checkpoint.reset()  # a new index holds nothing an earlier run may have recorded
+            self.checkpoint.index = index
             self.checkpoint.save()
             try:
                 self.engine.create_index(index, with_shards(self.layout.create_body(self.engine.info),
@@ -304,10 +331,19 @@ class Ingester:
                 if "already_exists" not in str(exc) and "already exists" not in str(exc):
                     raise
                 self.layout.check(self.engine.mappings(index), index)
-        previous = self.engine.set_refresh_interval(index, "-1")
-        if self.checkpoint.refresh_interval is None:  # a resumed run keeps the setting it found first
-            self.checkpoint.refresh_interval = {"value": previous}
-        self.checkpoint.save()
+        try:
+            previous = self.engine.refresh_interval(index)
+            if self.checkpoint.refresh_interval is None:  # the setting found first is the one to restore
+                # "-1" is what a killed load left behind, not the index's own setting: that is the default.
+                self.checkpoint.refresh_interval = {"value": None if previous == "-1" else previous}
+            self.checkpoint.save()
+            self.engine.set_refresh_interval(index, "-1")
+        except EngineError as exc:
+            if exc.status not in (401, 403):
+                raise
+            _log.warning("%s: these credentials may not change index settings (HTTP %s): loading with periodic "
+                         "refresh on", index, exc.status)
+            self.checkpoint.refresh_interval = None
 
     def restore_refresh(self, index: str) -> None:
         saved = self.checkpoint.refresh_interval
@@ -320,6 +356,8 @@ class Ingester:
         """Encode and index this shard's ``records``; returns what happened and the shard's distinct ids."""
         options, checkpoint = self.options, self.checkpoint
         summary = IngestSummary(index=index, alias=options.alias)
+        if checkpoint.index not in (None, index):  # this rank's last run wrote another index: start over
+            checkpoint.reset()
         checkpoint.index = index
         start = time.monotonic()
         self._watermark = _Watermark(checkpoint.done)
@@ -346,7 +384,8 @@ class Ingester:
                     last_position[record.id] = position
                     if position < checkpoint.done:
                         failure = checkpoint.failed.get(record.id)
-                        if failure is not None and failure["position"] == position and failure["retryable"]:
+                        if (failure is not None and failure["position"] == position
+                                and (failure["retryable"] or options.resend_refused)):
                             retry_later.append((position, record))  # sent once the whole shard is read
                             continue
                         if failure is None or failure["position"] != position:
@@ -363,13 +402,13 @@ class Ingester:
                 # What a previous run failed to index, unless a later record of the same id superseded it.
                 retry = [(p, d) for p, d in retry_later if last_position[d.id] == p]
                 for p, d in retry_later:
-                    if last_position[d.id] != p:
-                        checkpoint.failed.pop(d.id, None)
-                        summary.resumed += 1
+                    if last_position[d.id] != p and checkpoint.failed.get(d.id, {}).get("position") == p:
+                        checkpoint.failed.pop(d.id)  # superseded by a later copy, which settles on its own
                 summary.retried = len(retry)
                 for offset in range(0, len(retry), options.encode_batch):
                     pending = self._submit(pool, index, retry[offset:offset + options.encode_batch], vectors,
                                            summary, pending, bar)
+                    pending = self._drain(pending, summary, bar, options.concurrency * 2)
                 self._drain(pending, summary, bar, 0)
             checkpoint.done = max(checkpoint.done, self._watermark.value)
             summary.failed = len(checkpoint.failed)
@@ -387,6 +426,8 @@ class Ingester:
         self.restore_refresh(index)
         self.engine.refresh(index)
         stats = self.engine.stats(index)
+        # _count counts top-level documents; _stats would count nested ones (ELSER passages) too.
+        stats.docs = self.engine.count(index)
         summary.index_docs, summary.index_size_bytes = stats.docs, stats.size_bytes
         problems = []
         if summary.failed:
@@ -396,8 +437,12 @@ class Ingester:
         if stats.docs < summary.expected:
             problems.append(f"the index holds {stats.docs} of the corpus's {summary.expected} documents "
                             f"({summary.expected - stats.docs} missing)")
-        elif stats.docs > summary.expected and self.options.alias:
-            problems.append(f"the index holds {stats.docs} documents, more than the corpus's {summary.expected}")
+        elif stats.docs > summary.expected:
+            extra = f"the index holds {stats.docs} documents, more than the corpus's {summary.expected}"
+            if self.options.alias:
+                problems.append(extra)
+            else:  # documents of an earlier load into the same index: they hide nothing missing, but say so
+                _log.warning("%s: %s (left from earlier loads into the same index)", index, extra)
         if problems:
             where = f"; reasons in {summary.failures_file}" if summary.failures_file else ""
             summary.problem = ", ".join(problems) + where + "; fix the cause, then rerun with --resume"

@@ -27,6 +27,9 @@ ENCODED_PASSWORD = "pa55w0rd%40x%2Fy"
     ("https://user@search.example.com", "https://search.example.com"),
     ("https://u:p%40ss@host:9200", "https://host:9200"),
     ("https://host:9200", "https://host:9200"),
+    ("http://admin:S3c/retPW@host:9200", "http://host:9200"),  # unencoded / and # in the password
+    ("http://admin:S3c#retPW@host", "http://host"),
+    ("admin:S3cretPW@127.0.0.1:9200", "127.0.0.1:9200"),  # no scheme
 ])
 def test_redaction_keeps_the_address_and_drops_the_userinfo(url, clean):
     assert redact(url) == clean
@@ -37,6 +40,16 @@ def test_percent_encoded_userinfo_is_decoded():
     assert url == "https://[::1]:9200"
     assert (credentials.username, credentials.password) == ("el@stic", PASSWORD)
     assert PASSWORD not in repr(credentials) and credentials.secrets()
+
+
+@pytest.mark.parametrize(("url", "message"), [
+    ("admin:S3cretPW@127.0.0.1:9200", "must start with http:// or https://"),
+    ("http://admin:S3cretPW@[::1:9200", "is not a valid URL (Invalid IPv6 URL)"),
+])
+def test_a_malformed_url_is_one_line_without_the_password(url, message):
+    result = CliRunner().invoke(main, ["search", "--index", "x", "--url", url, "q"])
+    assert result.exit_code == 1 and message in result.output
+    assert "S3cretPW" not in result.output and "Traceback" not in result.output
 
 
 def _scan(texts: list[str], directory: Path) -> list[str]:

@@ -14,7 +14,7 @@ from splade_es.io.corpus import BadRecord, Document, read_corpus, read_vectors, 
 from splade_es.io.ranks import Group, Ranks
 from splade_es.toolkit.elser import DEFAULT_INFERENCE_ID, plan_for
 from splade_es.toolkit.ingest import (IngestOptions, IngestSummary, VectorSource, encoded_vectors, file_identity,
-                                      ingest_corpus, no_vectors)
+                                      ingest_corpus, model_files_identity, no_vectors)
 from splade_es.toolkit.layouts import ENCODERS, ElserLayout, Layout, SpladeLayout, TextLayout
 from splade_es.toolkit.mappings import FIELD_TYPES, VectorIndexSpec, choose_field_type, config_hash, model_id
 
@@ -122,7 +122,8 @@ def ingest(index: str, corpus_path: str | None, model_path: str | None, encoder:
                             shards=shards, replicas=replicas)
     identity = {"corpus": file_identity(corpus.path) if corpus else None,
                 "vectors": file_identity(vectors_path) if vectors_path else None,
-                "corpus_format": [corpus.id_field, *corpus.text_fields] if corpus else None}
+                "corpus_format": [corpus.id_field, *corpus.text_fields] if corpus else None,
+                "model_files": model_files_identity(model_path, adapter) if encoder == "splade" else None}
     group = Group(ranks)
     try:
         summary = ingest_corpus(engine, layout, records, encode, options, identity, group)

@@ -143,11 +143,13 @@ class Engine(ABC):
     def put_meta(self, index: str, meta: dict[str, Any]) -> None:
         """Replace the concrete index's mapping ``_meta`` (the record of what was loaded into it)."""
 
-    def set_refresh_interval(self, index: str, value: str | None) -> str | None:
-        """Set the index's ``refresh_interval`` (None: back to the cluster's default) and return
-        the previous value (None when it was the default). A bulk load turns refresh off and
-        restores it afterwards; an engine without periodic refresh does nothing."""
+    def refresh_interval(self, index: str) -> str | None:
+        """The index's own ``refresh_interval`` (None: the cluster's default). A bulk load turns
+        periodic refresh off and restores this afterwards; an engine without it says None."""
         return None
+
+    def set_refresh_interval(self, index: str, value: str | None) -> None:
+        """Set ``refresh_interval`` (None: back to the cluster's default); a no-op without periodic refresh."""
 
     def has_inference(self, inference_id: str) -> bool:
         """Whether the cluster can run this inference endpoint (or trained model); only

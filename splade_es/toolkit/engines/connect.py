@@ -35,6 +35,7 @@ def connect(url: str | None = None, engine: str | None = None, data_dir: str | P
     if url is None:
         raise EngineError(f"--engine {engine} needs --url (or SPLADE_ES_URL)")
     url, credentials = split_credentials(url, credentials or Credentials.from_env())
+    check_url(url)
     kind, version, modules = probe(url, credentials, timeout)
     if engine is not None and engine != kind:
         raise EngineError(f"{url} is {kind} {version}, not {engine}")
@@ -45,6 +46,21 @@ def connect(url: str | None = None, engine: str | None = None, data_dir: str | P
     from splade_es.toolkit.engines.elastic import ElasticsearchEngine
 
     return ElasticsearchEngine(url, credentials, version, modules, timeout)
+
+
+def check_url(url: str) -> None:
+    """A URL the clients can use, or one line saying what is wrong (credentials already removed)."""
+    from urllib.parse import urlsplit
+
+    if not url.startswith(("http://", "https://")):
+        raise EngineError(f"--url {url!r} must start with http:// or https://")
+    try:
+        parts = urlsplit(url)
+        parts.port
+    except ValueError as exc:
+        raise EngineError(f"--url {url!r} is not a valid URL ({exc})") from None
+    if not parts.hostname:
+        raise EngineError(f"--url {url!r} names no host")
 
 
 def probe(url: str, credentials: Credentials, timeout: float) -> tuple[str, str, set[str]]:

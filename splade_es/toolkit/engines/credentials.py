@@ -9,7 +9,7 @@ from __future__ import annotations
 import base64
 import os
 from dataclasses import dataclass, field, replace
-from urllib.parse import unquote, urlsplit, urlunsplit
+from urllib.parse import unquote
 
 
 @dataclass(frozen=True)
@@ -53,20 +53,36 @@ class Credentials:
         return [value for value in values if value]
 
 
+def _userinfo(url: str) -> tuple[str, str, str] | None:
+    """``(scheme://, userinfo, rest)`` split on the raw text, or None without userinfo.
+
+    Parsed by hand, not by ``urlsplit``, so a password holding an unencoded ``/``, ``#`` or
+    ``?`` (which would end the authority there) still counts as userinfo: everything up to
+    the last ``@`` is. A URL path never needs an ``@``.
+    """
+    scheme, sep, after = url.partition("://")
+    if not sep:
+        scheme, after = "", url
+    else:
+        scheme += sep
+    if "@" not in after:
+        return None
+    userinfo, _, rest = after.rpartition("@")
+    return scheme, userinfo, rest
+
+
 def redact(url: str) -> str:
     """The URL without ``user:password@``, for messages and logs (IPv6 hosts keep their brackets)."""
-    parts = urlsplit(url)
-    if "@" not in parts.netloc:
-        return url
-    return urlunsplit((parts.scheme, parts.netloc.rpartition("@")[2], parts.path, parts.query, parts.fragment))
+    parts = _userinfo(url)
+    return url if parts is None else parts[0] + parts[2]
 
 
 def split_credentials(url: str, credentials: Credentials) -> tuple[str, Credentials]:
     """Move ``user:password@`` out of the URL into the credentials; percent-encoded
     characters in them (``%40`` for ``@``) are decoded, as browsers and curl do."""
-    parts = urlsplit(url)
-    if "@" not in parts.netloc:
+    parts = _userinfo(url)
+    if parts is None:
         return url, credentials
-    username = unquote(parts.username) if parts.username else None
-    password = unquote(parts.password) if parts.password is not None else credentials.password
-    return redact(url), replace(credentials, username=username or credentials.username, password=password)
+    username, colon, password = parts[1].partition(":")
+    return redact(url), replace(credentials, username=unquote(username) or credentials.username,
+                                password=unquote(password) if colon else credentials.password)

@@ -170,12 +170,13 @@ class RestEngine(Engine):
     def put_meta(self, index: str, meta: dict[str, Any]) -> None:
         self._send("PUT", f"/{url_part(index)}/_mapping", {"_meta": meta})
 
-    def set_refresh_interval(self, index: str, value: str | None) -> str | None:
-        path = f"/{url_part(index)}/_settings"
-        reply = self._send("GET", path, params={"filter_path": "*.settings.index.refresh_interval"})
-        previous = next((body["settings"]["index"]["refresh_interval"] for body in (reply or {}).values()), None)
-        self._send("PUT", path, {"index": {"refresh_interval": value}})
-        return previous
+    def refresh_interval(self, index: str) -> str | None:
+        reply = self._send("GET", f"/{url_part(index)}/_settings",
+                           params={"filter_path": "*.settings.index.refresh_interval"})
+        return next((body["settings"]["index"]["refresh_interval"] for body in (reply or {}).values()), None)
+
+    def set_refresh_interval(self, index: str, value: str | None) -> None:
+        self._send("PUT", f"/{url_part(index)}/_settings", {"index": {"refresh_interval": value}})
 
     def refresh(self, index: str) -> None:
         self._send("POST", f"/{url_part(index)}/_refresh")

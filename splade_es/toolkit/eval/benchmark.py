@@ -24,7 +24,7 @@ from splade_es.toolkit.eval.harness import EvalSettings, evaluate_index
 from splade_es.toolkit.eval.report import write_report
 from splade_es.toolkit.eval.runner import EvalResult
 from splade_es.toolkit.ingest import (IngestOptions, VectorSource, encoded_vectors, file_identity, ingest_corpus,
-                                      loaded_record, no_vectors)
+                                      loaded_record, model_files_identity, no_vectors)
 from splade_es.toolkit.layouts import ElserLayout, Layout, SpladeLayout, TextLayout
 from splade_es.toolkit.mappings import config_hash, model_id
 
@@ -80,8 +80,8 @@ class Benchmark:
     # ---------------------------------------------------------------- indexing
     def ensure_index(self, dataset: BeirDataset, encoder: str) -> str:
         """The index of ``dataset`` for ``encoder``: reused only when a complete load of this very corpus
-        file is recorded in it and it still holds that many documents; otherwise loaded (resuming), and
-        refused unless the load ends complete."""
+        file is recorded in it and it still holds that many documents; rebuilt when it changed since;
+        an interrupted load resumed. Refused unless the load ends complete."""
         layout = self.layout(encoder)
         index = index_name(self.settings.index_prefix, dataset.name, encoder, self._model_tag())
         corpus = file_identity(dataset.corpus.path)
@@ -94,12 +94,23 @@ class Benchmark:
                 return index
         self.log(f"{index}: indexing {dataset.name} ({encoder})")
         self.out.mkdir(parents=True, exist_ok=True)
-        # An interrupted load resumes; an index that changed since its complete load is loaded again whole.
-        options = IngestOptions(index=index, encode_batch=self.settings.encode_batch, resume=loaded is None,
+        if loaded is not None:  # changed since its complete load (another corpus, or documents lost): rebuild
+            self.engine.delete_index(index)
+        options = IngestOptions(index=index, encode_batch=self.settings.encode_batch, resume=True, resend_refused=True,
                                 failures_path=self.out / f"failures-{index}.jsonl", state_dir=self.out / "state",
                                 show_progress=self.settings.show_progress)
-        summary = ingest_corpus(self.engine, layout, read_corpus(dataset.corpus), self._vectors(encoder), options,
-                                {"corpus": corpus, "vectors": None, "corpus_format": None})
+        identity = {"corpus": corpus, "vectors": None, "corpus_format": None,
+                    "model_files": model_files_identity(self.settings.model, self.settings.adapter)
+                    if encoder == "splade" else None}
+        try:  # an interrupted load of this corpus resumes
+            summary = ingest_corpus(self.engine, layout, read_corpus(dataset.corpus), self._vectors(encoder),
+                                    options, identity)
+        except ConfigError as exc:
+            if "cannot resume" not in str(exc):
+                raise
+            options.resume = False  # the interrupted load was of another corpus file: start over
+            summary = ingest_corpus(self.engine, layout, read_corpus(dataset.corpus), self._vectors(encoder),
+                                    options, identity)
         if not summary.complete:
             raise SpladeError(f"{index}: refusing to evaluate an incomplete index: {summary.problem}")
         return index

@@ -56,7 +56,7 @@ def test_benchmark_writes_a_report_with_charts_and_reuses_indices(kind, tmp_path
 
 def test_benchmark_refuses_an_incomplete_index_and_reuses_only_a_complete_one(tmp_path):
     """A document refused during the load: benchmark stops instead of evaluating a partial index. An index
-    that lost a document since its complete load is loaded again (resumed) before it is evaluated."""
+    that lost a document since its complete load is rebuilt before it is evaluated."""
     from toolkit.fault_proxy import FaultProxy
 
     url = engine_url("opensearch")
