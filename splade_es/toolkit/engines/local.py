@@ -1,4 +1,4 @@
-"""An embedded engine for users without a cluster: exact dot products and BM25, on disk.
+r"""An embedded engine for users without a cluster: exact dot products and BM25, on disk.
 
 Each index is a directory holding its mapping and an append-only JSON-lines log of
 documents (a later line with the same id replaces the earlier one). Writers take a file
