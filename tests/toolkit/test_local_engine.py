@@ -75,6 +75,18 @@ def test_text_queries_are_bm25_over_the_analysed_field(small):
     assert _scores(small, {"term": {"no_such_field": "x"}}) == {}  # the engines match nothing there
 
 
+def test_bool_matching_follows_lucene(small):
+    wing = {"term": {"sv": {"value": "wing", "boost": 1.0}}}
+    heat = {"term": {"sv": {"value": "heat", "boost": 1.0}}}
+    # without a required clause one should clause must match, whatever minimum_should_match says
+    assert set(_scores(small, {"bool": {"should": [wing], "minimum_should_match": 0}})) == {"a", "b"}
+    # with one, should clauses only add to the score
+    assert _scores(small, {"bool": {"filter": [{"terms": {"tag": ["x"]}}], "should": [wing]}}) == {"a": 2.0, "c": 0.0}
+    both = _scores(small, {"bool": {"should": [wing, heat], "minimum_should_match": 2}})
+    assert both == {}
+    assert _scores(small, {"bool": {"must_not": [wing]}}) == {"c": 0.0}
+
+
 # ---------------------------------------------------------------- and everything else is refused
 REFUSED = [
     ({"rank_feature": {"field": "rf.wing"}}, 'without "linear": {} is saturation'),

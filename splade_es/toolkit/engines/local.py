@@ -375,8 +375,10 @@ class _Query:
                     matched &= clause_matched
                     scores += clause_scores if occur == "must" else 0
         shoulds = _as_list(spec.get("should"))
-        default = 0 if any(spec.get(o) for o in ("must", "filter")) else 1
-        minimum = _minimum_should_match(spec.get("minimum_should_match", default))
+        required = any(spec.get(o) for o in ("must", "filter"))
+        minimum = _minimum_should_match(spec.get("minimum_should_match", 1 if not required else 0))
+        if shoulds and not required:  # Lucene: without a required clause, one should clause must match
+            minimum = max(minimum, 1)
         merged = _one_vector(shoulds) if minimum <= 1 else None
         # A sparse query (linear rank_feature clauses on one field): one product, not a pass per term.
         if merged is not None and self.data.field_type(merged[0]) == "rank_features":
