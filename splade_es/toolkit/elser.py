@@ -7,7 +7,9 @@ Two index layouts, by version:
   ``sparse_vector`` query and ``inference_id`` (8.18+; the ``semantic`` query before).
 - ``pipeline`` (8.11-8.14): the text is split here into passages of at most
   :data:`PASSAGE_WORDS` words (ELSER reads 512 word pieces), an ingest pipeline's ``inference``
-  processor expands each passage, and a ``nested`` query keeps a document's best passage.
+  processor expands each passage, and a ``nested`` query keeps a document's best passage. With
+  ``input_output`` the processor also writes ``model_id`` (and ``is_truncated`` when it cut the
+  input) beside each passage's ``tokens``; the mapping holds them.
 """
 
 from __future__ import annotations
@@ -71,7 +73,9 @@ def index_body(plan: ElserPlan, info: EngineInfo) -> dict[str, Any]:
         properties[CONTENT_FIELD] = {"type": "semantic_text", "inference_id": plan.inference_id}
     else:
         properties[PASSAGES_FIELD] = {"type": "nested", "properties": {
-            "text": {"type": "text", "index": False}, "tokens": {"type": "sparse_vector"}}}
+            "text": {"type": "text", "index": False}, "tokens": {"type": "sparse_vector"},
+            # The inference processor writes these beside each output (under the strict mapping).
+            "model_id": {"type": "keyword"}, "is_truncated": {"type": "boolean"}}}
         body.setdefault("settings", {}).setdefault("index", {})["default_pipeline"] = plan.pipeline
     return body
 

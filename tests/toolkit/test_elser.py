@@ -15,7 +15,7 @@ from conftest import SHARED_DATA, engine_url
 from splade_es.errors import ConfigError
 from splade_es.toolkit import elser
 from splade_es.toolkit.cli import main
-from splade_es.io.corpus import read_corpus, resolve_corpus
+from splade_es.io.corpus import Document, read_corpus, resolve_corpus
 from splade_es.toolkit.engines.base import BulkFailure, Capabilities, Engine, EngineInfo, IndexStats
 from splade_es.toolkit.engines.connect import connect
 from splade_es.toolkit.ingest import Ingester, IngestOptions
@@ -157,3 +157,43 @@ def test_elser_on_opensearch_is_refused_in_one_line(tmp_path):
                                        "--encoder", "elser", "--url", url, "--no-progress"])
     assert result.exit_code == 1 and "ELSER runs only inside Elasticsearch" in result.output
     assert json.dumps(result.output).count("\\n") == 1
+
+
+def _processor_output(document_text: str, plan: elser.ElserPlan) -> dict[str, Any]:
+    """A document as the 8.11-8.14 pipeline leaves it: each passage gets ``tokens`` from the
+    ``inference`` processor (``input_output``), which writes ``model_id`` beside them, and
+    ``is_truncated`` where ELSER cut the passage (InferenceResults.writeResultToField)."""
+    passages = elser.content(Document("1", {"text": document_text}, "corpus:1"), plan)[elser.PASSAGES_FIELD]
+    for number, passage in enumerate(passages):
+        passage.update({"tokens": {"wing": 1.25, "lift": 0.5 + number}, "model_id": plan.inference_id})
+    passages[0]["is_truncated"] = True
+    return {"title": "a wing", "text": document_text, elser.PASSAGES_FIELD: passages}
+
+
+def test_the_pipeline_mapping_takes_the_inference_processors_output_on_real_elasticsearch():
+    url = engine_url("elasticsearch")
+    engine = connect(url)
+    plan = elser.ElserPlan(".elser_model_2", "pipeline", (8, 12))
+    body = elser.index_body(plan, engine.info)
+    body["settings"]["index"].pop("default_pipeline")  # no ML node here: the document arrives already expanded
+    document = _processor_output(" ".join(["lift"] * 600), plan)
+    assert len(document[elser.PASSAGES_FIELD]) == 3
+    old = json.loads(json.dumps(body))  # the mapping before model_id / is_truncated were mapped
+    for name in ("model_id", "is_truncated"):
+        old["mappings"]["properties"][elser.PASSAGES_FIELD]["properties"].pop(name)
+    shipped, before = f"test-elser-{uuid.uuid4().hex[:8]}", f"test-elser-old-{uuid.uuid4().hex[:8]}"
+    try:
+        engine.create_index(shipped, body)
+        engine.create_index(before, old)
+        assert engine.bulk(shipped, [("1", document)]) == []
+        [refused] = engine.bulk(before, [("1", document)])
+        assert refused.status == 400 and "strict_dynamic_mapping_exception" in refused.reason
+        engine.refresh(shipped)
+        assert engine.count(shipped) == 1 and engine.get(shipped, "1") == document
+        hits = engine.search(shipped, {"query": {"nested": {"path": elser.PASSAGES_FIELD, "query": {
+            "term": {f"{elser.PASSAGES_FIELD}.is_truncated": True}}}}})["hits"]["hits"]
+        assert [hit["_id"] for hit in hits] == ["1"]
+    finally:
+        for name in (shipped, before):
+            engine.delete_index(name)
+        engine.close()

@@ -45,6 +45,7 @@ class Capabilities:
     english_analyzer: bool = True  # analysis-common; test-only nodes may lack it
     rrf_retriever: bool = False  # Elasticsearch's native reciprocal rank fusion
     hybrid_query: bool = False  # OpenSearch neural-search: hybrid query + normalization pipelines
+    score_ranker: bool = False  # OpenSearch 2.19+: RRF in the hybrid query (score-ranker-processor, pagination_depth)
 
     def field_types(self) -> list[str]:
         return [name for name, ok in (("rank_features", self.rank_features),

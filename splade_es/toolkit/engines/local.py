@@ -1,11 +1,17 @@
-"""An embedded engine for users without a cluster: exact dot products and BM25, on disk.
+r"""An embedded engine for users without a cluster: exact dot products and BM25, on disk.
 
 Each index is a directory holding its mapping and an append-only JSON-lines log of
 documents (a later line with the same id replaces the earlier one). Writers take a file
-lock, so several processes (torchrun ranks) can load one index. Scoring is exact:
-``rank_feature`` (linear), ``sparse_vector`` and boosted ``term`` queries on the vector
-field are dot products over a scipy CSR matrix; ``match`` / ``multi_match`` use BM25
-(k1 1.2, b 0.75) with an English analyzer (lowercase, stop words, Porter stemming).
+lock, so several processes (torchrun ranks) can load one index.
+
+It is a strict reference: what it answers, it scores as the engines do, and every other query
+form or option is refused with HTTP 400 naming it. ``rank_feature`` (``linear`` only: the
+default saturation and log/sigmoid are not dot products), ``sparse_vector`` (``prune: false``)
+and boosted ``term`` queries on the vector field are dot products over a scipy CSR matrix;
+``match`` / ``multi_match`` (``best_fields``) and ``term`` on text use Lucene's BM25 (k1 1.2,
+b 0.75; checked against bm25s in the tests) on fields mapped with the ``english`` analyzer,
+approximated here by lowercased ``\w+`` words, Lucene's English stop words and Porter
+stemming (no possessive filter, simpler word splitting than Lucene's tokenizer).
 """
 
 from __future__ import annotations
@@ -37,6 +43,8 @@ _STOP_WORDS = frozenset(
     "they this to was will with".split()
 )
 _WORD = re.compile(r"\w+", re.UNICODE)
+_SEARCH_OPTIONS = frozenset({"query", "size", "from", "_source", "track_total_hits", "rescore"})
+MAX_RESULT_WINDOW = 10_000  # index.max_result_window's default on both engines
 
 
 def default_data_dir() -> Path:
@@ -140,12 +148,16 @@ class LocalEngine(Engine):
         return failures
 
     def search(self, index: str, body: dict[str, Any]) -> dict[str, Any]:
-        unknown = set(body) - {"query", "size", "from", "_source", "track_total_hits", "explain", "rescore"}
+        unknown = set(body) - _SEARCH_OPTIONS
         if unknown:
             raise EngineError(f"the local engine does not support search option(s) {sorted(unknown)}", 400)
         started = time.perf_counter()
         hits, total = [], 0
-        size, offset = int(body.get("size", 10)), int(body.get("from", 0))
+        size, offset = _count("size", body.get("size", 10)), _count("from", body.get("from", 0))
+        if size + offset > MAX_RESULT_WINDOW:
+            raise EngineError(f"Result window is too large, from + size must be less than or equal to "
+                              f"[{MAX_RESULT_WINDOW}] but was [{size + offset}]", 400)
+        includes = _includes(body.get("_source", True))
         candidates: list[tuple[float, str, dict[str, Any]]] = []
         for name in self._resolve(index):
             data = self._data(name)
@@ -158,7 +170,7 @@ class LocalEngine(Engine):
             candidates += [(float(scores[r]), name, data.row(int(r))) for r in order[: offset + size]]
         candidates.sort(key=lambda c: -c[0])
         for score, name, (doc_id, source) in candidates[offset: offset + size]:
-            hits.append({"_index": name, "_id": doc_id, "_score": score, "_source": _select(source, body.get("_source", True))})
+            hits.append({"_index": name, "_id": doc_id, "_score": score, "_source": _select(source, includes)})
         took = round((time.perf_counter() - started) * 1000, 3)  # milliseconds, like the engines' "took"
         return {"took": took, "timed_out": False, "hits": {"total": {"value": total, "relation": "eq"},
                                                         "max_score": hits[0]["_score"] if hits else None, "hits": hits}}
@@ -310,11 +322,16 @@ class BM25:
         self.df = np.diff(self.tf.indptr)
         self.docs = int(self.has_field.sum())
 
-    def score(self, query: str) -> np.ndarray:
+    def score(self, text: str) -> np.ndarray:
+        """A ``match`` query: the text analysed, one BM25 clause per token."""
+        return self.score_terms(analyze(text))
+
+    def score_terms(self, terms: Sequence[str]) -> np.ndarray:
+        """BM25 summed over already analysed ``terms`` (a ``term`` query is not analysed)."""
         scores = np.zeros(self.lengths.shape[0])
         norm = self.k1 * (1 - self.b + self.b * self.lengths / self.avg)
-        for token in analyze(query):
-            column = self.terms.get(token)
+        for term in terms:
+            column = self.terms.get(term)
             if column is None:
                 continue
             start, end = self.tf.indptr[column], self.tf.indptr[column + 1]
@@ -323,106 +340,182 @@ class BM25:
             scores[rows] += idf * tf / (tf + norm[rows])
         return scores
 
+    def containing(self, terms: set[str]) -> np.ndarray:
+        """Which documents hold any of the (analysed) ``terms``."""
+        matched = np.zeros(self.lengths.shape[0], dtype=bool)
+        for column in (self.terms[t] for t in terms if t in self.terms):
+            matched[self.tf.indices[self.tf.indptr[column]:self.tf.indptr[column + 1]]] = True
+        return matched
+
+
+Scored = tuple[np.ndarray, np.ndarray]  # scores, and which documents match
+
 
 class _Query:
-    """Evaluates the query DSL subset the toolkit sends, over one index."""
+    """Evaluates the query DSL over one index exactly as the engines score it.
+
+    Only forms it computes exactly are accepted: anything else (another ``rank_feature``
+    function, an option of a clause, another ``multi_match`` type...) is refused with HTTP 400
+    naming it, so a test against the local engine never passes on an approximation.
+    ``scoring`` is False in filter context (``bool.filter``, ``bool.must_not``), where the
+    engines ignore scores.
+    """
 
     def __init__(self, data: _IndexData) -> None:
         self.data = data
         self.n = data.live
 
-    def evaluate(self, query: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
-        if len(query) != 1:
-            raise EngineError(f"a query needs exactly one type, got {sorted(query)}", 400)
+    def evaluate(self, query: Any, scoring: bool = True) -> Scored:
+        if not isinstance(query, dict) or len(query) != 1:
+            raise EngineError(f"a query is an object with exactly one query type, got {_shown(query)}", 400)
         (kind, spec), = query.items()
         handler = getattr(self, f"_q_{kind}", None)
         if handler is None:
-            raise EngineError(f"the local engine does not support the {kind!r} query", 400)
-        scores, matched = handler(spec)
-        return scores, matched
+            raise EngineError(f"the local engine does not support the [{kind}] query", 400)
+        if not isinstance(spec, dict):
+            raise EngineError(f"[{kind}] query must be an object, got {_shown(spec)}", 400)
+        return handler(spec, scoring)
 
-    def _q_match_all(self, spec: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
-        return np.full(self.n, float(spec.get("boost", 1.0))), np.ones(self.n, dtype=bool)
+    def _q_match_all(self, spec: dict[str, Any], scoring: bool) -> Scored:
+        _only("match_all", spec, {"boost"})
+        return np.full(self.n, _boost("match_all", spec)), np.ones(self.n, dtype=bool)
 
-    def _q_ids(self, spec: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+    def _q_ids(self, spec: dict[str, Any], scoring: bool) -> Scored:
+        _only("ids", spec, {"values", "boost"}, required=("values",))
         matched = np.zeros(self.n, dtype=bool)
-        matched[[self.data.rows[i] for i in spec.get("values", []) if i in self.data.rows]] = True
-        return matched.astype(float), matched
+        matched[[self.data.rows[str(i)] for i in _values("ids", spec["values"]) if str(i) in self.data.rows]] = True
+        return matched * _boost("ids", spec), matched
 
-    def _q_bool(self, spec: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+    def _q_bool(self, spec: dict[str, Any], scoring: bool) -> Scored:
+        _only("bool", spec, {"must", "filter", "should", "must_not", "minimum_should_match", "boost"})
         scores, matched = np.zeros(self.n), np.ones(self.n, dtype=bool)
         for occur in ("must", "filter", "must_not"):
             for clause in _as_list(spec.get(occur)):
-                clause_scores, clause_matched = self.evaluate(clause)
+                clause_scores, clause_matched = self.evaluate(clause, scoring and occur == "must")
                 if occur == "must_not":
                     matched &= ~clause_matched
                 else:
                     matched &= clause_matched
                     scores += clause_scores if occur == "must" else 0
         shoulds = _as_list(spec.get("should"))
-        default = 0 if any(spec.get(o) for o in ("must", "filter")) else 1
-        merged = _one_vector(shoulds) if int(spec.get("minimum_should_match", default)) <= 1 else None
+        required = any(spec.get(o) for o in ("must", "filter"))
+        minimum = _minimum_should_match(spec.get("minimum_should_match", 1 if not required else 0))
+        if shoulds and not required:  # Lucene: without a required clause, one should clause must match
+            minimum = max(minimum, 1)
+        merged = _one_vector(shoulds) if minimum <= 1 else None
         # A sparse query (linear rank_feature clauses on one field): one product, not a pass per term.
         if merged is not None and self.data.field_type(merged[0]) == "rank_features":
             clause_scores, clause_matched = self._weighted(*merged)
             scores += np.where(clause_matched, clause_scores, 0)
-            matched &= clause_matched | (default == 0)
+            matched &= clause_matched | (minimum == 0)
         elif shoulds:
             hits = np.zeros(self.n, dtype=int)
             for clause in shoulds:
-                clause_scores, clause_matched = self.evaluate(clause)
+                clause_scores, clause_matched = self.evaluate(clause, scoring)
                 scores += np.where(clause_matched, clause_scores, 0)
                 hits += clause_matched
-            matched &= hits >= int(spec.get("minimum_should_match", default))
-        return scores * float(spec.get("boost", 1.0)), matched
+            matched &= hits >= minimum
+        return scores * _boost("bool", spec), matched
 
-    def _q_rank_feature(self, spec: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
-        path = spec["field"]
-        field_name, _, feature = path.rpartition(".")
+    def _q_rank_feature(self, spec: dict[str, Any], scoring: bool) -> Scored:
+        function = next((f for f in _RANK_FEATURE_FUNCTIONS if f in spec), None)
+        if function is not None:
+            raise EngineError(f"[rank_feature] with {function} is not a dot product: the local engine scores "
+                              "rank_feature with \"linear\": {} only", 400)
+        _only("rank_feature", spec, {"field", "linear", "boost"}, required=("field",))
+        if spec.get("linear") != {}:
+            raise EngineError("[rank_feature] without \"linear\": {} is saturation on the engines (not a dot product): "
+                              "the local engine scores linear only", 400)
+        field_name, _, feature = str(spec["field"]).rpartition(".")
         if self.data.field_type(field_name) != "rank_features":
-            raise EngineError(f"rank_feature needs a rank_features field, {field_name!r} is not one", 400)
-        if set(spec) - {"field", "linear", "boost"}:
-            raise EngineError("the local engine scores rank_feature with 'linear' only (an exact dot product)", 400)
-        return self._weighted(field_name, {feature: float(spec.get("boost", 1.0))})
+            raise EngineError(f"[rank_feature] needs a rank_features field, {field_name!r} is not one", 400)
+        return self._weighted(field_name, {feature: _boost("rank_feature", spec)})
 
-    def _q_sparse_vector(self, spec: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
-        return self._weighted(spec["field"], {k: float(v) for k, v in spec["query_vector"].items()})
+    def _q_sparse_vector(self, spec: dict[str, Any], scoring: bool) -> Scored:
+        _only("sparse_vector", spec, {"field", "query_vector", "prune"}, required=("field", "query_vector"))
+        if spec.get("prune") is not False:
+            raise EngineError("[sparse_vector] without \"prune\": false is pruned on Elasticsearch 8.19/9.1+: the local "
+                              "engine scores the unpruned dot product only", 400)
+        if self.data.field_type(spec["field"]) != "sparse_vector":
+            raise EngineError(f"[sparse_vector] needs a sparse_vector field, {spec['field']!r} is not one", 400)
+        vector = spec["query_vector"]
+        if not isinstance(vector, dict):
+            raise EngineError("[sparse_vector] query_vector must be an object of token: weight", 400)
+        return self._weighted(spec["field"], {str(k): _number("sparse_vector", k, v) for k, v in vector.items()})
 
-    def _q_term(self, spec: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
-        (field_name, value), = spec.items()
-        value, boost = (value.get("value"), float(value.get("boost", 1.0))) if isinstance(value, dict) else (value, 1.0)
-        if self.data.field_type(field_name) in VECTOR_TYPES:
-            return self._weighted(field_name, {str(value): boost})
-        return self._q_terms({field_name: [value], "boost": boost})
+    def _q_term(self, spec: dict[str, Any], scoring: bool) -> Scored:
+        field_name, value, boost = _single_field("term", spec, "value")
+        value = _term_text(value)
+        field_type = self.data.field_type(field_name)
+        if field_type == "sparse_vector":
+            return self._weighted(field_name, {value: boost})
+        if field_type == "text":  # the term is not analysed; the document text is
+            scores = self._bm25("term", field_name).score_terms([value]) * boost
+            return scores, scores > 0
+        if field_type == "keyword" and scoring:
+            raise EngineError(f"[term] on keyword field {field_name!r} is scored by BM25 on the engines: the local "
+                              "engine models it only as a filter (bool.filter)", 400)
+        return self._exact("term", field_name, {value}, boost)
 
-    def _q_terms(self, spec: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
-        boost = float(spec.get("boost", 1.0))
-        (field_name, values), = ((k, v) for k, v in spec.items() if k != "boost")
-        wanted = set(values)
-        matched = np.array([bool(wanted & set(_as_list(s.get(field_name)))) for s in self.data.sources], dtype=bool)
+    def _q_terms(self, spec: dict[str, Any], scoring: bool) -> Scored:
+        fields = [name for name in spec if name != "boost"]
+        if len(fields) != 1:
+            raise EngineError(f"[terms] query takes exactly one field, got {sorted(fields)}", 400)
+        wanted = {_term_text(v) for v in _values("terms", spec[fields[0]])}
+        return self._exact("terms", fields[0], wanted, _boost("terms", spec))
+
+    def _exact(self, kind: str, field_name: str, wanted: set[str], boost: float) -> Scored:
+        """Constant-score match of un-analysed values: keyword values as stored, text by its tokens."""
+        field_type = self.data.field_type(field_name)
+        if field_type == "text":
+            matched = self._bm25(kind, field_name).containing(wanted)
+        elif field_type == "keyword":
+            matched = np.array([bool(wanted & {_term_text(v) for v in _as_list(s.get(field_name))})
+                                for s in self.data.sources], dtype=bool)
+        elif field_type is None:  # the engines match nothing on a field the mapping lacks
+            matched = np.zeros(self.n, dtype=bool)
+        else:
+            raise EngineError(f"[{kind}] on {field_type} field {field_name!r} is not supported locally", 400)
         return matched * boost, matched
 
-    def _q_match(self, spec: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
-        (field_name, value), = spec.items()
-        text = value.get("query", "") if isinstance(value, dict) else value
-        scores = self.data.bm25(field_name).score(str(text))
-        boost = float(value.get("boost", 1.0)) if isinstance(value, dict) else 1.0
-        return scores * boost, scores > 0
+    def _q_match(self, spec: dict[str, Any], scoring: bool) -> Scored:
+        field_name, text, boost = _single_field("match", spec, "query")
+        if self.data.field_type(field_name) is None:
+            return np.zeros(self.n), np.zeros(self.n, dtype=bool)
+        scores = self._bm25("match", field_name).score(str(text)) * boost
+        return scores, scores > 0
 
-    def _q_multi_match(self, spec: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+    def _q_multi_match(self, spec: dict[str, Any], scoring: bool) -> Scored:
+        _only("multi_match", spec, {"query", "fields", "type", "tie_breaker", "boost"}, required=("query", "fields"))
         if spec.get("type", "best_fields") != "best_fields":
-            raise EngineError("the local engine supports multi_match type best_fields only", 400)
-        fields = spec.get("fields") or [f for f, s in self.data.properties.items() if s.get("type") == "text"]
+            raise EngineError(f"the local engine models multi_match type best_fields only, not {spec['type']!r}", 400)
+        fields = spec["fields"]
+        if not isinstance(fields, list) or not fields or not all(isinstance(f, str) and "*" not in f for f in fields):
+            raise EngineError("[multi_match] fields must be a non-empty list of field names (no wildcards locally)", 400)
+        tie_breaker = _number("multi_match", "tie_breaker", spec.get("tie_breaker", 0.0))
         per_field = []
         for name in fields:
             field_name, _, boost = name.partition("^")
-            per_field.append(self.data.bm25(field_name).score(str(spec["query"])) * float(boost or 1.0))
+            if self.data.field_type(field_name) is not None:  # the engines skip unmapped fields
+                per_field.append(self._bm25("multi_match", field_name).score(str(spec["query"]))
+                                 * _number("multi_match", name, boost or 1.0))
         stacked = np.vstack(per_field) if per_field else np.zeros((1, self.n))
         best = stacked.max(axis=0)
-        scores = best + float(spec.get("tie_breaker", 0.0)) * (stacked.sum(axis=0) - best)
-        return scores * float(spec.get("boost", 1.0)), scores > 0
+        scores = best + tie_breaker * (stacked.sum(axis=0) - best)
+        return scores * _boost("multi_match", spec), scores > 0
 
-    def _weighted(self, field_name: str, weights: dict[str, float]) -> tuple[np.ndarray, np.ndarray]:
+    def _bm25(self, kind: str, field_name: str) -> BM25:
+        """A text field's BM25, where the local analysis is the field's (the ``english`` analyzer)."""
+        spec = self.data.properties.get(field_name, {})
+        if spec.get("type") != "text":
+            raise EngineError(f"[{kind}] on field {field_name!r} ({spec.get('type')}): the local engine scores text "
+                              "fields only", 400)
+        if spec.get("analyzer", "standard") != "english" or set(spec) - {"type", "analyzer"}:
+            raise EngineError(f"text field {field_name!r} is mapped as {spec}: the local engine analyses text fields "
+                              "with the english analyzer only", 400)
+        return self.data.bm25(field_name)
+
+    def _weighted(self, field_name: str, weights: dict[str, float]) -> Scored:
         if self.data.field_type(field_name) not in VECTOR_TYPES:
             raise EngineError(f"{field_name!r} is not a rank_features / sparse_vector field", 400)
         matrix, columns = self.data.features(field_name)
@@ -435,33 +528,123 @@ class _Query:
         return np.asarray(scores).ravel(), np.asarray(present).ravel()
 
 
+_RANK_FEATURE_FUNCTIONS = ("saturation", "log", "sigmoid")
+
+
+def _only(kind: str, spec: dict[str, Any], allowed: set[str], required: Sequence[str] = ()) -> None:
+    """Refuse options the local engine does not compute exactly, and missing required ones."""
+    extra = sorted(set(spec) - allowed)
+    if extra:
+        raise EngineError(f"the local engine does not model [{kind}] option(s) {extra}", 400)
+    missing = [name for name in required if name not in spec]
+    if missing:
+        raise EngineError(f"[{kind}] needs {missing}", 400)
+
+
+def _single_field(kind: str, spec: dict[str, Any], main: str) -> tuple[str, Any, float]:
+    """``(field, value, boost)`` of a one-field query, short (``{f: v}``) or long (``{f: {main: v, boost}}``)."""
+    if len(spec) != 1:
+        raise EngineError(f"[{kind}] query takes exactly one field, got {sorted(spec)}", 400)
+    (field_name, value), = spec.items()
+    if not isinstance(value, dict):
+        return field_name, value, 1.0
+    _only(kind, value, {main, "boost"}, required=(main,))
+    return field_name, value[main], _boost(kind, value)
+
+
+def _number(kind: str, name: Any, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise EngineError(f"[{kind}] {name!r} must be a number, got {_shown(value)}", 400)
+    try:
+        number = float(value)
+    except ValueError:
+        raise EngineError(f"[{kind}] {name!r} must be a number, got {_shown(value)}", 400) from None
+    if not np.isfinite(number):
+        raise EngineError(f"[{kind}] {name!r} must be finite, got {_shown(value)}", 400)
+    return number
+
+
+def _boost(kind: str, spec: dict[str, Any]) -> float:
+    boost = _number(kind, "boost", spec.get("boost", 1.0))
+    if boost < 0:
+        raise EngineError(f"[{kind}] negative [boost] are not allowed", 400)  # as the engines say
+    return boost
+
+
+def _values(kind: str, values: Any) -> list[Any]:
+    if not isinstance(values, list):
+        raise EngineError(f"[{kind}] values must be a list, got {_shown(values)}", 400)
+    return values
+
+
+def _term_text(value: Any) -> str:
+    """A term as the engines index it: strings as given, numbers as their text, booleans lowercase."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (str, int, float)):
+        return str(value)
+    raise EngineError(f"a term must be a string, number or boolean, got {_shown(value)}", 400)
+
+
+def _minimum_should_match(value: Any) -> int:
+    """An absolute count (percentages and combinations are not modelled)."""
+    text = str(value)
+    if isinstance(value, bool) or not text.isdigit():
+        raise EngineError(f"the local engine models minimum_should_match as a non-negative count only, got "
+                          f"{_shown(value)}", 400)
+    return int(text)
+
+
+def _shown(value: Any) -> str:
+    text = json.dumps(value, default=str)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
 def _one_vector(clauses: list[Any]) -> tuple[str, dict[str, float]] | None:
-    """``(field, weights)`` when every clause is a linear ``rank_feature`` on one field, else None."""
+    """``(field, weights)`` when every clause is a linear ``rank_feature`` on one field, else None
+    (the clauses are then evaluated one by one, which refuses what is not exact)."""
     weights: dict[str, float] = {}
     field_name = None
     for clause in clauses:
         spec = clause.get("rank_feature") if isinstance(clause, dict) and len(clause) == 1 else None
-        if not isinstance(spec, dict) or set(spec) - {"field", "linear", "boost"} or "linear" not in spec:
+        if not isinstance(spec, dict) or set(spec) - {"field", "linear", "boost"} or spec.get("linear") != {}:
             return None
-        name, _, feature = spec["field"].rpartition(".")
+        boost = spec.get("boost", 1.0)
+        if isinstance(boost, bool) or not isinstance(boost, (int, float)) or not boost >= 0:
+            return None
+        name, _, feature = str(spec.get("field")).rpartition(".")
         if field_name not in (None, name):
             return None
         field_name = name
-        weights[feature] = weights.get(feature, 0.0) + float(spec.get("boost", 1.0))
+        weights[feature] = weights.get(feature, 0.0) + float(boost)
     return (field_name, weights) if field_name else None
 
 
-def _rescored(data: _IndexData, scores: np.ndarray, order: np.ndarray, spec: dict[str, Any]) -> np.ndarray:
+def _rescored(data: _IndexData, scores: np.ndarray, order: np.ndarray, spec: Any) -> np.ndarray:
     """The engines' ``rescore`` (score_mode total): the top ``window_size`` rows get
     ``query_weight x score + rescore_query_weight x rescore score`` and are re-sorted in place."""
-    window = order[: int(spec.get("window_size", 10))]
+    if not isinstance(spec, dict):
+        raise EngineError("the local engine models one rescore (an object), not a list of them", 400)
+    _only("rescore", spec, {"window_size", "query"}, required=("query",))
     rescore = spec["query"]
-    extra, matched = _Query(data).evaluate(rescore["rescore_query"])
+    if not isinstance(rescore, dict):
+        raise EngineError("[rescore] query must be an object", 400)
+    _only("rescore.query", rescore, {"rescore_query", "query_weight", "rescore_query_weight", "score_mode"},
+          required=("rescore_query",))
     if rescore.get("score_mode", "total") != "total":
         raise EngineError("the local engine supports rescore score_mode total only", 400)
-    scores[window] = (float(rescore.get("query_weight", 1.0)) * scores[window]
-                      + float(rescore.get("rescore_query_weight", 1.0)) * np.where(matched[window], extra[window], 0.0))
+    window = order[: _count("window_size", spec.get("window_size", 10))]
+    extra, matched = _Query(data).evaluate(rescore["rescore_query"])
+    scores[window] = (_number("rescore", "query_weight", rescore.get("query_weight", 1.0)) * scores[window]
+                      + _number("rescore", "rescore_query_weight", rescore.get("rescore_query_weight", 1.0))
+                      * np.where(matched[window], extra[window], 0.0))
     return np.concatenate([window[np.lexsort((window, -scores[window]))], order[len(window):]])
+
+
+def _count(name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise EngineError(f"[{name}] must be a non-negative integer, got {_shown(value)}", 400)
+    return value
 
 
 def analyze(text: str) -> list[str]:
@@ -532,13 +715,26 @@ def _as_list(value: Any) -> list[Any]:
     return value if isinstance(value, list) else [value]
 
 
-def _select(source: dict[str, Any], wanted: Any) -> dict[str, Any] | None:
+def _includes(wanted: Any) -> list[str] | None:
+    """The fields ``_source`` asks for (None: the whole source, as for an empty include list)."""
     if wanted is True:
-        return source
-    if wanted is False:
         return None
-    includes = wanted if isinstance(wanted, list) else wanted.get("includes", []) if isinstance(wanted, dict) else [wanted]
-    return {k: v for k, v in source.items() if k in includes}
+    if wanted is False:
+        return []
+    if isinstance(wanted, dict):
+        _only("_source", wanted, {"includes"})
+        wanted = wanted.get("includes", [])
+    names = [wanted] if isinstance(wanted, str) else wanted
+    if not isinstance(names, list) or not all(isinstance(n, str) and "*" not in n for n in names):
+        raise EngineError(f"the local engine models _source as true, false or a list of field names, got "
+                          f"{_shown(wanted)}", 400)
+    return names or None
+
+
+def _select(source: dict[str, Any], includes: list[str] | None) -> dict[str, Any] | None:
+    if includes is None:
+        return source
+    return {k: v for k, v in source.items() if k in includes} if includes else None
 
 
 def _package_version() -> str:

@@ -8,6 +8,7 @@ import opensearchpy
 
 from splade_es.toolkit.engines.base import Capabilities, EngineError, EngineUnavailable
 from splade_es.toolkit.engines.credentials import Credentials
+from splade_es.toolkit.engines.elastic import version_tuple
 from splade_es.toolkit.engines.rest import RestEngine, error_reason, has_rank_features
 
 
@@ -23,10 +24,13 @@ class OpenSearchEngine(RestEngine):
 
     @classmethod
     def detect_capabilities(cls, version: str, modules: set[str], queries: set[str]) -> Capabilities:
+        # The score-ranker-processor (RRF) and the hybrid query's pagination_depth came with 2.19;
+        # an unknown version (restricted credentials) falls back to fusing client-side.
         return Capabilities(
             rank_features=has_rank_features(modules, queries),
             sparse_vector_field=False,
             neural_sparse="neural_sparse" in queries,
+            score_ranker="hybrid" in queries and version_tuple(version) >= (2, 19),
         )
 
     def _send(self, method: str, path: str, body: Any = None, params: dict[str, Any] | None = None,

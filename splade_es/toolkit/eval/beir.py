@@ -29,7 +29,6 @@ class BeirDataset:
     queries: dict[str, str]  # judged queries only, in file order
     qrels: Qrels
     skipped_queries: int = 0  # queries of queries.jsonl without a judgment in this split
-    unjudged_missing: list[str] = field(default_factory=list)  # judged query ids absent from queries.jsonl
 
     _corpus_ids: set[str] | None = field(default=None, repr=False)
 
@@ -98,7 +97,7 @@ def load_beir(path: str | Path, split: str = "test", name: str | None = None) ->
         raise InputError(f"{qrels_file}: none of its queries is in {queries_file}")
     return BeirDataset(name or directory.name, directory, split,
                        CorpusFormat(corpus, "_id", ("title", "text")), queries, qrels,
-                       len(all_queries) - len(queries), missing)
+                       len(all_queries) - len(queries))
 
 
 def _lines(path: Path):

@@ -13,11 +13,16 @@ Elasticsearch prunes ``sparse_vector`` queries unless told not to, hence ``prune
 Two-phase search (optional) runs the heaviest terms as the query and adds the rest through
 ``rescore`` on a window of candidates: exact scores inside the window, at about the cost of the
 short query (a long disjunction is what makes learned sparse queries slow).
+
+The clause limit (``indices.query.bool.max_clause_count``) counts every leaf query of the whole
+query, nested ones included (Lucene's ``TooManyNestedClauses``), so the sparse query gets what
+its filters (and, in one hybrid query, BM25) leave: see :func:`leaf_clauses`.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -28,6 +33,8 @@ FORMS = ("rank_feature", "sparse_vector", "term", "neural_sparse")
 DEFAULT_MAX_CLAUSES = 1024  # indices.query.bool.max_clause_count on OpenSearch; ES derives >= 1024 from heap
 
 _log = logging.getLogger(__name__)
+# A word, or one CJK character (the standard tokenizer splits ideographs and kana one by one).
+_TOKEN = re.compile(r"[\u3040-\u30ff\u3400-\u9fff\uf900-\ufaff]|[^\W\u3040-\u30ff\u3400-\u9fff\uf900-\ufaff]+")
 
 
 def supported_forms(capabilities: Capabilities, field_type: str) -> list[str]:
@@ -102,3 +109,30 @@ def bm25_query(text: str, fields: list[str]) -> dict[str, Any]:
 def filtered(query: dict[str, Any], filters: list[dict[str, Any]]) -> dict[str, Any]:
     """Restrict ``query`` to documents matching every filter, without changing scores."""
     return {"bool": {"must": [query], "filter": filters}} if filters else query
+
+
+def leaf_clauses(query: Mapping[str, Any]) -> int:
+    """The leaf queries Lucene counts against the clause limit in ``query``: a ``bool`` counts
+    its clauses' leaves; a ``match`` / ``multi_match`` at most one per word and field (the
+    analyser may drop stop words, never adds words); any other query one."""
+    (kind, spec), = query.items()
+    if kind == "bool":
+        return sum(leaf_clauses(clause) for occur in ("must", "filter", "should", "must_not")
+                   for clause in _as_list(spec.get(occur)))
+    if kind == "multi_match":
+        return text_tokens(str(spec.get("query", ""))) * max(len(spec.get("fields") or []), 1)
+    if kind == "match":
+        value = next(iter(spec.values()))
+        return text_tokens(str(value.get("query", "") if isinstance(value, dict) else value))
+    return 1
+
+
+def text_tokens(text: str) -> int:
+    """An upper bound on the tokens a text analyser makes of ``text``."""
+    return len(_TOKEN.findall(text))
+
+
+def _as_list(value: Any) -> list[Any]:
+    if value is None:
+        return []
+    return value if isinstance(value, list) else [value]

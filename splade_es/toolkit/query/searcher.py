@@ -9,15 +9,15 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from splade_es.errors import ConfigError, InputError
 from splade_es.toolkit.engines.base import Engine
 from splade_es.toolkit.mappings import analysed_text_fields, recorded_meta, same_model, terms_field_of
 from splade_es.toolkit.query import fusion
-from splade_es.toolkit.query.forms import (DEFAULT_MAX_CLAUSES, bm25_query, capped, choose_form, filtered, rescore,
-                                          split_heaviest, vector_query)
+from splade_es.toolkit.query.forms import (DEFAULT_MAX_CLAUSES, bm25_query, capped, choose_form, filtered,
+                                          leaf_clauses, rescore, split_heaviest, vector_query)
 
 SNIPPET_CHARS = 200
 
@@ -108,7 +108,6 @@ class SearchResult:
     hybrid: str | None = None
     fused_natively: bool = False
     query_terms: int = 0
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 class Searcher:
@@ -116,9 +115,10 @@ class Searcher:
 
     def __init__(self, engine: Engine, index: str, form: str | None = None,
                  max_clauses: int = DEFAULT_MAX_CLAUSES, two_phase: int | None = None,
-                 two_phase_window: int = 100) -> None:
+                 two_phase_window: int = 100, native_fusion: bool = True) -> None:
         """``two_phase``: query with that many heaviest terms, rescore ``two_phase_window``
-        candidates with the rest (off when None)."""
+        candidates with the rest (off when None). ``native_fusion``: let the engine fuse hybrid
+        lists where it can (False: always here, e.g. to compare the two)."""
         if two_phase is not None and (two_phase < 1 or two_phase_window < 1):
             raise ConfigError("two-phase search needs at least 1 first-phase term and a window of at least 1")
         self.two_phase, self.two_phase_window = two_phase, two_phase_window
@@ -127,10 +127,22 @@ class Searcher:
         where = f"{engine.info.kind} {engine.info.version} at {engine.info.location}"
         self.form = choose_form(engine.info.capabilities, self.meta.field_type, form, where)
         self.max_clauses = max_clauses
+        self.native_fusion = native_fusion
 
     # ---------------------------------------------------------------- bodies
-    def sparse_query(self, vector: Mapping[str, float], filters: Sequence[dict[str, Any]] = ()) -> dict[str, Any]:
-        return filtered(vector_query(vector, self.meta.field, self.form, self.max_clauses), list(filters))
+    def clause_budget(self, filters: Sequence[dict[str, Any]] = (), reserved: int = 0) -> int:
+        """The terms the sparse query may have: the clause limit less the query's other leaves
+        (``filters``, and ``reserved`` ones, e.g. BM25 inside one hybrid query)."""
+        taken = reserved + sum(leaf_clauses(f) for f in filters)
+        if taken >= self.max_clauses:
+            raise InputError(f"the filters{' and BM25' if reserved else ''} take {taken} of the {self.max_clauses} "
+                             "query clauses the engine allows: none is left for the sparse query")
+        return self.max_clauses - taken
+
+    def sparse_query(self, vector: Mapping[str, float], filters: Sequence[dict[str, Any]] = (),
+                     reserved: int = 0) -> dict[str, Any]:
+        budget = self.clause_budget(filters, reserved)
+        return filtered(vector_query(vector, self.meta.field, self.form, budget), list(filters))
 
     def bm25_query(self, text: str, filters: Sequence[dict[str, Any]] = ()) -> dict[str, Any]:
         if not self.meta.text_fields:
@@ -140,7 +152,7 @@ class Searcher:
     def sparse_body(self, vector: Mapping[str, float], size: int, filters: Sequence[dict[str, Any]] = (),
                     track_total_hits: bool = False, explain: bool = False) -> dict[str, Any]:
         """The search body for a query vector, two-phase when configured and worth it."""
-        vector = capped(vector, self.max_clauses) if vector else vector
+        vector = capped(vector, self.clause_budget(filters)) if vector else vector
         if self.two_phase is None or len(vector) <= self.two_phase:
             return self.body(self.sparse_query(vector, filters), size, track_total_hits, explain)
         head, tail = split_heaviest(vector, self.two_phase)
@@ -167,7 +179,8 @@ class Searcher:
             result.total = _total(reply["hits"]) if track_total_hits else None
         else:
             result = self._hybrid(vector, text or "", filters, k, hybrid, explain, sparse_weight, window)
-        result.form, result.query_terms = self.form, min(len(vector), self.max_clauses)
+        reserved = self._hybrid_reserve(hybrid, text or "", filters) if hybrid else 0
+        result.form, result.query_terms = self.form, min(len(vector), self.clause_budget(filters, reserved))
         return result
 
     def search_many(self, vectors: Sequence[Mapping[str, float]], k: int = 10, batch_size: int = 64,
@@ -193,20 +206,29 @@ class Searcher:
             raise ConfigError(f"the sparse weight of linear fusion must be within [0, 1], got {sparse_weight}")
         if not text or not text.strip():
             raise InputError("hybrid search needs the query text for BM25")
-        bm25, sparse = self.bm25_query(text, filters), self.sparse_query(vector, filters)
+        bm25 = self.bm25_query(text, filters)
+        sparse = self.sparse_query(vector, filters, self._hybrid_reserve(mode, text, filters))
         window = max(window, k)
-        native = fusion.native_body(self.engine.info.capabilities, mode, bm25, sparse, k, window, sparse_weight)
+        native = (fusion.native_body(self.engine.info.capabilities, mode, bm25, sparse, k, window, sparse_weight)
+                  if self.native_fusion else None)
         if native is not None:
             native["_source"] = self.body(sparse, k, explain=explain)["_source"]
             return [native], True
         return [self.body(bm25, window, explain=explain), self.body(sparse, window, explain=explain)], False
+
+    def _hybrid_reserve(self, mode: str, text: str, filters: Sequence[dict[str, Any]]) -> int:
+        """Clauses BM25 takes from the sparse query: all of its own where one hybrid query holds
+        both lists (OpenSearch), none where each list is its own query."""
+        if not self.native_fusion or fusion.native(self.engine.info.capabilities, mode) != "hybrid":
+            return 0
+        return leaf_clauses(self.bm25_query(text, filters))  # its filters too: each subquery carries them
 
     @staticmethod
     def fuse(mode: str, replies: Sequence[dict[str, Any]], k: int, sparse_weight: float = 0.5
              ) -> tuple[list[dict[str, Any]], list[float]]:
         """Hits and scores of a hybrid search from its replies (fused here unless the engine did)."""
         if len(replies) == 1:
-            hits = replies[0]["hits"]["hits"]
+            hits = replies[0]["hits"]["hits"][:k]
             return hits, [float(h["_score"]) for h in hits]
         fused = fusion.fuse(mode, [reply["hits"]["hits"] for reply in replies], sparse_weight)[:k]
         return [hit for _, hit in fused], [score for score, _ in fused]

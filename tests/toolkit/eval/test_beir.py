@@ -65,3 +65,13 @@ def test_errors_name_the_problem(tmp_path):
     (bad / "queries.jsonl").write_text('{"_id": "q1", "text": "ok"}\n{"_id": "q2", "text": 5}\n')
     with pytest.raises(InputError, match=r"queries.jsonl:2: field 'text' must be a string"):
         load_beir(bad)
+
+
+def test_judged_queries_missing_from_queries_jsonl_are_dropped_with_one_warning(tmp_path, caplog):
+    root = _dataset(tmp_path / "ds")
+    with (root / "qrels" / "test.tsv").open("a") as handle:
+        handle.write("q9\td1\t1\nq8\td3\t2\n")
+    with caplog.at_level(logging.WARNING, logger="splade_es"):
+        dataset = load_beir(root)
+    assert set(dataset.qrels) == set(dataset.queries) == {"q1", "q2"}
+    assert "2 judged queries are missing from queries.jsonl (e.g. q8); they are not evaluated" in caplog.text

@@ -1,0 +1,203 @@
+"""The local engine as a strict reference: exact where it answers, a one-line 400 where it would
+only approximate, and its BM25 equal to an independent implementation (bm25s, Lucene's formula)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from conftest import SHARED_DATA
+from splade_es.io.corpus import Document, read_corpus, resolve_corpus
+from splade_es.toolkit.engines.base import EngineError
+from splade_es.toolkit.engines.local import LocalEngine, analyze
+from splade_es.toolkit.query import forms
+
+CRANFIELD = SHARED_DATA / "cranfield"
+ENGLISH = {"type": "text", "analyzer": "english"}
+DOCS = {
+    "a": {"title": "Wing lift", "text": "lift of a swept wing in supersonic flow", "tag": "x",
+          "rf": {"wing": 2.0, "lift": 1.0}, "sv": {"wing": 2.0, "lift": 1.0}},
+    "b": {"title": "Drag", "text": "drag of a flat plate", "tag": ["y", "z"],
+          "rf": {"drag": 3.0, "wing": 0.5}, "sv": {"drag": 3.0, "wing": 0.5}},
+    "c": {"title": "Heat", "text": "heat transfer in the boundary layer of a wing", "tag": "x",
+          "rf": {"heat": 1.5}, "sv": {"heat": 1.5}},
+}
+
+
+@pytest.fixture(scope="module")
+def small(tmp_path_factory) -> LocalEngine:
+    engine = LocalEngine(tmp_path_factory.mktemp("local-strict"))
+    engine.create_index("small", {"mappings": {"dynamic": "strict", "properties": {
+        "title": ENGLISH, "text": ENGLISH, "plain": {"type": "text"}, "tag": {"type": "keyword"},
+        "rf": {"type": "rank_features"}, "sv": {"type": "sparse_vector"}}}})
+    assert engine.bulk("small", list(DOCS.items())) == []
+    return engine
+
+
+def _scores(engine: LocalEngine, query: dict, **body) -> dict[str, float]:
+    reply = engine.search("small", {"query": query, "size": 10, **body})
+    return {hit["_id"]: hit["_score"] for hit in reply["hits"]["hits"]}
+
+
+# ---------------------------------------------------------------- what splade-es sends is exact
+def test_every_form_splade_es_sends_scores_the_exact_dot_product(small):
+    vector = {"wing": 1.5, "drag": 0.25, "unknown": 0.1}
+    want = {doc_id: sum(w * doc["rf"].get(t, 0.0) for t, w in vector.items()) for doc_id, doc in DOCS.items()}
+    want = {doc_id: score for doc_id, score in want.items() if score}
+    for form, field in (("rank_feature", "rf"), ("term", "sv"), ("sparse_vector", "sv")):
+        query = forms.vector_query(vector, field, form)
+        assert _scores(small, query) == pytest.approx(want), form
+        filtered = forms.filtered(query, [{"term": {"tag": "x"}}, {"ids": {"values": ["a", "b"]}}])
+        assert _scores(small, filtered) == pytest.approx({"a": want["a"]}), form
+    head, tail = forms.split_heaviest(vector, 1)
+    two_phase = _scores(small, forms.vector_query(head, "rf", "rank_feature"),
+                        rescore=forms.rescore(forms.vector_query(tail, "rf", "rank_feature"), 10))
+    assert two_phase == pytest.approx(want)
+
+
+def test_text_queries_are_bm25_over_the_analysed_field(small):
+    bm25 = _scores(small, forms.bm25_query("wings lift", ["title", "text"]))
+    title = _scores(small, {"match": {"title": "wings lift"}})
+    text = _scores(small, {"match": {"text": {"query": "wings lift", "boost": 2.0}}})
+    assert set(bm25) == {"a", "c"}
+    for doc_id in bm25:  # best_fields, tie_breaker 0.5, on the per-field scores
+        pair = sorted([title.get(doc_id, 0.0), text.get(doc_id, 0.0) / 2])
+        assert bm25[doc_id] == pytest.approx(pair[1] + 0.5 * pair[0])
+    # term is not analysed, the document is: "wing" matches "Wing", "wings" matches nothing
+    assert _scores(small, {"term": {"title": "wing"}}) == pytest.approx({"a": title["a"] - _scores(
+        small, {"match": {"title": "lift"}})["a"]})
+    assert _scores(small, {"term": {"title": "wings"}}) == {}
+    # terms is constant-score; keyword values match as stored, arrays by any value
+    assert _scores(small, {"terms": {"tag": ["z", "nope"], "boost": 3.0}}) == {"b": 3.0}
+    assert _scores(small, {"bool": {"filter": [{"term": {"tag": "x"}}]}}) == {"a": 0.0, "c": 0.0}
+    assert _scores(small, {"term": {"no_such_field": "x"}}) == {}  # the engines match nothing there
+
+
+def test_bool_matching_follows_lucene(small):
+    wing = {"term": {"sv": {"value": "wing", "boost": 1.0}}}
+    heat = {"term": {"sv": {"value": "heat", "boost": 1.0}}}
+    # without a required clause one should clause must match, whatever minimum_should_match says
+    assert set(_scores(small, {"bool": {"should": [wing], "minimum_should_match": 0}})) == {"a", "b"}
+    # with one, should clauses only add to the score
+    assert _scores(small, {"bool": {"filter": [{"terms": {"tag": ["x"]}}], "should": [wing]}}) == {"a": 2.0, "c": 0.0}
+    both = _scores(small, {"bool": {"should": [wing, heat], "minimum_should_match": 2}})
+    assert both == {}
+    assert _scores(small, {"bool": {"must_not": [wing]}}) == {"c": 0.0}
+
+
+# ---------------------------------------------------------------- and everything else is refused
+REFUSED = [
+    ({"rank_feature": {"field": "rf.wing"}}, 'without "linear": {} is saturation'),
+    ({"rank_feature": {"field": "rf.wing", "saturation": {"pivot": 2}}}, "with saturation is not a dot product"),
+    ({"rank_feature": {"field": "rf.wing", "log": {"scaling_factor": 1}}}, "with log is not a dot product"),
+    ({"rank_feature": {"field": "rf.wing", "sigmoid": {"pivot": 1, "exponent": 1}}}, "with sigmoid is not"),
+    ({"rank_feature": {"field": "rf.wing", "linear": {"x": 1}}}, 'without "linear": {}'),
+    ({"bool": {"should": [{"rank_feature": {"field": "rf.wing", "linear": {}, "_name": "q"}}]}},
+     "does not model [rank_feature] option(s) ['_name']"),
+    ({"rank_feature": {"field": "sv.wing", "linear": {}}}, "needs a rank_features field, 'sv'"),
+    ({"rank_feature": {"field": "rf.wing", "linear": {}, "boost": -1}}, "negative [boost] are not allowed"),
+    ({"sparse_vector": {"field": "sv", "query_vector": {"wing": 1.0}}}, 'without "prune": false'),
+    ({"sparse_vector": {"field": "sv", "inference_id": "elser", "query": "wing", "prune": False}},
+     "does not model [sparse_vector] option(s) ['inference_id', 'query']"),
+    ({"sparse_vector": {"field": "rf", "query_vector": {"wing": 1.0}, "prune": False}}, "needs a sparse_vector field"),
+    ({"term": {"sv": {"value": "wing", "boost": 1.0, "case_insensitive": True}}},
+     "does not model [term] option(s) ['case_insensitive']"),
+    ({"term": {"tag": "x"}}, "[term] on keyword field 'tag' is scored by BM25"),
+    ({"term": {"rf": "wing"}}, "[term] on rank_features field 'rf' is not supported"),
+    ({"match": {"text": {"query": "wing", "operator": "and"}}}, "does not model [match] option(s) ['operator']"),
+    ({"match": {"plain": "wing"}}, "analyses text fields with the english analyzer only"),
+    ({"match": {"tag": "x"}}, "[match] on field 'tag' (keyword)"),
+    ({"multi_match": {"query": "wing", "fields": ["title"], "type": "cross_fields"}}, "best_fields only"),
+    ({"multi_match": {"query": "wing", "fields": ["title"], "fuzziness": 1}}, "option(s) ['fuzziness']"),
+    ({"multi_match": {"query": "wing"}}, "[multi_match] needs ['fields']"),
+    ({"multi_match": {"query": "wing", "fields": ["t*"]}}, "no wildcards"),
+    ({"bool": {"should": [{"match_all": {}}], "minimum_should_match": "75%"}}, "non-negative count only"),
+    ({"bool": {"should": [], "adjust_pure_negative": True}}, "option(s) ['adjust_pure_negative']"),
+    ({"function_score": {"query": {"match_all": {}}}}, "does not support the [function_score] query"),
+    ({"match_all": {}, "ids": {"values": []}}, "exactly one query type"),
+    ({"ids": {"values": "a"}}, "[ids] values must be a list"),
+]
+
+
+@pytest.mark.parametrize("query, message", REFUSED, ids=[json.dumps(q)[:60] for q, _ in REFUSED])
+def test_forms_it_cannot_score_exactly_are_refused_in_one_line(small, query, message):
+    with pytest.raises(EngineError) as error:
+        small.search("small", {"query": query})
+    assert error.value.status == 400 and message in str(error.value) and "\n" not in str(error.value)
+
+
+@pytest.mark.parametrize("body, message", [
+    ({"explain": True}, "search option(s) ['explain']"),
+    ({"search_pipeline": {}}, "search option(s) ['search_pipeline']"),
+    ({"size": 9_000, "from": 1_001}, "Result window is too large"),
+    ({"size": "ten"}, "[size] must be a non-negative integer"),
+    ({"_source": {"excludes": ["text"]}}, "does not model [_source] option(s) ['excludes']"),
+    ({"_source": ["ti*"]}, "_source as true, false or a list of field names"),
+    ({"rescore": [{"query": {"rescore_query": {"match_all": {}}}}]}, "not a list of them"),
+    ({"rescore": {"query": {"rescore_query": {"match_all": {}}, "score_mode": "max"}}}, "score_mode total only"),
+])
+def test_search_options_it_does_not_model_are_refused(small, body, message):
+    with pytest.raises(EngineError) as error:
+        small.search("small", {"query": {"match_all": {}}, **body})
+    assert error.value.status == 400 and message in str(error.value)
+
+
+# ---------------------------------------------------------------- BM25 against bm25s
+@pytest.fixture(scope="module")
+def cranfield_local(tmp_path_factory):
+    documents = [d for d in read_corpus(resolve_corpus(CRANFIELD, None, None)) if isinstance(d, Document)]
+    engine = LocalEngine(tmp_path_factory.mktemp("local-bm25"))
+    engine.create_index("cran", {"mappings": {"properties": {"title": ENGLISH, "text": ENGLISH}}})
+    assert engine.bulk("cran", [(d.id, d.fields) for d in documents]) == []
+    queries = [json.loads(line)["text"] for line in (CRANFIELD / "queries.jsonl").read_text().splitlines()]
+    return engine, documents, queries
+
+
+def _bm25s(documents: list[Document], field: str):
+    """bm25s (Lucene's BM25, k1 1.2, b 0.75) over the local analyzer's tokens. Lucene counts only
+    documents holding a term of the field (docCount, average length), so empty ones stay out."""
+    import bm25s
+
+    tokens = [analyze(d.fields[field]) for d in documents]
+    kept = [i for i, t in enumerate(tokens) if t]
+    retriever = bm25s.BM25(method="lucene", k1=1.2, b=0.75)
+    retriever.index([tokens[i] for i in kept], show_progress=False)
+
+    def scores(text: str) -> dict[str, float]:
+        query = analyze(text)
+        values = retriever.get_scores(query) if query else np.zeros(len(kept))
+        return {documents[kept[j]].id: float(v) for j, v in enumerate(values) if v > 0}
+    return scores
+
+
+@pytest.mark.parametrize("field", ["title", "text"])
+def test_local_bm25_equals_bm25s_on_cranfield_to_1e_4(cranfield_local, field):
+    engine, documents, queries = cranfield_local
+    independent = _bm25s(documents, field)
+    worst, compared = 0.0, 0
+    for text in queries:
+        got = _cran(engine, {"match": {field: text}})
+        want = independent(text)
+        assert got.keys() == want.keys(), text
+        worst = max([worst, *(abs(got[d] - want[d]) for d in want)])
+        compared += len(want)
+    print(f"{field}: {compared} (query, document) scores over {len(queries)} queries, max |diff| {worst:.2e}")
+    assert compared > 20_000 and worst <= 1e-4
+
+
+def test_local_best_fields_equals_bm25s_fields_combined(cranfield_local):
+    engine, documents, queries = cranfield_local
+    title, text = _bm25s(documents, "title"), _bm25s(documents, "text")
+    for query in queries[:50]:
+        got = _cran(engine, forms.bm25_query(query, ["title", "text"]))
+        per_title, per_text = title(query), text(query)
+        want = {d: max(per_title.get(d, 0), per_text.get(d, 0)) + 0.5 * min(per_title.get(d, 0), per_text.get(d, 0))
+                for d in per_title.keys() | per_text.keys()}
+        assert got == pytest.approx(want, abs=1e-4)
+
+
+def _cran(engine: LocalEngine, query: dict) -> dict[str, float]:
+    hits = engine.search("cran", {"query": query, "size": 1400, "_source": False})["hits"]["hits"]
+    return {hit["_id"]: hit["_score"] for hit in hits}
