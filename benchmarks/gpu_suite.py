@@ -39,6 +39,7 @@ import math
 import os
 import platform
 import random
+import shutil
 import statistics
 import subprocess
 import sys
@@ -57,11 +58,13 @@ import torch
 import torch.nn.functional as F
 from memory import peak_rss_bytes, reset_peak_rss, rss_bytes
 
+import splade_es
 from splade_es.errors import ModelLoadError
 from splade_es.io.atomic import atomic_text_file
 from splade_es.model.encoder import SparseEncoder
 from splade_es.model.inputs import Batch, Encoded, plan_batches
 from splade_es.model.tiny import build_tiny_mistral, save_mistral_v3_tokenizer
+from splade_es.trainer.loop import cpu_bf16_enabled
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPE = ROOT / "configs" / "echo-mistral-7b.toml"
@@ -280,14 +283,14 @@ class Suite:
         if self.device.type == "cuda" and not torch.cuda.is_available():
             raise SystemExit("gpu_suite: no CUDA GPU here (use --tiny to run every section on CPU)")
         self.cuda = self.device.type == "cuda"
-        native_bf16 = self.cuda or torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
-        self.dtype = torch.bfloat16 if native_bf16 else torch.float32
+        self.dtype = torch.bfloat16 if self.cuda or cpu_bf16_enabled("auto") else torch.float32
         self.out = Path(args.out)
         self.out.mkdir(parents=True, exist_ok=True)
         self.budget = Budget(args.deadline)
         self.scratch = Path(tempfile.mkdtemp(prefix="gpu-suite-", dir=args.scratch))
         self.model_dir = self.scratch / "model"
         self._encoder: SparseEncoder | None = None
+        self.tokenizer = None  # set by setup(); outlives the encoder
         self._word_ids: list[int] | None = None
         self.result: dict[str, Any] = {
             "suite": "gpu_suite", "tiny": bool(args.tiny), "device": self._device_name(),
@@ -359,10 +362,6 @@ class Suite:
         self._encoder = None
         release_memory()
 
-    @property
-    def tokenizer(self):
-        return self.encoder().tokenizer if self._encoder is not None else self._tokenizer
-
     def random_ids(self, count: int, length: int, seed: int) -> list[list[int]]:
         """Random ordinary vocabulary pieces (no control, byte or special tokens)."""
         if self._word_ids is None:
@@ -383,7 +382,7 @@ class Suite:
             build_full_mistral(self.model_dir, self.device)
             model = "Mistral-7B-v0.3 architecture from its config, random bf16 weights"
         encoder = self.encoder()
-        self._tokenizer = encoder.tokenizer
+        self.tokenizer = encoder.tokenizer
         params = sum(p.numel() for p in encoder.backbone.model.parameters())
         self.result["model"] = {"description": model, "parameters": params,
                                 "layer_matmul_parameters": FlopModel.of(encoder).layer_params,
@@ -417,14 +416,13 @@ class Suite:
 
     def cleanup(self) -> None:
         self.drop_encoder()
-        import shutil
-
         shutil.rmtree(self.scratch, ignore_errors=True)
 
 
 def _versions() -> dict[str, str | None]:
-    found: dict[str, str | None] = {"python": platform.python_version(), "cuda": torch.version.cuda}
-    for name in ("torch", "transformers", "peft", "bitsandbytes", "splade-es"):
+    found: dict[str, str | None] = {"python": platform.python_version(), "cuda": torch.version.cuda,
+                                    "splade-es": splade_es.__version__}
+    for name in ("torch", "transformers", "peft", "bitsandbytes"):
         try:
             found[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
@@ -871,36 +869,41 @@ RUNNERS: dict[str, Callable[[Suite], dict[str, Any]]] = {
     "encode": section_encode, "query": section_query, "train": section_train, "quantized": section_quantized}
 
 
+def attempt(suite: Suite, name: str, fn: Callable[[], Any]) -> bool:
+    """Run one part; a failure is recorded (status and traceback) instead of ending the run."""
+    started = time.monotonic()
+    try:
+        fn()
+        suite.result["sections"][name] = "done"
+    except Exception as exc:  # noqa: BLE001 - one failed section must not lose the others
+        suite.result["sections"][name] = f"failed: {type(exc).__name__}: {exc}"[:500]
+        suite.result.setdefault("errors", {})[name] = traceback.format_exc()[-4000:]
+        suite.log(f"{name} failed: {exc}")
+    release_memory()  # after the handler: also what a failed part's frames held
+    suite.result.setdefault("section_seconds", {})[name] = time.monotonic() - started
+    suite.save()
+    return suite.result["sections"][name] == "done"
+
+
 def run(args: argparse.Namespace) -> int:
     suite = Suite(args)
-    failed = False
     try:
-        suite.setup()
-        suite.save()
+        ready = attempt(suite, "setup", suite.setup)
         for name in SECTIONS:
             suite.budget.enter(name)
-            started = time.monotonic()
-            if suite.budget.left() <= 0:
+            if not ready:
+                suite.result["sections"][name] = "skipped: setup failed"
+            elif suite.budget.left() <= 0:
                 suite.result["sections"][name] = "skipped: no time left in its share of the deadline"
                 suite.result["skipped"].append({"section": name, "what": "all", "reason": "would pass the deadline"})
             else:
                 suite.log(f"section {name} ({suite.budget.left():.0f}s in its share)")
-                try:
-                    suite.result[name] = RUNNERS[name](suite)
-                    suite.result["sections"][name] = "done"
-                except Exception as exc:  # noqa: BLE001 - one failed section must not lose the others
-                    failed = True
-                    release_memory()
-                    suite.result["sections"][name] = f"failed: {type(exc).__name__}: {exc}"[:500]
-                    suite.result.setdefault("errors", {})[name] = traceback.format_exc()[-4000:]
-                    suite.log(f"section {name} failed: {exc}")
-            suite.result.setdefault("section_seconds", {})[name] = time.monotonic() - started
-            suite.save()
+                attempt(suite, name, lambda: suite.result.__setitem__(name, RUNNERS[name](suite)))
     finally:
         suite.cleanup()
     suite.save()
     print_summary(suite.result)
-    return 1 if failed else 0
+    return 0 if all(not status.startswith("failed") for status in suite.result["sections"].values()) else 1
 
 
 def print_summary(result: dict[str, Any]) -> None:

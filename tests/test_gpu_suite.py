@@ -82,7 +82,8 @@ def _numbers(value, path=""):
 
 def test_tiny_run_has_every_section_key_and_only_finite_numbers(tiny_run):
     result = tiny_run
-    assert result["sections"] == {"encode": "done", "query": "done", "train": "done", "quantized": "done"}
+    assert result["sections"] == {"setup": "done", "encode": "done", "query": "done", "train": "done",
+                                  "quantized": "done"}
     assert result["skipped"] == [] and result["non_finite"] == []
     assert result["elapsed_s"] < 120, "--tiny must stay a quick check"
     numbers = dict(_numbers(result))
