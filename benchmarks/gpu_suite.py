@@ -122,13 +122,14 @@ def mistral_7b_v03_config():
                          architectures=["MistralForCausalLM"])
 
 
-def build_full_mistral(directory: Path, device: torch.device, seed: int = 0) -> Path:
-    """Random bf16 weights in the 7B architecture, built on ``device`` and saved with the tokenizer."""
+def build_full_mistral(directory: Path, device: torch.device, config=None, seed: int = 0) -> Path:
+    """Random bf16 weights in the 7B architecture (or ``config``), built on ``device`` and saved
+    with the Mistral v3 tokenizer."""
     from transformers import AutoModelForCausalLM
 
     torch.manual_seed(seed)
     with torch.device(device):
-        model = AutoModelForCausalLM.from_config(mistral_7b_v03_config(), dtype=torch.bfloat16)
+        model = AutoModelForCausalLM.from_config(config or mistral_7b_v03_config(), dtype=torch.bfloat16)
     model.save_pretrained(directory)
     save_mistral_v3_tokenizer(directory)
     del model
@@ -532,7 +533,7 @@ def profile_table(suite: Suite, fn: Callable[[], Any], rows: int = 15) -> dict[s
             "table": events.table(sort_by=key, row_limit=rows)}
 
 
-def section_encode(suite: Suite) -> dict[str, Any]:
+def section_encode(suite: Suite, out: dict[str, Any]) -> None:
     plan, device = suite.plan, suite.device
     encoder = suite.encoder()
     flops = FlopModel.of(encoder)
@@ -544,17 +545,23 @@ def section_encode(suite: Suite) -> dict[str, Any]:
     docs = suite.random_ids(pool_size, plan.doc_tokens, seed=1)
     encoded = encoder.inputs.encode_ids(docs, is_query=False)
     ceilings = suite.result["ceilings"]
-    out: dict[str, Any] = {"doc_tokens": plan.doc_tokens, "input_tokens_per_doc": length,
-                           "flops_per_doc": per_doc_flops, "flop_count": " ".join(FlopModel.__doc__.split()),
-                           "sweep": []}
+    out.update({"doc_tokens": plan.doc_tokens, "input_tokens_per_doc": length, "flops_per_doc": per_doc_flops,
+                "flop_count": " ".join(FlopModel.__doc__.split()), "sweep": []})
     seconds_per_doc = suite.prior_seconds(per_doc_flops)
     for budget, size in sizes.items():
         if not suite.fits("encode", f"budget {budget}", seconds_per_doc * size * (plan.reps + 1)):
             continue
-        batches = fixed_batches(suite, encoded, size, plan.reps + 1)
-        rows = forward_rows(encoder, batches, device)[1:]
-        batch_flops = flops.batch(batches[-1])  # every batch holds the same number of tokens
-        del batches
+        try:
+            batches = fixed_batches(suite, encoded, size, plan.reps + 1)
+            rows = forward_rows(encoder, batches, device)[1:]
+            batch_flops = flops.batch(batches[-1])  # every batch holds the same number of tokens
+            del batches
+        except RuntimeError as exc:  # torch.OutOfMemoryError is one
+            if not is_oom(exc):
+                raise
+            out["sweep"].append({"token_budget": budget, "batch": size, "oom": True})
+            release_memory()
+            continue
         seconds = statistics.median(r["seconds"] for r in rows)
         tflops = batch_flops / seconds / 1e12
         seconds_per_doc = seconds / size
@@ -566,9 +573,10 @@ def section_encode(suite: Suite) -> dict[str, Any]:
                              "activation_peak_gb": max(r["activation_peak_gb"] for r in rows)})
         suite.log(f"encode budget {budget}: batch {size}, {size / seconds:.1f} docs/s, {tflops:.1f} TFLOP/s")
         release_memory()
-    if not out["sweep"]:
-        return out
-    best = max(out["sweep"], key=lambda r: r["docs_per_s"])
+        suite.save()
+    if not any("docs_per_s" in r for r in out["sweep"]):
+        return
+    best = max((r for r in out["sweep"] if "docs_per_s" in r), key=lambda r: r["docs_per_s"])
     out.update(best_token_budget=best["token_budget"], batch=best["batch"], docs_per_s=best["docs_per_s"],
                tokens_per_s=best["tokens_per_s"], tflops=best["tflops"], mfu=best["mfu"],
                mfu_vs_measured_matmul=best["mfu_vs_measured_matmul"], peak_mem_gb=best["peak_mem_gb"])
@@ -581,7 +589,6 @@ def section_encode(suite: Suite) -> dict[str, Any]:
         batch = fixed_batches(suite, encoded, best["batch"], 1)[0]
         out["profile"] = profile_table(suite, lambda: encoder.forward(batch))
         del batch
-    return out
 
 
 def end_to_end(suite: Suite, out: dict[str, Any], docs: list[list[int]], best: dict[str, Any]) -> None:
@@ -603,6 +610,7 @@ def compare_naive(suite: Suite, out: dict[str, Any], encoded: Sequence[Encoded],
     """The naive path at the best batch and at its own largest; then splade-es's largest batch."""
     encoder, size = suite.encoder(), best["batch"]
     seconds_per_doc = best["seconds_per_batch"] / size
+    measured = [r for r in out["sweep"] if "docs_per_s" in r]
 
     def encoded_for(batch: int) -> list[Encoded]:  # larger batches reuse documents: the cost is the same
         return [encoded[i % len(encoded)] for i in range(2 * batch)]
@@ -614,9 +622,9 @@ def compare_naive(suite: Suite, out: dict[str, Any], encoded: Sequence[Encoded],
             if not naive["oom"]:
                 out["speedup_vs_naive"] = best["docs_per_s"] / naive["docs_per_s"]
                 out["peak_memory_ratio"] = naive["activation_peak_gb"] / max(best["activation_peak_gb"], 1e-9)
-        naive_largest = largest_batch(suite, encoded_for, min(r["batch"] for r in out["sweep"]), seconds_per_doc,
+        naive_largest = largest_batch(suite, encoded_for, min(r["batch"] for r in measured), seconds_per_doc,
                                       "naive")
-    largest_row = max(out["sweep"], key=lambda r: r["batch"])
+    largest_row = max(measured, key=lambda r: r["batch"])
     ours_largest = largest_batch(suite, encoded_for, 2 * largest_row["batch"], seconds_per_doc, "splade_es",
                                  known={"batch": largest_row["batch"], "docs_per_s": largest_row["docs_per_s"],
                                         "peak_mem_gb": largest_row["peak_mem_gb"],
@@ -674,19 +682,19 @@ def latencies(fn: Callable[[], Any], device: torch.device, reps: int) -> dict[st
             "mean_ms": statistics.fmean(times), "reps": reps}
 
 
-def section_query(suite: Suite) -> dict[str, Any]:
+def section_query(suite: Suite, out: dict[str, Any]) -> None:
     encoder, device = suite.encoder(), suite.device
     model = encoder.backbone.model
     weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
     weight_bytes -= encoder.backbone.body.get_input_embeddings().weight.nbytes  # only the query's rows are read
     bandwidth = suite.result["ceilings"]["copy_gb_per_s"] * 1e9
     bound_ms = weight_bytes / bandwidth * 1000
-    out: dict[str, Any] = {"weight_bytes_read": weight_bytes, "bound_ms": bound_ms,
-                           "bound": "weights once (input embeddings excluded: a query reads its own rows) "
-                                    "at the measured device-to-device copy bandwidth",
-                           "torch_compile": "not tried: its compile time would come out of the window; the CUDA "
-                                            "graph removes the launch overhead that dominates batch 1",
-                           "lengths": {}}
+    out.update({"weight_bytes_read": weight_bytes, "bound_ms": bound_ms,
+                "bound": "weights once (input embeddings excluded: a query reads its own rows) "
+                         "at the measured device-to-device copy bandwidth",
+                "torch_compile": "not tried: its compile time would come out of the window; the CUDA "
+                                 "graph removes the launch overhead that dominates batch 1",
+                "lengths": {}})
     if not suite.cuda:
         suite.substitute("query CUDA graph", "not captured on CPU; the same static function runs eagerly")
     for n, ids in zip(QUERY_LENGTHS, (suite.random_ids(1, n, seed=2 + n)[0] for n in QUERY_LENGTHS)):
@@ -718,7 +726,6 @@ def section_query(suite: Suite) -> dict[str, Any]:
         out.update(p50_ms=worst["p50_ms"], p99_ms=worst["p99_ms"], p50_over_bound=worst["p50_ms"] / bound_ms,
                    targets={"p50 <= 2 x bound": worst["p50_ms"] <= 2 * bound_ms},
                    p50_basis="the slower of the query lengths, each at its fastest method")
-    return out
 
 
 # ------------------------------------------------------------------ train
@@ -740,7 +747,7 @@ def step_seconds(log: Path, batch: int) -> list[float]:
         return [batch / float(row["examples_per_s"]) for row in csv.DictReader(handle)]
 
 
-def section_train(suite: Suite) -> dict[str, Any]:
+def section_train(suite: Suite, out: dict[str, Any]) -> None:
     from splade_es.trainer.config import TrainConfig
     from splade_es.trainer.loop import Trainer
 
@@ -759,7 +766,7 @@ def section_train(suite: Suite) -> dict[str, Any]:
     config = TrainConfig.load(RECIPE, overrides)
     started = time.monotonic()
     trainer = Trainer(config, show_progress=False)
-    out: dict[str, Any] = {
+    out.update({
         "recipe": RECIPE.relative_to(ROOT).as_posix(), "overrides": overrides[1:],
         "quantization": "4-bit NF4, double quantisation, bf16 compute" if suite.cuda else "none",
         "lora": {"r": config.lora.r, "alpha": config.lora.alpha, "dropout": config.lora.dropout,
@@ -767,7 +774,7 @@ def section_train(suite: Suite) -> dict[str, Any]:
         "mode": config.model.mode, "max_length": config.model.max_length,
         "gradient_checkpointing": config.model.gradient_checkpointing, "gradient_cache_chunk": plan.train_chunk,
         "effective_batch": plan.train_batch, "load_s": time.monotonic() - started,
-        "trainable_parameters": sum(p.numel() for p in trainer.parameters)}
+        "trainable_parameters": sum(p.numel() for p in trainer.parameters)})
     inputs = trainer.encoder.inputs  # the training max length cuts each copy
     tokens_per_example = statistics.fmean(len(q) + len(d) for q, d in zip(inputs.encode(queries, True),
                                                                            inputs.encode(docs, False)))
@@ -807,15 +814,14 @@ def section_train(suite: Suite) -> dict[str, Any]:
         out.pop("fits_80gb", None)
     del trainer
     release_memory()
-    return out
 
 
 # ------------------------------------------------------------------ quantized
-def section_quantized(suite: Suite) -> dict[str, Any]:
+def section_quantized(suite: Suite, out: dict[str, Any]) -> None:
     plan, device = suite.plan, suite.device
     docs = suite.random_ids(plan.quant_docs, plan.doc_tokens, seed=7)
     suite.drop_encoder()
-    out: dict[str, Any] = {"docs": plan.quant_docs, "batch": plan.quant_batch}
+    out.update(docs=plan.quant_docs, batch=plan.quant_batch)
     reference: torch.Tensor | None = None
     load_estimate = 60.0 if suite.cuda else 5.0
     for name in ("bf16", "8bit", "4bit"):
@@ -861,11 +867,11 @@ def section_quantized(suite: Suite) -> dict[str, Any]:
         del encoder, batches
         release_memory()
         suite.save()
-    return out
 
 
 # ------------------------------------------------------------------ main
-RUNNERS: dict[str, Callable[[Suite], dict[str, Any]]] = {
+# Each section fills its dict in place: what it measured before a failure stays in the JSON.
+RUNNERS: dict[str, Callable[[Suite, dict[str, Any]], None]] = {
     "encode": section_encode, "query": section_query, "train": section_train, "quantized": section_quantized}
 
 
@@ -898,7 +904,8 @@ def run(args: argparse.Namespace) -> int:
                 suite.result["skipped"].append({"section": name, "what": "all", "reason": "would pass the deadline"})
             else:
                 suite.log(f"section {name} ({suite.budget.left():.0f}s in its share)")
-                attempt(suite, name, lambda: suite.result.__setitem__(name, RUNNERS[name](suite)))
+                out = suite.result.setdefault(name, {})
+                attempt(suite, name, lambda: RUNNERS[name](suite, out))
     finally:
         suite.cleanup()
     suite.save()
