@@ -102,9 +102,9 @@ class Plan:
     copy_mib: int
 
 
-FULL = Plan(doc_tokens=256, budgets=(16384, 32768, 65536, 131072), reps=2, try_seconds=15.0, memory_budget_gib=None, query_reps=100,
-            train_batch=64, train_chunk=32, timed_steps=5, peak_batch=512, quant_docs=128, quant_batch=64,
-            matmul_n=8192, copy_mib=4096)
+FULL = Plan(doc_tokens=256, budgets=(16384, 32768, 65536, 131072), reps=2, try_seconds=15.0,
+            memory_budget_gib=None, query_reps=100, train_batch=64, train_chunk=32, timed_steps=5,
+            peak_batch=512, quant_docs=128, quant_batch=64, matmul_n=8192, copy_mib=4096)
 # On CPU the tiny model's cost is its 32768-entry LM head: shorter documents keep the run short.
 TINY = Plan(doc_tokens=64, budgets=(512, 1024, 2048), reps=2, try_seconds=1.0, memory_budget_gib=0.5, query_reps=10,
             train_batch=4, train_chunk=2, timed_steps=5, peak_batch=8, quant_docs=4, quant_batch=2,
@@ -313,7 +313,9 @@ class Suite:
             self.substitute("dtype", "float32 instead of bf16: this CPU has no native bf16 (it would be emulated)")
 
     def _device_name(self) -> str:
-        return torch.cuda.get_device_name(self.device) if self.cuda else f"cpu ({platform.machine()}, {os.cpu_count()} cores)"
+        if self.cuda:
+            return torch.cuda.get_device_name(self.device)
+        return f"cpu ({platform.machine()}, {os.cpu_count()} cores)"
 
     def _driver(self) -> str | None:
         if not self.cuda:
@@ -481,7 +483,6 @@ def run_batch_size(suite: Suite, encoded: Sequence[Encoded], size: int, warm_up:
     except RuntimeError as exc:  # torch.OutOfMemoryError is one
         if not is_oom(exc):
             raise
-        release_memory()
         return {"batch": size, "oom": True}
     finally:
         release_memory()
@@ -760,8 +761,9 @@ def section_train(suite: Suite, out: dict[str, Any]) -> None:
     suite.drop_encoder()  # the trainer loads its own (4-bit) model
     overrides = [f'model.backbone="{suite.model_dir}"', f'model.quantization="{quantization}"',
                  f'data.datasets=[{{path = "{pairs}"}}]', f"batch.size={plan.train_batch}",
-                 f"batch.chunk_size={plan.train_chunk}", f"model.max_length={plan.doc_tokens}", f'run.output_dir="{suite.scratch / "train"}"',
-                 f'run.device="{suite.device}"', "run.tensorboard=false", "run.log_every=1",
+                 f"batch.chunk_size={plan.train_chunk}", f"model.max_length={plan.doc_tokens}",
+                 f'run.output_dir="{suite.scratch / "train"}"', f'run.device="{suite.device}"',
+                 "run.tensorboard=false", "run.log_every=1",
                  "run.save_every=1000000", "optim.max_steps=1000000"]
     config = TrainConfig.load(RECIPE, overrides)
     started = time.monotonic()
