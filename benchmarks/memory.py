@@ -2,14 +2,35 @@
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
+_STATUS = Path("/proc/self/status")
+
+
+def _status_kib(field: str) -> int:
+    """A ``/proc/self/status`` figure in KiB (Linux; 0 elsewhere)."""
+    try:
+        found = re.search(rf"^{field}:\s+(\d+)", _STATUS.read_text(encoding="ascii"), re.MULTILINE)
+    except OSError:
+        return 0
+    return int(found.group(1)) if found else 0
+
 
 def rss_bytes() -> int:
-    """This process's resident set size now (Linux ``/proc``; 0 elsewhere)."""
+    """This process's resident set size now."""
+    return _status_kib("VmRSS") * 1024
+
+
+def reset_peak_rss() -> bool:
+    """Start a new peak-RSS window (Linux ``clear_refs``); False where the kernel does not allow it."""
     try:
-        with open("/proc/self/status", encoding="ascii") as status:
-            for line in status:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) * 1024
+        Path("/proc/self/clear_refs").write_text("5", encoding="ascii")
     except OSError:
-        pass
-    return 0
+        return False
+    return True
+
+
+def peak_rss_bytes() -> int:
+    """The largest resident set size since the process started or since :func:`reset_peak_rss`."""
+    return _status_kib("VmHWM") * 1024

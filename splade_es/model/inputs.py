@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 import torch
 
+from splade_es.errors import InputError
 from splade_es.model.config import PROMPT_SLOT, TEXT_SLOT, SpladeConfig
 
 
@@ -73,7 +74,14 @@ class InputBuilder:
         if self.config.mode == "mlm":
             usual = self.tokenizer(list(texts), truncation=True, max_length=self.config.max_length)["input_ids"]
             return [Encoded(list(ids), [True] * len(ids)) for ids in usual]
-        text_ids = self.tokenizer(list(texts), add_special_tokens=False)["input_ids"]
+        return self.encode_ids(self.tokenizer(list(texts), add_special_tokens=False)["input_ids"], is_query)
+
+    def encode_ids(self, text_ids: Sequence[Sequence[int]], is_query: bool) -> list[Encoded]:
+        """Model inputs for texts given as token ids (no special tokens), e.g. inputs of an exact
+        length for benchmarks; each text is truncated to ``max_length`` as :meth:`encode` does.
+        Decoder modes only: a masked LM's special tokens come from its tokenizer's own call."""
+        if self.config.mode == "mlm":
+            raise InputError("token-id input needs a decoder mode (echo, causal, bidirectional); mode is 'mlm'")
         head, middle, tail = self._pieces[is_query]
         return [self._decoder(list(ids)[: self.config.max_length], head, middle, tail) for ids in text_ids]
 

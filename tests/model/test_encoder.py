@@ -242,3 +242,22 @@ def test_bad_splade_config_names_the_key(tmp_path, tiny_mistral_dir):
     (bundle / "splade_config.json").write_text("{not json")
     with pytest.raises(ConfigError, match="invalid JSON at line 1"):
         SparseEncoder.from_pretrained(bundle)
+
+
+@pytest.mark.parametrize("head", ["split", "full"])
+def test_encoding_keeps_no_key_value_cache(encoders, head):
+    """A decoder's default KV cache would cost a 7B model 128 KiB per token and is never read."""
+    encoder = encoders["echo"]
+    outputs = []
+    module = encoder.backbone.body if head == "split" else encoder.backbone.lm
+    hook = module.register_forward_hook(lambda _module, _args, output: outputs.append(output))
+    saved = encoder.backbone.head
+    try:
+        if head == "full":
+            encoder.backbone.head = None
+        encoder.encode_documents(["a flat plate in supersonic flow"])
+    finally:
+        encoder.backbone.head = saved
+        hook.remove()
+    assert outputs and all(getattr(o, "cache", None) is None and getattr(o, "past_key_values", None) is None
+                           for o in outputs)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from splade_es.errors import InputError
 from splade_es.model.config import SpladeConfig
 from splade_es.model.inputs import InputBuilder, plan_batches
 
@@ -88,3 +89,17 @@ def test_plan_batches_respects_budget_and_covers_everything():
         assert len(batch) <= 3
         assert len(batch) == 1 or len(batch) * max(lengths[i] for i in batch) <= 100
     assert batches[0] == [3], "an over-budget text gets a batch of its own"
+
+
+@pytest.mark.parametrize("mode", ["echo", "causal", "bidirectional"])
+@pytest.mark.parametrize("is_query", [False, True])
+def test_token_ids_in_give_what_text_in_gives(mistral_tokenizer, mode, is_query):
+    builder = InputBuilder(mistral_tokenizer, SpladeConfig(mode=mode, max_length=8))
+    texts = [TEXT, "supersonic flow over a slender cone with heat transfer at the wall"]
+    ids = [mistral_tokenizer(text, add_special_tokens=False)["input_ids"] for text in texts]
+    assert builder.encode_ids(ids, is_query) == builder.encode(texts, is_query)
+
+
+def test_token_ids_in_is_refused_for_a_masked_lm(mistral_tokenizer):
+    with pytest.raises(InputError, match="decoder mode"):
+        InputBuilder(mistral_tokenizer, SpladeConfig(mode="mlm")).encode_ids([[5, 6]], is_query=False)
