@@ -1,0 +1,75 @@
+"""The trainable encoder: a SparseEncoder whose backbone carries a LoRA adapter (or is fully
+trainable), with the LM head frozen so logits keep meaning "vocabulary token j"."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import torch
+
+from splade_es.errors import ConfigError
+from splade_es.model import backbone as bb
+from splade_es.model.encoder import SparseEncoder
+from splade_es.trainer.config import TrainConfig
+
+
+def build_encoder(config: TrainConfig, device: torch.device) -> SparseEncoder:
+    """Load the backbone (4-bit for QLoRA), attach LoRA per the config, freeze the head."""
+    model_cfg = config.model
+    quantization = None if model_cfg.quantization == "none" else model_cfg.quantization
+    dtype = torch.bfloat16 if quantization else torch.float32  # trainable weights stay float32
+    encoder = SparseEncoder.from_pretrained(model_cfg.backbone, device=str(device), dtype=dtype,
+                                            quantization=quantization, mode=model_cfg.mode)
+    encoder.config = replace(encoder.config, max_length=model_cfg.max_length, mode=model_cfg.mode)
+    encoder.inputs.config = encoder.config
+    model = encoder.backbone.model
+    if quantization:
+        from peft import prepare_model_for_kbit_training
+
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=model_cfg.gradient_checkpointing)
+    elif model_cfg.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if model_cfg.init_adapter:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, model_cfg.init_adapter, is_trainable=True)
+    elif config.lora.enabled:
+        from peft import LoraConfig, get_peft_model
+
+        lora = config.lora
+        missing = [name for name in lora.target_modules
+                   if not any(module.endswith(name) for module, _ in model.named_modules())]
+        if missing:
+            raise ConfigError(f"lora.target_modules {missing} are not modules of {model_cfg.backbone}")
+        model = get_peft_model(model, LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+                                                 target_modules=list(lora.target_modules), bias="none"))
+    if model_cfg.gradient_checkpointing and hasattr(model, "enable_input_require_grads"):
+        model.enable_input_require_grads()
+    encoder.backbone = bb.Backbone(model, encoder.backbone.is_mlm)
+    head = encoder.backbone.lm.get_output_embeddings()
+    for parameter in head.parameters():
+        parameter.requires_grad_(False)
+    if not trainable_parameters(encoder):
+        raise ConfigError("nothing to train: enable lora, or give lora.enabled = false for full fine-tuning")
+    encoder.backbone.model.train()
+    return encoder
+
+
+def trainable_parameters(encoder: SparseEncoder) -> list[torch.nn.Parameter]:
+    return [p for p in encoder.backbone.model.parameters() if p.requires_grad]
+
+
+def trainable_state(encoder: SparseEncoder) -> dict[str, torch.Tensor]:
+    """Only what training changes (the adapter, or every unfrozen weight)."""
+    names = {id(p) for p in trainable_parameters(encoder)}
+    return {k: v.detach().clone() for k, v in encoder.backbone.model.named_parameters() if id(v) in names}
+
+
+def load_trainable_state(encoder: SparseEncoder, state: dict[str, torch.Tensor]) -> None:
+    parameters = dict(encoder.backbone.model.named_parameters())
+    unknown = sorted(set(state) - set(parameters))
+    if unknown:
+        raise ConfigError(f"checkpoint holds parameters this model lacks, e.g. {unknown[0]}")
+    with torch.no_grad():
+        for name, value in state.items():
+            parameters[name].copy_(value)
