@@ -153,8 +153,6 @@ class ExampleStore(Sequence):
         self._handle = (directory / "examples.bin").open("rb")
         size = os.fstat(self._handle.fileno()).st_size
         self._data = mmap.mmap(self._handle.fileno(), 0, access=mmap.ACCESS_READ) if size else b""
-        if size and hasattr(mmap, "MADV_RANDOM"):  # reads are scattered: no read-ahead around each one
-            self._data.madvise(mmap.MADV_RANDOM)
 
     def __len__(self) -> int:
         return len(self.offsets) - 1
