@@ -17,9 +17,15 @@ def _status_kib(field: str) -> int:
     return int(found.group(1)) if found else 0
 
 
+def status_bytes(field: str) -> int:
+    """One ``/proc/self/status`` size of this process now (``VmRSS``, ``RssAnon``, ``RssFile``...);
+    0 where there is no such file (not Linux)."""
+    return _status_kib(field) * 1024
+
+
 def rss_bytes() -> int:
     """This process's resident set size now."""
-    return _status_kib("VmRSS") * 1024
+    return status_bytes("VmRSS")
 
 
 def reset_peak_rss() -> bool:

@@ -60,8 +60,8 @@ class SparseEncoder:
         self.batch_tokens = batch_tokens or (65536 if backbone.device.type == "cuda" else 8192)
         self.max_batch_size = max_batch_size
         self.head_chunk_tokens = head_chunk_tokens
-        special = [i for i in tokenizer.all_special_ids if i < backbone.vocab_size]
-        self._special_ids = torch.tensor(sorted(set(special)), dtype=torch.long)
+        backbone.set_attention(config.mode == "bidirectional")  # refuses attention kernels it cannot verify
+        self._special_ids = torch.tensor(bb.special_token_ids(tokenizer, backbone.vocab_size), dtype=torch.long)
 
     # ----------------------------------------------------------------- loading
     @classmethod

@@ -8,7 +8,11 @@ per-term maximum and the position it came from, and the activation runs once
 on ``[batch, vocab]``. Only that arg-max position carries a term's gradient,
 and only for terms that are active (positive logit), so the backward pass is a
 sparse gather-scatter instead of a second dense projection: the same gradients
-as autograd through the full logits, at a fraction of the time and memory.
+as autograd through the full logits, at a fraction of the time and memory,
+whenever each maximum is attained at one position. On a tie (a token repeated
+with the same context, say) the whole gradient goes to the first such position,
+where autograd's ``amax`` splits it evenly: both are valid subgradients of the
+max, with the same sum over the tied positions.
 :func:`pool_full_logits` is the straightforward version, for models whose head
 cannot be split off.
 """
@@ -31,11 +35,20 @@ class VocabHead:
     """An LM head split as ``projection(transform(h))``.
 
     ``transform`` (BERT's dense + LayerNorm, none for decoders) is per token and
-    cheap, so it runs under plain autograd; ``projection`` maps to the vocabulary.
+    cheap, so it runs under plain autograd; ``projection`` maps to the vocabulary;
+    ``post`` is an elementwise, non-decreasing map some families apply to their
+    logits (Gemma-2's soft-capping, Cohere's scale), so it commutes with the max
+    and runs on the pooled ``[batch, vocab]`` maxima only.
     """
 
     projection: torch.nn.Linear
     transform: Callable[[torch.Tensor], torch.Tensor] | None = None
+    post: Callable[[torch.Tensor], torch.Tensor] | None = None
+
+    def logits(self, states: torch.Tensor) -> torch.Tensor:
+        """The model's logits for ``[tokens, hidden]`` last-layer states."""
+        logits = self.projection(states if self.transform is None else self.transform(states))
+        return logits if self.post is None else self.post(logits)
 
 
 def pool_pooled_positions(hidden: torch.Tensor, pool_mask: torch.Tensor, head: VocabHead,
@@ -53,6 +66,8 @@ def pool_pooled_positions(hidden: torch.Tensor, pool_mask: torch.Tensor, head: V
         maxima = _MaxProjection.apply(*parameters, ends, chunk_tokens)
     else:  # encoding: no arg-max bookkeeping
         maxima, _ = _max_projection(*parameters, ends, chunk_tokens, track_positions=False)
+    if head.post is not None:
+        maxima = head.post(maxima)
     return torch.log1p(torch.relu(maxima))
 
 

@@ -19,6 +19,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
+NEGATIVE_POLICIES = ("auto", "use", "drop", "ignore")
 MISTRAL_PROJECTIONS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
@@ -75,6 +76,9 @@ class DatasetConfig:
     weight: float = 1.0
     format: str = "auto"  # auto | sentence-transformers | beir
     split: str = "train"  # BEIR layout: qrels/<split>.tsv
+    # auto: used when every example has one (with only some, none are used; logged) | use: every
+    # example must have one | drop: examples without one are left out (counted) | ignore
+    negatives: str = "auto"
 
 
 @dataclass
@@ -83,6 +87,7 @@ class DataConfig:
     on_bad_line: str = "count"  # count | fail
     datasets: list[DatasetConfig] = field(default_factory=list)
     adapt_text: list[str] = field(default_factory=list)  # --stage adapt: unlabelled text files
+    cache_dir: str = ""  # parsed, memory-mapped datasets (default: the user cache directory)
 
 
 @dataclass
@@ -130,6 +135,8 @@ class TrainConfig:
         for dataset in config.data.datasets:
             dataset.path = str(_relative_to(base, dataset.path))
         config.data.adapt_text = [str(_relative_to(base, p)) for p in config.data.adapt_text]
+        if config.data.cache_dir:
+            config.data.cache_dir = str(_relative_to(base, config.data.cache_dir))
         return config
 
     @classmethod
@@ -238,4 +245,6 @@ def _check(config: TrainConfig) -> None:
             raise ConfigError(f"data.datasets[{i}] ({dataset.name or dataset.path}): weight must be > 0")
         if dataset.format not in ("auto", "sentence-transformers", "beir"):
             raise ConfigError(f"data.datasets[{i}].format = {dataset.format!r}: choose auto, sentence-transformers, beir")
+        if dataset.negatives not in NEGATIVE_POLICIES:
+            raise ConfigError(f"data.datasets[{i}].negatives = {dataset.negatives!r}: choose {', '.join(NEGATIVE_POLICIES)}")
         dataset.name = dataset.name or Path(dataset.path).name.split(".")[0]

@@ -1,7 +1,8 @@
 """Gradient caching: an effective batch of any size on fixed memory, exactly.
 
-1. Encode every chunk without a graph, remembering each chunk's RNG state (a group that fits
-   in one chunk keeps its graph instead and skips step 3).
+1. Encode every chunk without a graph, remembering each chunk's RNG state (the last group,
+   when it fits in one chunk, keeps its graph instead and skips step 3: at most one graph
+   is alive at any time, so activation memory is one chunk's whatever the number of groups).
 2. Gather all ranks' representations, compute the loss on the whole batch (InfoNCE and
    FLOPS both need it), and take its gradient with respect to the representations only.
 3. Re-encode chunk by chunk with a graph, replaying each chunk's RNG state so dropout masks
@@ -64,11 +65,11 @@ def cached_step(encode: Encode, groups: Sequence[Sequence[Any]], chunk_size: int
     rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
     cached: list[list[tuple[Sequence[Any], _RngState]] | None] = []
     local_reps: list[torch.Tensor] = []
-    for group in groups:
+    for index, group in enumerate(groups):
         chunks = _chunks(group, chunk_size)
-        # A group that fits in one chunk keeps its graph: there is nothing to replay, and
-        # encoding it twice would cost a third more compute for the same gradients.
-        keep_graph = len(chunks) == 1
+        # The last group, if it fits in one chunk, keeps its graph: nothing to replay for it, and
+        # its graph is the only one alive until it is back-propagated first, below.
+        keep_graph = len(chunks) == 1 and index == len(groups) - 1
         pieces, reps = [], []
         for chunk in chunks:
             state = _RngState.capture()
@@ -81,11 +82,13 @@ def cached_step(encode: Encode, groups: Sequence[Sequence[Any]], chunk_size: int
     loss, parts = loss_fn(full)
     loss.backward()
     after = _RngState.capture()
-    for reps, pieces, local in zip(full, cached, local_reps):
-        start = rank * local.shape[0]
-        grad = reps.grad[start:start + local.shape[0]]
+    grads = [reps.grad[rank * local.shape[0]:(rank + 1) * local.shape[0]] for reps, local in zip(full, local_reps)]
+    del full
+    if cached[-1] is None:
+        local_reps[-1].backward(grads[-1])
+    del local_reps
+    for grad, pieces in zip(grads, cached):
         if pieces is None:
-            local.backward(grad)
             continue
         offset = 0
         for chunk, state in pieces:
@@ -99,9 +102,11 @@ def cached_step(encode: Encode, groups: Sequence[Sequence[Any]], chunk_size: int
 
 
 def all_reduce_gradients(parameters: Sequence[torch.nn.Parameter]) -> None:
-    """Sum gradients over ranks: each rank holds d(global loss)/d(params) through its own rows."""
+    """Sum gradients over ranks: each rank holds d(global loss)/d(params) through its own rows.
+    A parameter this rank did not reach gets a zero gradient, so every rank joins every all-reduce."""
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
         return
     for parameter in parameters:
-        if parameter.grad is not None:
-            dist.all_reduce(parameter.grad)
+        if parameter.grad is None:
+            parameter.grad = torch.zeros_like(parameter)
+        dist.all_reduce(parameter.grad)

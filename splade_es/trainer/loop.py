@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import math
 import os
 import random
@@ -27,10 +28,11 @@ from splade_es.model.encoder import SparseEncoder
 from splade_es.io.ranks import Ranks
 from splade_es.trainer import losses
 from splade_es.trainer.config import TrainConfig
-from splade_es.trainer.data import Example, MixtureSampler, iter_adapt_texts, load_dataset
+from splade_es.trainer.data import Dataset, MixtureSampler, iter_adapt_texts, load_dataset
 from splade_es.trainer.gradcache import all_reduce_gradients, cached_step
-from splade_es.trainer.model import build_encoder, load_trainable_state, trainable_parameters, trainable_state
+from splade_es.trainer.trainable import build_encoder, load_trainable_state, trainable_parameters, trainable_state
 
+_log = logging.getLogger(__name__)
 STAGES = ("contrastive", "adapt")
 LOG_FIELDS = ["step", "stage", "dataset", "loss", "info_nce", "flops_q", "flops_d", "lambda_q", "lambda_d",
               "active_q", "active_d", "clm", "relu", "lr", "grad_norm", "examples_per_s"]
@@ -59,16 +61,25 @@ class Trainer:
         self.output = Path(config.run.output_dir)
         _seed_everything(config.run.seed)  # the same adapter initialisation on every rank
         if stage == "contrastive":
-            datasets = [load_dataset(spec, config.data.on_bad_line, config.data.seed) for spec in config.data.datasets]
+            datasets = self._load_datasets()
+            self.datasets = {d.name: d for d in datasets}
             self.sampler = MixtureSampler(datasets, [spec.weight for spec in config.data.datasets], config.batch.size,
                                           config.data.seed)
             self.bad_lines = {d.name: d.bad_lines for d in datasets}
             if config.batch.size % self.ranks.world_size:
                 raise ConfigError(f"batch.size {config.batch.size} is not divisible by {self.ranks.world_size} ranks")
         else:
+            if config.model.mode == "mlm":
+                raise ConfigError("--stage adapt trains next-token prediction (CSPLADE), which a masked LM "
+                                  "(model.mode = \"mlm\") does not do; run the contrastive stage directly")
             self.texts = list(iter_adapt_texts(config.data.adapt_text))
             if not self.texts:
                 raise ConfigError("--stage adapt needs unlabelled text: data.adapt_text = [files]")
+            if len(self.texts) < config.batch.size:
+                raise ConfigError(f"--stage adapt: data.adapt_text holds {len(self.texts)} texts, fewer than one "
+                                  f"batch (batch.size = {config.batch.size}): add text or lower batch.size")
+            if config.batch.size % self.ranks.world_size:
+                raise ConfigError(f"batch.size {config.batch.size} is not divisible by {self.ranks.world_size} ranks")
             self.bad_lines = {}
         self.encoder: SparseEncoder = build_encoder(config, self.device)
         self.parameters = trainable_parameters(self.encoder)
@@ -139,7 +150,7 @@ class Trainer:
     def _contrastive_step(self) -> dict[str, Any]:
         name, examples = self.sampler.batch(self.step, self.ranks.rank, self.ranks.world_size)
         groups = [[(True, e.query) for e in examples], [(False, e.positive) for e in examples]]
-        if _all_have_negatives(examples):
+        if self.datasets[name].uses_negatives:  # decided at load time: the same groups on every rank
             groups.append([(False, e.negatives[0]) for e in examples])
         loss_cfg = self.config.loss
         lambda_q = losses.lambda_at(self.step, loss_cfg.lambda_q, loss_cfg.lambda_warmup_steps)
@@ -160,22 +171,39 @@ class Trainer:
         return {"loss": loss, "dataset": name, "lambda_q": lambda_q, "lambda_d": lambda_d, **parts}
 
     def _adapt_step(self) -> dict[str, Any]:
+        """CSPLADE's adaptation loss as one mean over every target token of the global batch:
+        each rank back-propagates its token sums divided by the global token count, so the
+        summed gradients are those of one process holding the whole batch."""
         rng = random.Random(f"{self.config.data.seed}/adapt/{self.step}")
         per_rank = self.config.batch.size // self.ranks.world_size
-        picked = rng.sample(range(len(self.texts)), min(len(self.texts), self.config.batch.size))
-        texts = [self.texts[i] for i in picked][self.ranks.rank * per_rank:(self.ranks.rank + 1) * per_rank]
-        totals = {"loss": 0.0, "clm": 0.0, "relu": 0.0}
-        for start in range(0, len(texts), self.config.batch.chunk_size):
-            chunk = texts[start:start + self.config.batch.chunk_size]
-            input_ids, attention_mask = self._causal_batch(chunk)
+        picked = rng.sample(range(len(self.texts)), self.config.batch.size)
+        texts = [self.texts[i] for i in picked[self.ranks.rank * per_rank:(self.ranks.rank + 1) * per_rank]]
+        chunk_size = self.config.batch.chunk_size
+        batches = [self._causal_batch(texts[i:i + chunk_size]) for i in range(0, len(texts), chunk_size)]
+        local = sum(int(mask[:, 1:].sum()) for _, mask in batches)
+        count = max(float(_all_reduce_sum(torch.tensor([local], dtype=torch.float64))), 1.0)
+        lambda_relu = self.config.loss.lambda_relu
+        sums = torch.zeros(2, dtype=torch.float64)
+        for input_ids, attention_mask in batches:
             with self._autocast():
-                logits = self.encoder.backbone.model(input_ids=input_ids, attention_mask=attention_mask).logits
-            loss, clm, relu = losses.adaptation_loss(logits, input_ids, attention_mask, self.config.loss.lambda_relu)
-            share = len(chunk) / len(texts)
-            (loss * share).backward()
-            for key, value in (("loss", loss), ("clm", clm), ("relu", relu)):
-                totals[key] += float(value.detach()) * share
-        return {**totals, "dataset": "adapt"}
+                part = self._adaptation_sums(input_ids, attention_mask)
+            ((part[0] + lambda_relu * part[1]) / count).backward()
+            sums += part.detach().cpu()
+        clm, relu = (_all_reduce_sum(sums) / count).tolist()
+        return {"loss": clm + lambda_relu * relu, "clm": clm, "relu": relu, "dataset": "adapt"}
+
+    def _adaptation_sums(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Summed next-token cross-entropies (CLM, ReLU) of one chunk of texts, from the
+        hidden states through the pooling's head, a few thousand tokens at a time."""
+        backbone = self.encoder.backbone
+        predicts = attention_mask[:, 1:].bool()  # position i predicts token i + 1 when that is not padding
+        targets = input_ids[:, 1:][predicts]
+        if backbone.head is None:  # a head that cannot be split off: full logits, as pooling does
+            logits = backbone.model(input_ids=input_ids, attention_mask=attention_mask).logits
+            return losses.adaptation_sums(logits[:, :-1][predicts], targets)
+        hidden = backbone.hidden_states(input_ids, attention_mask, bidirectional=False)
+        return losses.chunked_adaptation_sums(hidden[:, :-1][predicts], targets, backbone.head,
+                                              self.encoder.head_chunk_tokens)
 
     def _causal_batch(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """``<s>`` + text, right-padded (padding masked out of the loss)."""
@@ -195,22 +223,27 @@ class Trainer:
         return sorted(found, key=lambda p: int(p.name.rsplit("-", 1)[1]))
 
     def _save_checkpoint(self) -> None:
-        if not self.ranks.is_main:
-            self._barrier()
-            return
+        """Rank 0 writes the model, optimizer, scheduler and sampler; every rank its own RNG
+        state (dropout streams differ per rank), into a staging directory renamed at the end."""
         target = self.output / "checkpoints" / f"{self.stage}-step-{self.step}"
         staging = target.with_name(target.name + ".tmp")
-        shutil.rmtree(staging, ignore_errors=True)
-        staging.mkdir(parents=True)
-        torch.save({"model": trainable_state(self.encoder), "optimizer": self.optimizer.state_dict(),
-                    "scheduler": self.scheduler.state_dict(), "rng": _rng_state()}, staging / "state.pt")
-        state = {"step": self.step, "stage": self.stage, "config": self.config.to_dict(),
-                 "sampler": self.sampler.state_dict() if self.stage == "contrastive" else None}
-        (staging / "trainer_state.json").write_text(json.dumps(state, indent=1))
-        shutil.rmtree(target, ignore_errors=True)
-        os.replace(staging, target)
-        for old in self._checkpoints()[:-self.config.run.keep_checkpoints]:
-            shutil.rmtree(old, ignore_errors=True)
+        if self.ranks.is_main:
+            shutil.rmtree(staging, ignore_errors=True)
+            staging.mkdir(parents=True)
+            torch.save({"model": trainable_state(self.encoder), "optimizer": self.optimizer.state_dict(),
+                        "scheduler": self.scheduler.state_dict()}, staging / "state.pt")
+            state = {"step": self.step, "stage": self.stage, "world_size": self.ranks.world_size,
+                     "config": self.config.to_dict(),
+                     "sampler": self.sampler.state_dict() if self.stage == "contrastive" else None}
+            (staging / "trainer_state.json").write_text(json.dumps(state, indent=1))
+        self._barrier()
+        torch.save(_rng_state(), staging / f"rng-{self.ranks.rank}.pt")
+        self._barrier()
+        if self.ranks.is_main:
+            shutil.rmtree(target, ignore_errors=True)
+            os.replace(staging, target)
+            for old in self._checkpoints()[:-self.config.run.keep_checkpoints]:
+                shutil.rmtree(old, ignore_errors=True)
         self._barrier()
 
     def _resume(self) -> None:
@@ -226,7 +259,13 @@ class Trainer:
         if state.get("sampler"):
             self.sampler.load_state_dict(state["sampler"])
         self.step = int(state["step"])
-        _set_rng_state(saved["rng"])
+        rng = latest / f"rng-{self.ranks.rank}.pt"
+        if rng.is_file():
+            _set_rng_state(torch.load(rng, weights_only=False))
+        else:  # written by fewer ranks: this rank starts a fresh stream
+            _log.warning("%s has no RNG state for rank %d (written by %s ranks); seeding it afresh", latest,
+                         self.ranks.rank, state.get("world_size", "?"))
+            _seed_everything(self.config.run.seed + self.ranks.rank + 1_000_003 * self.step)
 
     def _save_bundle(self) -> Path:
         bundle = self.output / ("adapter" if self.stage == "adapt" else "bundle")
@@ -245,7 +284,25 @@ class Trainer:
     # ---------------------------------------------------------------- ranks
     def _init_distributed(self) -> None:
         if self.ranks.world_size > 1 and not dist.is_initialized():
-            dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+            if torch.cuda.is_available():
+                # Before the group: NCCL binds each rank's communicator to the current device, and
+                # without this every rank of a machine would start on GPU 0.
+                torch.cuda.set_device(self.ranks.local_rank % torch.cuda.device_count())
+                dist.init_process_group("nccl")
+            else:
+                dist.init_process_group("gloo")
+
+    def _load_datasets(self) -> list[Dataset]:
+        """The first rank of each machine parses what is not cached yet; the others then open the cache."""
+        data = self.config.data
+
+        def load() -> list[Dataset]:
+            return [load_dataset(spec, data.on_bad_line, data.seed, data.cache_dir or None) for spec in data.datasets]
+
+        first = self.ranks.local_rank == 0
+        datasets = load() if first else []
+        self._barrier()
+        return datasets if first else load()
 
     def _broadcast_parameters(self) -> None:
         """Rank 0's trainable weights everywhere, as DDP does, so every rank starts identical."""
@@ -272,8 +329,14 @@ def encode_chunk(encoder: SparseEncoder, chunk: list[tuple[bool, str]]) -> torch
     return encoder.forward(inputs.collate(inputs.encode([text for _, text in chunk], chunk[0][0])))
 
 
-def _all_have_negatives(examples: list[Example]) -> bool:
-    return all(e.negatives for e in examples)
+def _all_reduce_sum(value: torch.Tensor) -> torch.Tensor:
+    """``value`` summed over ranks (float64 on the CPU, gloo or NCCL alike)."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return value
+    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
+    total = value.to(device=device, dtype=torch.float64)
+    dist.all_reduce(total)
+    return total.cpu().to(value.dtype)
 
 
 def _seed_everything(seed: int) -> None:

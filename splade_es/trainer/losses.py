@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
+
+from splade_es.model.pooling import VocabHead
 
 
 def info_nce(queries: torch.Tensor, documents: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
@@ -27,16 +30,31 @@ def lambda_at(step: int, value: float, warmup_steps: int) -> float:
     return value * min(1.0, (step / warmup_steps) ** 2)
 
 
-def adaptation_loss(logits: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                    lambda_relu: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """CSPLADE's adaptation: ``L_CLM + lambda_relu * CE(log(1 + relu(shifted logits)), next)``.
+def adaptation_sums(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """CSPLADE's two adaptation terms for ``[tokens, vocab]`` logits and their next tokens,
+    summed over tokens: ``[CE(logits), CE(log(1 + relu(logits)))]``.
 
     The second term trains the log-saturated ReLU activations themselves to predict the next
-    token, so few vocabulary entries die before contrastive training. Returns (total, clm, relu).
+    token, so few vocabulary entries die before contrastive training. The caller divides by
+    the global number of target tokens and forms ``L_CLM + lambda_relu * L_ReLU``.
     """
-    shifted = logits[:, :-1].float()
-    targets = input_ids[:, 1:].masked_fill(attention_mask[:, 1:] == 0, -100)
-    clm = F.cross_entropy(shifted.reshape(-1, shifted.shape[-1]), targets.reshape(-1), ignore_index=-100)
-    relu_logits = torch.log1p(torch.relu(shifted))
-    relu = F.cross_entropy(relu_logits.reshape(-1, relu_logits.shape[-1]), targets.reshape(-1), ignore_index=-100)
-    return clm + lambda_relu * relu, clm, relu
+    logits = logits.float()
+    clm = F.cross_entropy(logits, targets, reduction="sum")
+    relu = F.cross_entropy(torch.log1p(torch.relu(logits)), targets, reduction="sum")
+    return torch.stack([clm, relu])
+
+
+def _head_sums(head: VocabHead, states: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    return adaptation_sums(head.logits(states), targets)
+
+
+def chunked_adaptation_sums(states: torch.Tensor, targets: torch.Tensor, head: VocabHead,
+                            chunk_tokens: int) -> torch.Tensor:
+    """:func:`adaptation_sums` of ``head(states)``, ``chunk_tokens`` rows at a time: each chunk's
+    logits are recomputed in the backward pass instead of kept, so peak memory is one chunk's
+    ``[chunk_tokens, vocab]``, never ``[texts, seq, vocab]``."""
+    total = torch.zeros(2, dtype=torch.float32, device=states.device)
+    for start in range(0, states.shape[0], chunk_tokens):
+        stop = start + chunk_tokens
+        total = total + checkpoint(_head_sums, head, states[start:stop], targets[start:stop], use_reentrant=False)
+    return total

@@ -22,7 +22,6 @@ import orjson
 from splade_es.errors import InputError
 from splade_es.io.atomic import atomic_text_file
 from splade_es.io.corpus import CorpusFormat, read_corpus
-from splade_es.toolkit.engines.local import BM25
 
 _SPACE = re.compile(r"\s+")
 
@@ -78,17 +77,38 @@ def title_pairs(corpus: CorpusFormat, title_field: str = "title", body_field: st
             stats.stripped += body != text.strip()
             titles.append(title)
             bodies.append(body)
-    bm25 = BM25(bodies) if negatives_depth > 0 and len(bodies) > 1 else None
+    bm25 = _BM25(bodies) if negatives_depth > 0 and len(bodies) > 1 else None
     rng = random.Random(seed)
     for row, (title, body) in enumerate(zip(titles, bodies)):
         negative = None
         if bm25 is not None:
-            scores = bm25.score(title)
+            scores = bm25.scores(title)
             ranked = np.argsort(-scores, kind="stable")[: negatives_depth + 1]
             candidates = [int(r) for r in ranked if r != row and scores[r] > 0 and bodies[r] != body]
             negative = bodies[rng.choice(candidates[:negatives_depth])] if candidates else None
         stats.pairs += 1
         yield TitlePair(title, body, negative)
+
+
+class _BM25:
+    """BM25 (Lucene's formula, k1 1.2, b 0.75) over the bodies with bm25s: lowercase words,
+    English stop words removed, Porter-stemmed, as the engines' ``english`` analyzer does."""
+
+    def __init__(self, texts: list[str]) -> None:
+        import bm25s
+        from snowballstemmer import stemmer
+
+        self._bm25s, self._stemmer = bm25s, stemmer("porter")
+        self.index = bm25s.BM25(k1=1.2, b=0.75, method="lucene")
+        self.index.index(self._tokenize(texts), show_progress=False)
+
+    def _tokenize(self, texts: list[str], return_ids: bool = True):
+        return self._bm25s.tokenize(texts, stopwords="en", stemmer=self._stemmer, return_ids=return_ids,
+                                    show_progress=False)
+
+    def scores(self, query: str) -> np.ndarray:
+        """Every body's score for ``query``."""
+        return self.index.get_scores(self._tokenize([query], return_ids=False)[0])
 
 
 def write_title_pairs(corpus: CorpusFormat, output: str | Path, **options) -> PairStats:

@@ -123,3 +123,22 @@ def test_a_wrapped_head_takes_the_full_forward(tiny_mistral_dir):
     expected = pool_full_logits(logits, batch.pool_mask).index_fill(1, encoder._special_ids, 0.0)
     torch.testing.assert_close(adapted, expected, atol=1e-5, rtol=1e-5)
     assert (adapted - plain).abs().max() > 1e-2
+
+
+@pytest.mark.parametrize("chunk_tokens", [1, 2, 1000])  # the tied rows in one chunk, or in two
+def test_a_tied_maximum_sends_the_whole_gradient_to_its_first_position(chunk_tokens):
+    """The documented subgradient: where autograd's amax splits the gradient evenly between
+    tied positions, the sparse backward gives it all to the first; the sums agree."""
+    hidden, pool_mask, head, upstream = _case()
+    hidden[0, 4] = hidden[0, 3]  # text 0: positions 3 and 4 tie on every term
+    expected, expected_hidden, _ = _grads(_reference(pool_mask), hidden, head, upstream)
+    pooled, grad_hidden, _ = _grads(lambda h, hd: pool_pooled_positions(h, pool_mask, hd, chunk_tokens), hidden, head,
+                                    upstream)
+    torch.testing.assert_close(pooled, expected, atol=1e-6, rtol=1e-5)
+    first, second = grad_hidden[0, 3], grad_hidden[0, 4]
+    reference = expected_hidden[0, 3] + expected_hidden[0, 4]
+    assert expected_hidden[0, 3].abs().sum() > 0
+    torch.testing.assert_close(expected_hidden[0, 3], expected_hidden[0, 4])  # amax: split evenly
+    torch.testing.assert_close(first + second, reference, atol=1e-5, rtol=1e-5)
+    assert second.abs().max() == 0 and first.abs().sum() > 0
+    torch.testing.assert_close(grad_hidden[1:], expected_hidden[1:], atol=1e-6, rtol=1e-5)  # other texts: exact

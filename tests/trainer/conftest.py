@@ -30,7 +30,7 @@ def tiny_config(tmp_path: Path, backbone: Path, pairs: Path, **sections) -> dict
         "loss": {"lambda_q": 0.001, "lambda_d": 0.001, "lambda_warmup_steps": 4},
         "optim": {"lr": 3e-3, "warmup_steps": 2, "max_steps": 6},
         "batch": {"size": 8, "chunk_size": 3},
-        "data": {"seed": 1, "datasets": [{"name": "cranfield", "path": str(pairs)}]},
+        "data": {"seed": 1, "datasets": [{"name": "cranfield", "path": str(pairs)}], "cache_dir": str(tmp_path / "cache")},
         "run": {"output_dir": str(tmp_path / "run"), "save_every": 2, "log_every": 1, "device": "cpu"},
     }
     for section, values in sections.items():

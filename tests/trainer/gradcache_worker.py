@@ -13,7 +13,7 @@ from splade_es.trainer.config import TrainConfig
 from splade_es.trainer.gradcache import all_reduce_gradients, cached_step
 from splade_es.trainer.loop import encode_chunk
 from splade_es.trainer.losses import flops, info_nce
-from splade_es.trainer.model import build_encoder, trainable_parameters
+from splade_es.trainer.trainable import build_encoder, trainable_parameters
 
 
 def encode_fn(encoder):

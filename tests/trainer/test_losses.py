@@ -33,11 +33,33 @@ def test_lambda_warms_up_quadratically_then_stays():
     assert losses.lambda_at(100, 0.03, 100) == pytest.approx(0.03) == losses.lambda_at(10_000, 0.03, 100)
 
 
-def test_the_adaptation_loss_adds_the_relu_term():
-    logits = torch.randn(2, 5, 11)
-    ids = torch.randint(0, 11, (2, 5))
-    mask = torch.ones(2, 5, dtype=torch.long)
-    total, clm, relu = losses.adaptation_loss(logits, ids, mask, lambda_relu=0.5)
-    expected_clm = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, 11), ids[:, 1:].reshape(-1))
-    assert float(clm) == pytest.approx(float(expected_clm), rel=1e-5)
-    assert float(total) == pytest.approx(float(clm) + 0.5 * float(relu), rel=1e-5)
+def _cross_entropy_by_hand(rows: list[list[float]], targets: list[int]) -> float:
+    return sum(math.log(sum(math.exp(x) for x in row)) - row[t] for row, t in zip(rows, targets))
+
+
+def test_the_adaptation_sums_are_both_cross_entropies_summed_over_tokens():
+    torch.manual_seed(0)
+    logits, targets = torch.randn(7, 11) * 3, torch.randint(0, 11, (7,))
+    clm, relu = losses.adaptation_sums(logits, targets).tolist()
+    rows = logits.tolist()
+    assert clm == pytest.approx(_cross_entropy_by_hand(rows, targets.tolist()), rel=1e-5)
+    activated = [[math.log1p(max(x, 0.0)) for x in row] for row in rows]
+    assert relu == pytest.approx(_cross_entropy_by_hand(activated, targets.tolist()), rel=1e-5)
+
+
+@pytest.mark.parametrize("chunk", [1, 3, 100])
+def test_chunked_adaptation_sums_match_one_pass_in_value_and_gradient(chunk):
+    from splade_es.model.pooling import VocabHead
+
+    torch.manual_seed(0)
+    projection = torch.nn.Linear(6, 13)
+    head = VocabHead(projection, post=lambda x: torch.tanh(x / 2) * 2)
+    states = torch.randn(10, 6, requires_grad=True)
+    targets = torch.randint(0, 13, (10,))
+    reference = losses.adaptation_sums(torch.tanh(projection(states) / 2) * 2, targets)
+    (reference[0] + 0.5 * reference[1]).backward()
+    expected_grad, states.grad = states.grad.clone(), None
+    got = losses.chunked_adaptation_sums(states, targets, head, chunk)
+    (got[0] + 0.5 * got[1]).backward()
+    torch.testing.assert_close(got, reference)
+    torch.testing.assert_close(states.grad, expected_grad)

@@ -69,7 +69,7 @@ def test_written_pairs_train_and_cranfield_yields_one_pair_per_titled_document(t
     stats = write_title_pairs(resolve_corpus(SHARED_DATA / "cranfield", None, None), out, negatives_depth=20)
     titled = sum(1 for line in (SHARED_DATA / "cranfield" / "corpus.jsonl").open() if json.loads(line).get("title", "").strip())
     assert stats.pairs == titled and stats.stripped > 0.95 * titled
-    dataset = load_dataset(DatasetConfig(name="cran", path=str(out)))
+    dataset = load_dataset(DatasetConfig(name="cran", path=str(out)), cache_dir=tmp_path / "cache")
     assert len(dataset.examples) == stats.pairs and dataset.bad_lines == 0
     with_negatives = [e for e in dataset.examples if e.negatives]
     assert len(with_negatives) > 0.95 * stats.pairs
@@ -101,3 +101,17 @@ def test_pairs_command(tmp_path):
     result = CliRunner().invoke(main, ["pairs", "--corpus", str(bad), "--output", str(tmp_path / "q.jsonl")])
     assert result.exit_code != 0 and "bad.jsonl:2: invalid JSON" in result.output
     assert not (tmp_path / "q.jsonl").exists()
+
+
+def test_the_trainer_does_not_import_the_toolkit():
+    """The trainer sits beside the toolkit, not on it: importing every trainer module (BM25
+    negatives included) must load no splade_es.toolkit module."""
+    import subprocess
+    import sys
+
+    code = ("import sys, pkgutil, importlib, splade_es.trainer as t\n"
+            "for m in pkgutil.iter_modules(t.__path__): importlib.import_module('splade_es.trainer.' + m.name)\n"
+            "from splade_es.trainer.pairs import _BM25\n_BM25(['shock wave', 'boundary layer']).scores('shock')\n"
+            "print(sorted(n for n in sys.modules if n.startswith('splade_es.toolkit')))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "[]"

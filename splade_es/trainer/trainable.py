@@ -29,14 +29,18 @@ def build_encoder(config: TrainConfig, device: torch.device) -> SparseEncoder:
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=model_cfg.gradient_checkpointing)
     elif model_cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    lora = config.lora
+    if lora.enabled and "lm_head" in lora.target_modules:
+        raise ConfigError("lora.target_modules must not hold lm_head: the head stays frozen so logits keep "
+                          "meaning vocabulary tokens")
     if model_cfg.init_adapter:
         from peft import PeftModel
 
         model = PeftModel.from_pretrained(model, model_cfg.init_adapter, is_trainable=True)
-    elif config.lora.enabled:
+        _match_adapter(model, config)
+    elif lora.enabled:
         from peft import LoraConfig, get_peft_model
 
-        lora = config.lora
         missing = [name for name in lora.target_modules
                    if not any(module.endswith(name) for module, _ in model.named_modules())]
         if missing:
@@ -49,10 +53,30 @@ def build_encoder(config: TrainConfig, device: torch.device) -> SparseEncoder:
     head = encoder.backbone.lm.get_output_embeddings()
     for parameter in head.parameters():
         parameter.requires_grad_(False)
+    if quantization:
+        bb.check_head_unquantised(encoder.backbone.lm)
     if not trainable_parameters(encoder):
         raise ConfigError("nothing to train: enable lora, or give lora.enabled = false for full fine-tuning")
     encoder.backbone.model.train()
     return encoder
+
+
+def _match_adapter(model, config: TrainConfig) -> None:
+    """``model.init_adapter`` continues an adapter, so its shape must be what ``lora.*`` asks
+    for (a mismatch is an error naming both); dropout, which has no weights, follows ``lora.dropout``."""
+    saved = model.peft_config["default"]
+    lora = config.lora
+    wanted = {"r": lora.r, "alpha": lora.alpha, "target_modules": sorted(lora.target_modules)}
+    found = {"r": saved.r, "alpha": saved.lora_alpha, "target_modules": sorted(saved.target_modules)}
+    different = [f"lora.{key} = {wanted[key]!r} but the adapter has {found[key]!r}" for key in wanted
+                 if wanted[key] != found[key]]
+    if different:
+        raise ConfigError(f"model.init_adapter {config.model.init_adapter}: {'; '.join(different)}")
+    saved.lora_dropout = lora.dropout
+    for module in model.modules():
+        if isinstance(getattr(module, "lora_dropout", None), torch.nn.ModuleDict):
+            for name, dropout in module.lora_dropout.items():
+                module.lora_dropout[name] = torch.nn.Dropout(lora.dropout) if lora.dropout else torch.nn.Identity()
 
 
 def trainable_parameters(encoder: SparseEncoder) -> list[torch.nn.Parameter]:
