@@ -121,9 +121,14 @@ def resolve_source(path: str, adapter: str | None) -> Source:
             if not any((local / name).is_file() for name in _TOKENIZER_FILES):
                 tokenizer = base
         return Source(base, adapter, tokenizer, config)
-    if path.startswith((".", "/", "~")) or not _HUB_ID.match(path):
+    if not is_hub_id(path):
         raise ModelLoadError(f"model directory '{path}' does not exist (and it is not a hub id)")
     return Source(path, adapter, path, _hub_config(path))
+
+
+def is_hub_id(path: str) -> bool:
+    """Whether ``path`` reads as ``owner/name`` (or ``name``) on the model hub, not as a path."""
+    return not path.startswith((".", "/", "~")) and bool(_HUB_ID.match(path))
 
 
 def _adapter_base(directory: Path) -> str:
