@@ -145,6 +145,14 @@ class SparseEncoder:
             shutil.rmtree(staging, ignore_errors=True)
         return target
 
+    def use_static_queries(self, static: StaticQueryEncoder | None) -> None:
+        """Encode queries with ``static``'s weight table from now on (None: with the model again)."""
+        self.config = replace(self.config, query_encoder="model" if static is None else "static")
+        self.inputs = InputBuilder(self.tokenizer, self.config)
+        if static is not None and static.vocab_size != self.vocab_size:
+            static = static.resized(self.vocab_size)
+        self.static_queries = static
+
     def _write(self, directory: Path) -> None:
         static = self.static_queries
         if self.backbone.is_mlm and not self.backbone.is_peft:

@@ -64,9 +64,9 @@ class InputBuilder:
 
     def tokenize(self, text: str) -> list[int]:
         """The text's token ids alone (no template, no special tokens)."""
-        return list(self.tokenizer(self._cased(text), add_special_tokens=False)["input_ids"])
+        return list(self.tokenizer(self.cased(text), add_special_tokens=False)["input_ids"])
 
-    def _cased(self, text: str) -> str:
+    def cased(self, text: str) -> str:
         """``lowercase`` (sentence-transformers' ``do_lower_case``) applies before the tokenizer."""
         return text.lower() if self.config.lowercase else text
 
@@ -74,7 +74,7 @@ class InputBuilder:
         """Model inputs for non-empty texts (the encoder handles empty ones)."""
         if not texts:
             return []
-        texts = [self._cased(text) for text in texts]
+        texts = [self.cased(text) for text in texts]
         if self.config.mode == "mlm":
             usual = self.tokenizer(list(texts), truncation=True, max_length=self.config.max_length)["input_ids"]
             return [Encoded(list(ids), [True] * len(ids)) for ids in usual]

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
+from itertools import islice
 from pathlib import Path
 
 import torch
@@ -185,6 +186,40 @@ def static_source(path: str) -> StaticSource | None:
             raise ModelLoadError(f"{root / CONFIG_NAME}: a static-query bundle needs its tokenizer files or a backbone")
         tokenizer_dir = config.backbone
     return StaticSource(config, root / WEIGHTS_NAME, tokenizer_dir)
+
+
+def corpus_idf(path: str, texts: Iterable[str], batch_size: int = 512) -> tuple[StaticQueryEncoder, int]:
+    """A static query encoder for the bundle at ``path`` whose table is the IDF of ``texts``
+    (tokenised as the bundle tokenises documents), and the number of documents; no model is
+    loaded, only the bundle's tokenizer and configs."""
+    from transformers import AutoConfig, AutoTokenizer
+
+    from splade_es.model import backbone as bb
+    from splade_es.model import st_format
+
+    if st_format.is_st_directory(path):
+        layout = st_format.read_layout(path)
+        config, tokenizer_dir, model_dir = layout.config, str(layout.document_dir), str(layout.document_dir)
+    else:
+        source = bb.resolve_source(path, None)
+        mode = None if source.config is not None else ("mlm" if bb.is_masked_lm(source.base, None) else "echo")
+        config = source.config or SpladeConfig(backbone=source.base, mode=mode)
+        tokenizer_dir, model_dir = source.tokenizer, source.base
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+        vocab_size = int(AutoConfig.from_pretrained(model_dir).vocab_size)
+    except Exception as exc:  # noqa: BLE001 - transformers raises many types here
+        raise ModelLoadError(f"could not read the tokenizer or config of '{path}': {str(exc).splitlines()[0]}") from None
+    config = replace(config, query_encoder="static")
+    inputs = InputBuilder(tokenizer, config)
+
+    def token_lists() -> Iterable[list[int]]:
+        stream = iter(texts)
+        while chunk := [inputs.cased(text) for text in islice(stream, batch_size)]:
+            yield from tokenizer(chunk, add_special_tokens=False)["input_ids"]
+
+    weights, documents = idf_weights(token_lists(), vocab_size)
+    return StaticQueryEncoder(tokenizer, weights, config), documents
 
 
 def load_query_encoder(path: str, adapter: str | None = None, device: str | None = None):

@@ -142,12 +142,11 @@ def test_lowercasing_is_honoured(tiny_bert_dir, tmp_path):
                                                        ("max", "relu", True)])
 def test_written_bundles_load_in_the_library(tiny_bert_dir, tmp_path, pooling, activation, static):
     ours = SparseEncoder.from_pretrained(str(tiny_bert_dir), device="cpu")
-    ours.config = replace(ours.config, pooling=pooling, activation=activation, max_length=12,
-                          query_encoder="static" if static else "model")
-    ours.inputs.config = ours.config
+    ours.config = replace(ours.config, pooling=pooling, activation=activation, max_length=12)
+    ours.use_static_queries(None)
     if static:
         weights = torch.rand(ours.vocab_size, generator=torch.Generator().manual_seed(5)) + 0.1
-        ours.static_queries = StaticQueryEncoder(ours.tokenizer, weights, ours.config)
+        ours.use_static_queries(StaticQueryEncoder(ours.tokenizer, weights, ours.config))
     bundle = ours.save_pretrained(tmp_path / "bundle")
     modules = json.loads((bundle / "modules.json").read_text())
     assert [m["type"].rsplit(".", 1)[-1] for m in modules] == (["Router"] if static else ["MLMTransformer", "SpladePooling"])
@@ -162,8 +161,7 @@ def test_saving_a_static_bundle_over_a_plain_one_leaves_no_stale_layout(tiny_ber
     ours = SparseEncoder.from_pretrained(str(tiny_bert_dir), device="cpu")
     bundle = ours.save_pretrained(tmp_path / "bundle")
     assert (bundle / "1_SpladePooling").is_dir() and (bundle / "config.json").is_file()
-    ours.config = replace(ours.config, query_encoder="static")
-    ours.static_queries = StaticQueryEncoder(ours.tokenizer, torch.ones(ours.vocab_size), ours.config)
+    ours.use_static_queries(StaticQueryEncoder(ours.tokenizer, torch.ones(ours.vocab_size), ours.config))
     ours.save_pretrained(bundle)
     assert not (bundle / "1_SpladePooling").exists() and not (bundle / "config.json").exists()
     assert SparseEncoder.from_pretrained(str(bundle), device="cpu").config.static_queries
