@@ -232,7 +232,7 @@ def write_layout(directory: Path, model, tokenizer, config: SpladeConfig, static
         static.tokenizer.save_pretrained(query_dir)
         _set_tokenizer_max_length(query_dir, static.max_length)
         # SparseStaticEmbedding holds one weight per tokenizer entry; ids past it never occur in a query.
-        table = static.weights
+        table = static.weights.detach().float().clamp(min=0).cpu()
         size = len(static.tokenizer.get_vocab())
         table = torch.cat([table, torch.zeros(max(0, size - table.shape[0]))])[:size]
         save_file({"weight": table.contiguous()}, str(query_dir / STATIC_WEIGHTS_NAME))

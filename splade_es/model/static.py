@@ -41,7 +41,7 @@ class StaticQueryEncoder:
         self.config = config
         # Query tokens kept: the bundle's max_length, or a SparseStaticEmbedding's model_max_length.
         self.max_length = max_length or config.max_length
-        self.weights = weights.detach().float().cpu()
+        self.weights: torch.Tensor = weights.detach().float().cpu()  # the trainer makes it a Parameter
         self.inputs = InputBuilder(tokenizer, config)
         self.namer = FeatureNamer.from_tokenizer(tokenizer, self.vocab_size)
         special = sorted({i for i in tokenizer.all_special_ids if i < self.vocab_size})
@@ -76,10 +76,11 @@ class StaticQueryEncoder:
         """The query's distinct token ids (specials still in), truncated at ``max_length`` tokens."""
         return sorted(set(self.inputs.tokenize(text)[: self.max_length]))
 
-    def dense(self, texts: Sequence[str], weights: torch.Tensor | None = None) -> torch.Tensor:
-        """``[len(texts), vocab]`` presence x weight, special ids zeroed; ``weights`` (default the
-        table) may be a trainable parameter, so this is differentiable."""
-        table = self.weights if weights is None else weights
+    def dense(self, texts: Sequence[str]) -> torch.Tensor:
+        """``[len(texts), vocab]`` presence x weight, special ids zeroed. The table may be a
+        trainable parameter (this is differentiable); a negative weight counts as 0, as the
+        saved table (clamped at 0) has it."""
+        table = torch.relu(self.weights)
         presence = torch.zeros((len(texts), self.vocab_size), dtype=table.dtype, device=table.device)
         for row, text in enumerate(texts):
             ids = [i for i in self.token_ids(text) if i < self.vocab_size]
@@ -132,7 +133,7 @@ def read_weights(path: Path) -> torch.Tensor:
 def write_weights(path: Path, weights: torch.Tensor) -> None:
     from safetensors.torch import save_file
 
-    save_file({"weight": weights.detach().float().contiguous().cpu()}, str(path))
+    save_file({"weight": weights.detach().float().clamp(min=0).contiguous().cpu()}, str(path))
 
 
 def idf_weights(token_lists: Iterable[Sequence[int]], vocab_size: int) -> tuple[torch.Tensor, int]:
@@ -188,6 +189,20 @@ def static_source(path: str) -> StaticSource | None:
     return StaticSource(config, root / WEIGHTS_NAME, tokenizer_dir)
 
 
+def idf_table(tokenizer, config: SpladeConfig, texts: Iterable[str], vocab_size: int,
+              batch_size: int = 512) -> tuple[torch.Tensor, int]:
+    """:func:`idf_weights` of ``texts`` tokenised as the config tokenises them (lower-casing
+    included), in batches, so a corpus streams through without being held in memory."""
+    inputs = InputBuilder(tokenizer, config)
+
+    def token_lists() -> Iterable[list[int]]:
+        stream = iter(texts)
+        while chunk := [inputs.cased(text) for text in islice(stream, batch_size)]:
+            yield from tokenizer(chunk, add_special_tokens=False)["input_ids"]
+
+    return idf_weights(token_lists(), vocab_size)
+
+
 def corpus_idf(path: str, texts: Iterable[str], batch_size: int = 512) -> tuple[StaticQueryEncoder, int]:
     """A static query encoder for the bundle at ``path`` whose table is the IDF of ``texts``
     (tokenised as the bundle tokenises documents), and the number of documents; no model is
@@ -211,14 +226,7 @@ def corpus_idf(path: str, texts: Iterable[str], batch_size: int = 512) -> tuple[
     except Exception as exc:  # noqa: BLE001 - transformers raises many types here
         raise ModelLoadError(f"could not read the tokenizer or config of '{path}': {str(exc).splitlines()[0]}") from None
     config = replace(config, query_encoder="static")
-    inputs = InputBuilder(tokenizer, config)
-
-    def token_lists() -> Iterable[list[int]]:
-        stream = iter(texts)
-        while chunk := [inputs.cased(text) for text in islice(stream, batch_size)]:
-            yield from tokenizer(chunk, add_special_tokens=False)["input_ids"]
-
-    weights, documents = idf_weights(token_lists(), vocab_size)
+    weights, documents = idf_table(tokenizer, config, texts, vocab_size, batch_size)
     return StaticQueryEncoder(tokenizer, weights, config), documents
 
 

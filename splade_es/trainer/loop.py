@@ -30,6 +30,7 @@ from splade_es.trainer.config import TrainConfig
 from splade_es.trainer.data import Example, MixtureSampler, iter_adapt_texts, load_dataset
 from splade_es.trainer.gradcache import all_reduce_gradients, cached_step
 from splade_es.trainer.model import build_encoder, load_trainable_state, trainable_parameters, trainable_state
+from splade_es.trainer.static_queries import attach_trainable_table, training_documents
 
 STAGES = ("contrastive", "adapt")
 LOG_FIELDS = ["step", "stage", "dataset", "loss", "info_nce", "flops_q", "flops_d", "lambda_q", "lambda_d",
@@ -71,16 +72,30 @@ class Trainer:
                 raise ConfigError("--stage adapt needs unlabelled text: data.adapt_text = [files]")
             self.bad_lines = {}
         self.encoder: SparseEncoder = build_encoder(config, self.device)
+        if config.model.query_encoder == "static":
+            if stage != "contrastive":
+                raise ConfigError("model.query_encoder = \"static\" trains with the contrastive stage only")
+            attach_trainable_table(self.encoder, training_documents(datasets),
+                                   config.model.encode_max_length or config.model.max_length)
         self.parameters = trainable_parameters(self.encoder)
         self._broadcast_parameters()
         _seed_everything(config.run.seed + self.ranks.rank)  # then each rank its own dropout stream
         optim = config.optim
-        self.optimizer = torch.optim.AdamW(self.parameters, lr=optim.lr, betas=tuple(optim.betas), eps=optim.eps,
-                                           weight_decay=optim.weight_decay)
+        self.optimizer = torch.optim.AdamW(self._parameter_groups(), lr=optim.lr, betas=tuple(optim.betas),
+                                           eps=optim.eps, weight_decay=optim.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._lr_factor)
         self.step = 0
         if resume:
             self._resume()
+
+    def _parameter_groups(self) -> list[dict[str, Any]]:
+        """The model's weights, and a static query table with its own learning rate."""
+        table = self.encoder.static_queries.weights if self.encoder.static_queries is not None else None
+        rest = [p for p in self.parameters if p is not table]
+        if table is None:
+            return [{"params": rest}]
+        return [{"params": rest}, {"params": [table], "lr": self.config.model.query_table_lr or self.config.optim.lr,
+                                   "weight_decay": 0.0}]
 
     # ---------------------------------------------------------------- schedule
     def _lr_factor(self, step: int) -> float:
@@ -143,6 +158,8 @@ class Trainer:
             groups.append([(False, e.negatives[0]) for e in examples])
         loss_cfg = self.config.loss
         lambda_q = losses.lambda_at(self.step, loss_cfg.lambda_q, loss_cfg.lambda_warmup_steps)
+        if self.encoder.static_queries is not None:
+            lambda_q = 0.0  # inference-free queries: FLOPS on documents only
         lambda_d = losses.lambda_at(self.step, loss_cfg.lambda_d, loss_cfg.lambda_warmup_steps)
 
         def loss_fn(full: list[torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
@@ -268,6 +285,8 @@ def cpu_bf16_enabled(setting: bool | str) -> bool:
 
 def encode_chunk(encoder: SparseEncoder, chunk: list[tuple[bool, str]]) -> torch.Tensor:
     """Pooled representations (with a graph) of ``(is_query, text)`` items of one kind."""
+    if chunk[0][0] and encoder.static_queries is not None:
+        return encoder.static_queries.dense([text for _, text in chunk])
     inputs = encoder.inputs
     return encoder.forward(inputs.collate(inputs.encode([text for _, text in chunk], chunk[0][0])))
 
