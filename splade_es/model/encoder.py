@@ -106,7 +106,7 @@ class SparseEncoder:
         if config.static_queries:
             from splade_es.model.static import static_source
 
-            found = static_source(str(path_or_hub_id)) or static_source(source.adapter or source.base)
+            found = static_source(str(layout.root) if layout is not None else source.adapter or source.base)
             if found is None:
                 raise ModelLoadError(f"'{path_or_hub_id}': query_encoder is 'static' but no weight table was found")
             static = StaticQueryEncoder.load(found)

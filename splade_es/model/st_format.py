@@ -50,9 +50,10 @@ _ST_KEYS = ("mode", "max_length", "lowercase", "pooling", "activation")
 
 @dataclass(frozen=True)
 class StLayout:
-    """What a SparseEncoder directory holds: the masked LM's directory (weights and tokenizer),
-    the settings, and for a static query route the directory of its tokenizer and weights."""
+    """What a SparseEncoder directory (``root``) holds: the masked LM's directory (weights and
+    tokenizer), the settings, and for a static query route the directory of its tokenizer and weights."""
 
+    root: Path
     document_dir: Path
     config: SpladeConfig
     static_dir: Path | None
@@ -74,7 +75,7 @@ def read_layout(root: str | Path) -> StLayout:
     if [kind for _, kind in entries] == ["Router"]:
         return _read_router(root, root / entries[0][0])
     document_dir, settings = _read_mlm_route(root, entries, root / MODULES_NAME)
-    return StLayout(document_dir, _merge(root, settings, static=False), None)
+    return StLayout(root, document_dir, _merge(root, settings, static=False), None)
 
 
 def _read_router(root: Path, router_dir: Path) -> StLayout:
@@ -93,7 +94,7 @@ def _read_router(root: Path, router_dir: Path) -> StLayout:
     document_dir, settings = _read_mlm_route(router_dir, routes["document"], where)
     query = routes["query"]
     if query == routes["document"]:
-        return StLayout(document_dir, _merge(root, settings, static=False), None)
+        return StLayout(root, document_dir, _merge(root, settings, static=False), None)
     if [kind for _, kind in query] != ["SparseStaticEmbedding"]:
         raise ModelLoadError(f"{where}: the query route {[k for _, k in query]} is not supported (splade-es reads a "
                              "SparseStaticEmbedding query route, or the document route shared by both)")
@@ -104,7 +105,7 @@ def _read_router(root: Path, router_dir: Path) -> StLayout:
                              "not supported: save it with sentence-transformers first (it writes model.safetensors)")
     if not (static_dir / STATIC_WEIGHTS_NAME).is_file():
         raise ModelLoadError(f"{static_dir}: the SparseStaticEmbedding has no {STATIC_WEIGHTS_NAME}")
-    return StLayout(document_dir, _merge(root, settings, static=True), static_dir)
+    return StLayout(root, document_dir, _merge(root, settings, static=True), static_dir)
 
 
 def _read_mlm_route(base: Path, entries: list[tuple[str, str]], where: Path) -> tuple[Path, dict[str, Any]]:

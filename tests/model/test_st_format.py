@@ -205,3 +205,17 @@ def test_splade_config_may_not_contradict_the_module_configs(tiny_bert_dir, tmp_
     (bundle / "1_SpladePooling" / "config.json").write_text(json.dumps({"pooling_strategy": "sum"}))
     with pytest.raises(ModelLoadError, match="pooling is 'max' but the sentence-transformers files say 'sum'"):
         SparseEncoder.from_pretrained(str(bundle), device="cpu")
+
+
+def test_a_hub_id_of_a_sparse_encoder_loads_its_snapshot(tiny_bert_dir, tmp_path, monkeypatch):
+    """No hub here: huggingface_hub's two calls are replaced by a local snapshot."""
+    import huggingface_hub
+
+    snapshot = save_st_router(tiny_bert_dir, tmp_path / "snapshot")
+    asked = []
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", lambda repo, name: asked.append((repo, name)) or
+                        str(snapshot / name))
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", lambda repo: str(snapshot))
+    ours = SparseEncoder.from_pretrained("someone/doc-only-sparse", device="cpu")
+    assert ("someone/doc-only-sparse", "modules.json") in asked and ours.config.static_queries
+    assert_same_vectors(ours, snapshot)
