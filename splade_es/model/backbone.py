@@ -208,7 +208,7 @@ def resolve_source(path: str, adapter: str | None) -> Source:
             if not any((local / name).is_file() for name in _TOKENIZER_FILES):
                 tokenizer = base
         return Source(base, adapter, tokenizer, config)
-    if path.startswith((".", "/", "~")) or not _HUB_ID.match(path):
+    if not is_hub_id(path):
         raise ModelLoadError(f"model directory '{path}' does not exist (and it is not a hub id)")
     return _hub_source(path, adapter)
 
@@ -225,6 +225,11 @@ def _hub_source(repo_id: str, adapter: str | None) -> Source:
     base = (config.backbone if config and config.backbone else None) or _adapter_base(adapter_config.parent)
     tokenizer = repo_id if _hub_file(repo_id, "tokenizer_config.json") is not None else base
     return Source(base, repo_id, tokenizer, config)
+
+
+def is_hub_id(path: str) -> bool:
+    """Whether ``path`` reads as ``owner/name`` (or ``name``) on the model hub, not as a path."""
+    return not path.startswith((".", "/", "~")) and bool(_HUB_ID.match(path))
 
 
 def _adapter_base(directory: Path) -> str:

@@ -29,6 +29,14 @@ DEFAULT_DOCUMENT_TEMPLATE = "Document:{text}\nDocument again:{text}"
 DEFAULT_QUERY_PROMPT = "Given a web search query, retrieve relevant passages that answer the query"
 DEFAULT_BACKBONE = "mistralai/Mistral-7B-v0.3"
 FEATURE_NAMING = "readable-v1"
+# How positions are pooled and activated: sentence-transformers' SpladePooling settings.
+POOLINGS = ("max", "sum")
+ACTIVATIONS = ("relu", "log1p_relu")  # log(1 + relu(x)); log1p_relu applies log1p once more
+# Where query vectors come from: the model, or a per-token weight table (inference-free).
+QUERY_ENCODERS = ("model", "static")
+# Keys added after format 1 first shipped: written only when not at their default, so older
+# bundles keep their files and their config hash (the fingerprint indexes record).
+_OPTIONAL_DEFAULTS = {"pooling": "max", "activation": "relu", "lowercase": False, "query_encoder": "model"}
 # Lucene's FeatureField rejects weights below Float.MIN_NORMAL (float32), so no vector keeps one.
 MIN_WEIGHT = 1.1754943508222875e-38
 
@@ -95,12 +103,23 @@ class SpladeConfig:
     document_pruning: Pruning = field(default_factory=lambda: Pruning(top_k=512))
     feature_naming: str = FEATURE_NAMING
     format_version: int = FORMAT_VERSION
+    pooling: str = "max"
+    activation: str = "relu"
+    lowercase: bool = False
+    query_encoder: str = "model"
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
             raise ConfigError(f"mode must be one of {', '.join(MODES)}, got {self.mode!r}")
         if not isinstance(self.max_length, int) or self.max_length < 1:
             raise ConfigError(f"max_length must be a positive integer, got {self.max_length!r}")
+        for name, allowed in (("pooling", POOLINGS), ("activation", ACTIVATIONS), ("query_encoder", QUERY_ENCODERS)):
+            if getattr(self, name) not in allowed:
+                raise ConfigError(f"{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
+        if self.pooling == "sum" and self.mode != "mlm":
+            raise ConfigError(f"pooling 'sum' is for masked LMs (mode 'mlm'); mode is {self.mode!r}")
+        if not isinstance(self.lowercase, bool):
+            raise ConfigError(f"lowercase must be true or false, got {self.lowercase!r}")
         if self.feature_naming != FEATURE_NAMING:
             raise ConfigError(f"feature_naming must be {FEATURE_NAMING!r}, got {self.feature_naming!r}")
         if self.format_version != FORMAT_VERSION:
@@ -117,8 +136,17 @@ class SpladeConfig:
     def pruning(self, is_query: bool) -> Pruning:
         return self.query_pruning if is_query else self.document_pruning
 
+    @property
+    def static_queries(self) -> bool:
+        """Queries are looked up in a weight table, not run through the model."""
+        return self.query_encoder == "static"
+
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        data = asdict(self)
+        for key, default in _OPTIONAL_DEFAULTS.items():
+            if data[key] == default:
+                del data[key]
+        return data
 
     @classmethod
     def from_dict(cls, data: Any, where: str = CONFIG_NAME) -> SpladeConfig:

@@ -21,14 +21,17 @@ from tqdm.auto import tqdm
 
 from splade_es.errors import InputError, ModelLoadError
 from splade_es.model import backbone as bb
+from splade_es.model import pool_modes, st_format
 from splade_es.model.config import DEFAULT_BACKBONE, Pruning, SpladeConfig
 from splade_es.model.features import FeatureNamer
 from splade_es.model.inputs import Batch, InputBuilder, plan_batches
+from splade_es.model.static import WEIGHTS_NAME, StaticQueryEncoder
 from splade_es.model.vectors import SparseVector, empty_vector, prune_rows
 
 # Files that decide what a bundle loads as; replaced together when saving over a bundle.
 _MODEL_FILES = ("config.json", "generation_config.json", "adapter_config.json", "adapter_model.*",
-                "model*.safetensors", "model.safetensors.index.json", "pytorch_model*.bin")
+                "model*.safetensors", "model.safetensors.index.json", "pytorch_model*.bin", WEIGHTS_NAME,
+                *st_format.LAYOUT_ENTRIES)
 # Long inputs get a progress bar; a handful of texts does not.
 PROGRESS_MIN_TEXTS = 256
 
@@ -38,7 +41,8 @@ class SparseEncoder:
 
     Build it with :meth:`from_pretrained`. ``batch_tokens`` caps the padded
     tokens in one forward pass; ``head_chunk_tokens`` caps how many positions go
-    through the LM head at once (peak memory ``chunk x vocab``).
+    through the LM head at once (peak memory ``chunk x vocab``). With ``query_encoder =
+    "static"`` queries come from ``static_queries`` (a weight table), documents from the model.
     """
 
     def __init__(
@@ -49,9 +53,15 @@ class SparseEncoder:
         batch_tokens: int | None = None,
         max_batch_size: int = 512,
         head_chunk_tokens: int = 1024,
+        static_queries: StaticQueryEncoder | None = None,
     ) -> None:
         if backbone.is_mlm != config.is_mlm:
             raise ModelLoadError(f"mode {config.mode!r} does not fit a {'masked' if backbone.is_mlm else 'causal'} LM")
+        if config.static_queries != (static_queries is not None):
+            raise ModelLoadError("a static query encoder goes with query_encoder 'static' in the config, and only there")
+        if static_queries is not None and static_queries.vocab_size != backbone.vocab_size:
+            static_queries = static_queries.resized(backbone.vocab_size)
+        self.static_queries = static_queries
         self.backbone = backbone
         self.tokenizer = tokenizer
         self.config = config
@@ -75,12 +85,15 @@ class SparseEncoder:
         mode: str | None = None,
         **encoder_kwargs,
     ) -> SparseEncoder:
-        """Load a causal LM, a causal LM + LoRA adapter, a masked LM, or a saved bundle.
+        """Load a causal LM, a causal LM + LoRA adapter, a masked LM, a saved bundle, or a
+        sentence-transformers SparseEncoder directory or hub id.
 
         ``splade_config.json`` in the directory sets the options; without it
         decoders default to ``echo`` and masked LMs to ``mlm``. ``mode`` overrides.
         """
-        source = bb.resolve_source(str(path_or_hub_id), adapter)
+        layout = _st_layout(str(path_or_hub_id), adapter)
+        source = bb.resolve_source(str(path_or_hub_id), adapter) if layout is None else \
+            bb.Source(str(layout.document_dir), None, str(layout.document_dir), layout.config)
         torch_device = bb.resolve_device(device)
         torch_dtype = bb.resolve_dtype(dtype, torch_device)
         requested = mode or (source.config.mode if source.config else None)
@@ -88,10 +101,25 @@ class SparseEncoder:
         config = source.config or SpladeConfig(backbone=source.base)
         config = replace(config, mode=requested or ("mlm" if is_mlm else "echo"), backbone=config.backbone or source.base)
         backbone = bb.load_model(source, is_mlm, quantization, torch_device, torch_dtype)
-        return cls(backbone, bb.load_tokenizer(source), config, **encoder_kwargs)
+        tokenizer = bb.load_tokenizer(source)
+        static = None
+        if config.static_queries:
+            from splade_es.model.static import static_source
+
+            found = static_source(str(layout.root) if layout is not None else source.adapter or source.base)
+            if found is None:
+                raise ModelLoadError(f"'{path_or_hub_id}': query_encoder is 'static' but no weight table was found")
+            static = StaticQueryEncoder.load(found)
+        return cls(backbone, tokenizer, config, static_queries=static, **encoder_kwargs)
 
     def save_pretrained(self, directory: str | Path) -> Path:
         """Write a bundle (adapter or full weights, tokenizer, splade_config.json).
+
+        A masked LM (without an adapter) is written as a sentence-transformers SparseEncoder
+        directory, a Router with a SparseStaticEmbedding query route when queries are static,
+        so ``sentence_transformers.SparseEncoder(directory)`` loads it with the same vectors.
+        Decoder bundles keep this format (sentence-transformers has no echo or causal SPLADE);
+        their static table goes to ``query_weights.safetensors``.
 
         Files are written to a temporary directory first, so a failure leaves
         no half-written bundle behind. Saving over an existing bundle replaces
@@ -101,9 +129,7 @@ class SparseEncoder:
         target.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
         try:
-            self.backbone.model.save_pretrained(staging)
-            self.tokenizer.save_pretrained(staging)
-            self.config.save(staging)
+            self._write(staging)
             if not target.exists():
                 os.replace(staging, target)
                 return target
@@ -111,12 +137,32 @@ class SparseEncoder:
             for pattern in _MODEL_FILES:  # stale weights/configs would change what loads
                 for stale in target.glob(pattern):
                     if stale.name not in written:
-                        stale.unlink()
+                        st_format.remove_entry(stale)
             for item in staging.iterdir():
+                st_format.remove_entry(target / item.name)  # os.replace cannot replace a directory
                 os.replace(item, target / item.name)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
         return target
+
+    def use_static_queries(self, static: StaticQueryEncoder | None) -> None:
+        """Encode queries with ``static``'s weight table from now on (None: with the model again)."""
+        self.config = replace(self.config, query_encoder="model" if static is None else "static")
+        self.inputs = InputBuilder(self.tokenizer, self.config)
+        if static is not None and static.vocab_size != self.vocab_size:
+            static = static.resized(self.vocab_size)
+        self.static_queries = static
+
+    def _write(self, directory: Path) -> None:
+        static = self.static_queries
+        if self.backbone.is_mlm and not self.backbone.is_peft:
+            st_format.write_layout(directory, self.backbone.model, self.tokenizer, self.config, static)
+            return
+        self.backbone.model.save_pretrained(directory)
+        self.tokenizer.save_pretrained(directory)
+        self.config.save(directory)
+        if static is not None:
+            self.static_queries.save(directory)
 
     def merge_adapter(self) -> None:
         """Fold a LoRA adapter into the base weights (faster inference; same vectors)."""
@@ -135,7 +181,7 @@ class SparseEncoder:
     def forward(self, batch: Batch) -> torch.Tensor:
         """Pooled ``[batch, vocab]`` weights with special ids zeroed; differentiable (training)."""
         batch = batch.to(self.device)
-        pooled = self.backbone.pool(batch, self.config.mode == "bidirectional", self.head_chunk_tokens)
+        pooled = pool_modes.pool(self.backbone, batch, self.config, self.head_chunk_tokens)
         return pooled.index_fill(1, self._special_ids.to(pooled.device), 0.0)
 
     @overload
@@ -144,7 +190,10 @@ class SparseEncoder:
     def encode_queries(self, texts: Sequence[str], **kwargs) -> list[SparseVector]: ...
 
     def encode_queries(self, texts, **kwargs):
-        """Query vectors (query template, query pruning defaults)."""
+        """Query vectors (query template, query pruning defaults; the weight table when static)."""
+        if self.static_queries is not None:
+            _check_texts([texts] if isinstance(texts, str) else texts)
+            return self.static_queries.encode_queries(texts, **kwargs)
         return self._encode(texts, is_query=True, **kwargs)
 
     @overload
@@ -188,6 +237,17 @@ class SparseEncoder:
     def decode(self, vector: SparseVector, top_k: int | None = None) -> list[tuple[str, float]]:
         """``[(feature, weight)]``, heaviest first: what a vector means in words."""
         return vector.top(top_k)
+
+
+def _st_layout(path: str, adapter: str | None) -> st_format.StLayout | None:
+    """The sentence-transformers layout of a local directory or hub id, if it has one."""
+    local = Path(path).expanduser()
+    root = local if local.is_dir() else (None if local.exists() or not bb.is_hub_id(path) else st_format.hub_directory(path))
+    if root is None or not st_format.is_st_directory(root):
+        return None
+    if adapter is not None:
+        raise ModelLoadError(f"'{path}' is a sentence-transformers SparseEncoder; an adapter cannot be applied to it")
+    return st_format.read_layout(root)
 
 
 def _check_texts(texts: Sequence[str]) -> list[str]:

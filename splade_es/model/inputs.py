@@ -65,12 +65,17 @@ class InputBuilder:
 
     def tokenize(self, text: str) -> list[int]:
         """The text's token ids alone (no template, no special tokens)."""
-        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+        return list(self.tokenizer(self.cased(text), add_special_tokens=False)["input_ids"])
+
+    def cased(self, text: str) -> str:
+        """``lowercase`` (sentence-transformers' ``do_lower_case``) applies before the tokenizer."""
+        return text.lower() if self.config.lowercase else text
 
     def encode(self, texts: Sequence[str], is_query: bool) -> list[Encoded]:
         """Model inputs for non-empty texts (the encoder handles empty ones)."""
         if not texts:
             return []
+        texts = [self.cased(text) for text in texts]
         if self.config.mode == "mlm":
             usual = self.tokenizer(list(texts), truncation=True, max_length=self.config.max_length)["input_ids"]
             return [Encoded(list(ids), [True] * len(ids)) for ids in usual]

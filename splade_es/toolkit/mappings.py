@@ -153,8 +153,11 @@ def model_id(model: str, adapter: str | None = None) -> str:
 
 
 def config_hash(config: dict[str, Any]) -> str:
-    """A short fingerprint of an encoder's ``splade_config.json`` settings."""
-    return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:16]
+    """A short fingerprint of an encoder's ``splade_config.json`` settings. Where queries come
+    from (``query_encoder``) is left out: it changes no document vector, so an index built with
+    a bundle still answers that bundle once its queries become static (``splade-es idf``)."""
+    documents_side = {key: value for key, value in config.items() if key != "query_encoder"}
+    return hashlib.sha256(json.dumps(documents_side, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def same_model(recorded: str | None, recorded_hash: str | None, model: str, model_hash: str | None) -> bool:

@@ -32,6 +32,10 @@ class ModelConfig:
     quantization: str = "none"  # none | 8bit | 4bit (QLoRA: NF4, double quantisation, bf16 compute)
     gradient_checkpointing: bool = True
     init_adapter: str = ""  # start from this adapter (e.g. the output of --stage adapt)
+    # "static": inference-free queries, a per-token weight table trained with the documents
+    # (initialised from the training documents' IDF; FLOPS on documents only)
+    query_encoder: str = "model"
+    query_table_lr: float = 0.0  # the table's learning rate (0: optim.lr); it wants a larger one than the model
 
 
 @dataclass
@@ -212,7 +216,7 @@ def _coerce(hint: Any, value: Any, where: str, key: str) -> Any:
 
 
 _CHOICES = {"model.mode": ("echo", "bidirectional", "causal", "mlm"), "model.quantization": ("none", "8bit", "4bit"),
-            "data.on_bad_line": ("count", "fail")}
+            "data.on_bad_line": ("count", "fail"), "model.query_encoder": ("model", "static")}
 
 
 def _check(config: TrainConfig) -> None:
@@ -227,6 +231,8 @@ def _check(config: TrainConfig) -> None:
     for name, value in positive.items():
         if value < 1:
             raise ConfigError(f"{name} must be at least 1, got {value}")
+    if config.model.query_table_lr < 0:
+        raise ConfigError(f"model.query_table_lr must be >= 0, got {config.model.query_table_lr}")
     if config.model.encode_max_length < 0:
         raise ConfigError(f"model.encode_max_length must be >= 0, got {config.model.encode_max_length}")
     for name in ("lambda_q", "lambda_d", "lambda_relu"):

@@ -30,6 +30,7 @@ from splade_es.trainer import losses
 from splade_es.trainer.config import TrainConfig
 from splade_es.trainer.data import Dataset, MixtureSampler, iter_adapt_texts, load_dataset
 from splade_es.trainer.gradcache import all_reduce_gradients, cached_step
+from splade_es.trainer.static_queries import attach_trainable_table, training_documents
 from splade_es.trainer.trainable import build_encoder, load_trainable_state, trainable_parameters, trainable_state
 
 _log = logging.getLogger(__name__)
@@ -82,16 +83,30 @@ class Trainer:
                 raise ConfigError(f"batch.size {config.batch.size} is not divisible by {self.ranks.world_size} ranks")
             self.bad_lines = {}
         self.encoder: SparseEncoder = build_encoder(config, self.device)
+        if config.model.query_encoder == "static":
+            if stage != "contrastive":
+                raise ConfigError("model.query_encoder = \"static\" trains with the contrastive stage only")
+            attach_trainable_table(self.encoder, training_documents(datasets),
+                                   config.model.encode_max_length or config.model.max_length)
         self.parameters = trainable_parameters(self.encoder)
         self._broadcast_parameters()
         _seed_everything(config.run.seed + self.ranks.rank)  # then each rank its own dropout stream
         optim = config.optim
-        self.optimizer = torch.optim.AdamW(self.parameters, lr=optim.lr, betas=tuple(optim.betas), eps=optim.eps,
-                                           weight_decay=optim.weight_decay)
+        self.optimizer = torch.optim.AdamW(self._parameter_groups(), lr=optim.lr, betas=tuple(optim.betas),
+                                           eps=optim.eps, weight_decay=optim.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._lr_factor)
         self.step = 0
         if resume:
             self._resume()
+
+    def _parameter_groups(self) -> list[dict[str, Any]]:
+        """The model's weights, and a static query table with its own learning rate."""
+        table = self.encoder.static_queries.weights if self.encoder.static_queries is not None else None
+        rest = [p for p in self.parameters if p is not table]
+        if table is None:
+            return [{"params": rest}]
+        return [{"params": rest}, {"params": [table], "lr": self.config.model.query_table_lr or self.config.optim.lr,
+                                   "weight_decay": 0.0}]
 
     # ---------------------------------------------------------------- schedule
     def _lr_factor(self, step: int) -> float:
@@ -154,6 +169,8 @@ class Trainer:
             groups.append([(False, e.negatives[0]) for e in examples])
         loss_cfg = self.config.loss
         lambda_q = losses.lambda_at(self.step, loss_cfg.lambda_q, loss_cfg.lambda_warmup_steps)
+        if self.encoder.static_queries is not None:
+            lambda_q = 0.0  # inference-free queries: FLOPS on documents only
         lambda_d = losses.lambda_at(self.step, loss_cfg.lambda_d, loss_cfg.lambda_warmup_steps)
 
         def loss_fn(full: list[torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
@@ -325,6 +342,8 @@ def cpu_bf16_enabled(setting: bool | str) -> bool:
 
 def encode_chunk(encoder: SparseEncoder, chunk: list[tuple[bool, str]]) -> torch.Tensor:
     """Pooled representations (with a graph) of ``(is_query, text)`` items of one kind."""
+    if chunk[0][0] and encoder.static_queries is not None:
+        return encoder.static_queries.dense([text for _, text in chunk])
     inputs = encoder.inputs
     return encoder.forward(inputs.collate(inputs.encode([text for _, text in chunk], chunk[0][0])))
 

@@ -80,17 +80,26 @@ def _match_adapter(model, config: TrainConfig) -> None:
 
 
 def trainable_parameters(encoder: SparseEncoder) -> list[torch.nn.Parameter]:
-    return [p for p in encoder.backbone.model.parameters() if p.requires_grad]
+    return [p for _, p in _named_trainable(encoder)]
+
+
+def _named_trainable(encoder: SparseEncoder) -> list[tuple[str, torch.nn.Parameter]]:
+    """The backbone's trainable weights, and a static query table being trained."""
+    named = [(k, v) for k, v in encoder.backbone.model.named_parameters() if v.requires_grad]
+    table = encoder.static_queries.weights if encoder.static_queries is not None else None
+    return named + ([(STATIC_TABLE, table)] if isinstance(table, torch.nn.Parameter) else [])
+
+
+STATIC_TABLE = "static_queries.weight"
 
 
 def trainable_state(encoder: SparseEncoder) -> dict[str, torch.Tensor]:
-    """Only what training changes (the adapter, or every unfrozen weight)."""
-    names = {id(p) for p in trainable_parameters(encoder)}
-    return {k: v.detach().clone() for k, v in encoder.backbone.model.named_parameters() if id(v) in names}
+    """Only what training changes (the adapter, or every unfrozen weight, and a query table)."""
+    return {k: v.detach().clone() for k, v in _named_trainable(encoder)}
 
 
 def load_trainable_state(encoder: SparseEncoder, state: dict[str, torch.Tensor]) -> None:
-    parameters = dict(encoder.backbone.model.named_parameters())
+    parameters = dict(encoder.backbone.model.named_parameters()) | dict(_named_trainable(encoder))
     unknown = sorted(set(state) - set(parameters))
     if unknown:
         raise ConfigError(f"checkpoint holds parameters this model lacks, e.g. {unknown[0]}")

@@ -14,6 +14,7 @@ from splade_es.toolkit.cli.encode import encode
 from splade_es.toolkit.cli.engine import engine
 from splade_es.toolkit.cli.evaluate import evaluate
 from splade_es.toolkit.cli.explain import explain
+from splade_es.toolkit.cli.idf import idf
 from splade_es.toolkit.cli.ingest import ingest
 from splade_es.toolkit.cli.init_model import init_model
 from splade_es.toolkit.cli.kibana import kibana
@@ -39,6 +40,7 @@ def main() -> None:
       splade-es encode --model ./bundle --input docs.jsonl --output vectors.jsonl
       splade-es ingest --index cran --corpus data/cranfield --model ./bundle
       splade-es search --index cran --explain "boundary layer transition"
+      splade-es idf --model ./bundle --corpus data/cranfield      # inference-free queries
       splade-es explain --model ./bundle "lift of a delta wing"
       splade-es eval --dataset data/cranfield --index cran --method bm25
 
@@ -54,6 +56,7 @@ main.add_command(explain)
 main.add_command(kibana)
 main.add_command(init_model)
 main.add_command(pairs)
+main.add_command(idf)
 main.add_command(train)
 main.add_command(evaluate)
 main.add_command(benchmark)

@@ -99,6 +99,15 @@ def load_encoder(model: str, adapter: str | None = None, device: str | None = No
     return SparseEncoder.from_pretrained(model, adapter=adapter, device=device)
 
 
+def load_query_encoder(model: str, adapter: str | None = None, device: str | None = None):
+    """What encodes a command's queries: a static-query bundle's tokenizer and table alone (the
+    backbone is never loaded), else the full encoder."""
+    quiet_libraries()
+    from splade_es.model.static import load_query_encoder as load
+
+    return load(model, adapter=adapter, device=device)
+
+
 class _StderrHandler(logging.Handler):
     """Writes to whatever stderr is current (click resolves it per call)."""
 

@@ -8,7 +8,7 @@ import time
 import click
 
 from splade_es.errors import InputError
-from splade_es.toolkit.cli.common import engine_options, friendly_errors, load_encoder, open_engine
+from splade_es.toolkit.cli.common import engine_options, friendly_errors, load_query_encoder, open_engine
 from splade_es.toolkit.inspection.terms import TermOrigin
 from splade_es.toolkit.mappings import config_hash, model_id
 from splade_es.toolkit.query.forms import DEFAULT_MAX_CLAUSES, FORMS
@@ -72,7 +72,7 @@ def search(query: str, index: str, model_path: str | None, adapter: str | None,
     try:
         searcher = Searcher(engine, index, query_form, max_clauses, two_phase, two_phase_window)
         model = model_path or searcher.meta.model
-        encoder = load_encoder(model, adapter if model_path else None, device)
+        encoder = load_query_encoder(model, adapter if model_path else None, device)
         searcher.meta.check_model(model_id(model, adapter if model_path else None), config_hash(encoder.config.to_dict()))
         pruning = encoder.config.pruning(True).override(top_k=query_top_k, min_weight=query_min_weight)
         started = time.perf_counter()

@@ -83,11 +83,11 @@ def query_vectors(searcher: Searcher, dataset: BeirDataset, settings: EvalSettin
             vectors = {qid: dict(sorted(v.items(), key=lambda item: -item[1])[:settings.query_top_k])
                        for qid, v in vectors.items()}
         return vectors, None
-    from splade_es.model.encoder import SparseEncoder
+    from splade_es.model.static import load_query_encoder
 
     model = settings.model or searcher.meta.model
     adapter = settings.adapter if settings.model else None
-    encoder = settings.encoder or SparseEncoder.from_pretrained(model, adapter=adapter, device=settings.device)
+    encoder = settings.encoder or load_query_encoder(model, adapter=adapter, device=settings.device)
     searcher.meta.check_model(model_id(model, adapter), config_hash(encoder.config.to_dict()))
     pruning = encoder.config.pruning(True).override(top_k=settings.query_top_k)
     ids = list(dataset.queries)
