@@ -763,6 +763,7 @@ def section_train(suite: Suite, out: dict[str, Any]) -> None:
                  f'data.datasets=[{{path = "{pairs}"}}]', f"batch.size={plan.train_batch}",
                  f"batch.chunk_size={plan.train_chunk}", f"model.max_length={plan.doc_tokens}",
                  f'run.output_dir="{suite.scratch / "train"}"', f'run.device="{suite.device}"',
+                 f'data.cache_dir="{suite.scratch / "data-cache"}"',  # the GPU machine has no platformdirs
                  "run.tensorboard=false", "run.log_every=1",
                  "run.save_every=1000000", "optim.max_steps=1000000"]
     config = TrainConfig.load(RECIPE, overrides)
