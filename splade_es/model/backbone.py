@@ -254,6 +254,18 @@ def _hub_file(repo_id: str, filename: str) -> Path | None:
         return None
 
 
+def cached_hub_file(repo_id: str, filename: str) -> Path | None:
+    """``filename`` of a hub repository if the local cache holds it (its path names the snapshot's
+    commit); never asks the hub, so it costs nothing offline."""
+    from huggingface_hub import try_to_load_from_cache
+
+    try:
+        path = try_to_load_from_cache(repo_id, filename)
+    except ValueError:  # not a valid repository id
+        return None
+    return Path(path) if isinstance(path, str) else None
+
+
 def _hub_config(repo_id: str) -> SpladeConfig | None:
     """A hub repo's splade_config.json; None when it has none or the hub is unreachable
     (loading the weights next then reports the real problem). A malformed one is an error."""

@@ -14,7 +14,10 @@ What it promises, and how:
 - *Nothing doubled, later record wins.* Documents are indexed by corpus id. Two records with the
   same id are never in flight together (the later one waits for the earlier to settle, and an
   earlier copy inside one batch is dropped), and under torchrun a record goes to the rank its
-  id hashes to, so one rank orders all copies of an id.
+  id hashes to, so one rank orders all copies of an id. The engine enforces the order too: each
+  write carries an external version (the run's epoch, then the record's shard position), so a
+  request the engine applies late, after the client gave up on it, cannot overwrite a later
+  copy; a run that starts over takes a higher epoch, so its records replace the old ones.
 - *Faults survived.* 429/502/503/504 and connection errors are retried with full-jitter
   exponential backoff, per request and per refused item; a 413 splits the request in halves.
 - *Kills survived.* The checkpoint (and the name of the index, before it is created) is written
@@ -50,19 +53,35 @@ from splade_es.toolkit.layouts import Layout
 from splade_es.toolkit.mappings import with_shards
 
 Features = dict[str, float]
-VectorSource = Callable[[list[Document]], list[Features]]
+# Each document's vector, or a BadRecord saying why the engine would refuse it.
+VectorSource = Callable[[list[Document]], list["Features | BadRecord"]]
 _log = logging.getLogger(__name__)
 CHECKPOINT_VERSION = 2
+EPOCH_ORIGIN = 1_735_689_600  # 2025-01-01 UTC: epochs count seconds from here, so version = epoch << 32 fits a long
+
+
+def document_version(epoch: int, position: int) -> int:
+    """The external version of the record at ``position`` of a shard, in the load of ``epoch``:
+    later records of a load, and every record of a later load, carry higher versions."""
+    return (epoch << 32) | position
 
 
 def encoded_vectors(encoder, pruning) -> VectorSource:
-    """Document vectors from a loaded encoder, one batch at a time, checked as the engine will see them."""
-    def encode(documents: list[Document]) -> list[Features]:
+    """Document vectors from a loaded encoder, one batch at a time, checked as the engine will see
+    them; a vector the engine would refuse comes back as a :class:`BadRecord` (skipped with
+    ``--skip-bad``, else the run stops on it)."""
+    def encode(documents: list[Document]) -> list[Features | BadRecord]:
         vectors = encoder.encode_documents([d.text for d in documents], pruning=pruning, show_progress=False)
-        return [check_features(vector.to_features(), f"{d.where} (encoder output)")
-                for d, vector in zip(documents, vectors)]
+        return [_checked(vector.to_features(), f"{d.where} (encoder output)") for d, vector in zip(documents, vectors)]
 
     return encode
+
+
+def _checked(features: Features, where: str) -> Features | BadRecord:
+    try:
+        return check_features(features, where)
+    except InputError as exc:
+        return BadRecord(where, str(exc).removeprefix(f"{where}: "))
 
 
 def no_vectors(documents: list[Document]) -> list[Features]:
@@ -91,6 +110,7 @@ class IngestOptions:
     replicas: int | None = None
     seed: int | None = None  # of the backoff jitter (tests)
     resend_refused: bool = False  # resume re-sends permanent refusals (400s) too, not only retryable ones
+    skip_bad: bool = False  # a vector the engine would refuse is skipped and reported, not fatal
 
 
 @dataclass
@@ -144,19 +164,47 @@ class IngestSummary:
 
 # ---------------------------------------------------------------- identity and checkpoint
 def model_files_identity(*models: str | None) -> list[dict[str, Any]] | None:
-    """The weight and config files of local model directories (a retrained bundle in the same
-    directory must not resume a load of the old one's vectors); None for hub ids."""
+    """The weight and config files of local model directories, and the snapshot a hub id resolves
+    to (a retrained bundle in the same directory, or a new commit of a hub model, must not resume a
+    load of the old one's vectors); None when no model is named."""
     patterns = ("*.safetensors", "*.bin", "*.pt", "*.json")
-    files = [file_identity(path) for model in models if model and Path(model).expanduser().is_dir()
-             for pattern in patterns for path in sorted(Path(model).expanduser().glob(pattern))]
+    files: list[dict[str, Any]] = []
+    for model in filter(None, models):
+        directory = Path(model).expanduser()
+        if directory.is_dir():
+            files += [file_identity(path, digest=False) for pattern in patterns
+                      for path in sorted(directory.glob(pattern))]
+        else:
+            files.append({"hub": model, "revision": hub_revision(model)})
     return files or None
 
 
-def file_identity(path: str | Path) -> dict[str, Any]:
-    """A file as a checkpoint knows it: where, how big, when last written."""
+def hub_revision(repo_id: str) -> str | None:
+    """The commit of the cached snapshot a hub id loads from (its folder's name), or None when
+    the local cache lacks it; never asks the hub."""
+    from splade_es.model.backbone import cached_hub_file
+
+    for name in ("splade_config.json", "modules.json", "config.json", "adapter_config.json"):
+        path = cached_hub_file(repo_id, name)
+        if path is not None:
+            return path.parent.name
+    return None
+
+
+def file_identity(path: str | Path, digest: bool = True) -> dict[str, Any]:
+    """A file as a checkpoint knows it: where, how big, when last written and, with ``digest``, a
+    hash of its content (a corpus rewritten in place with the same size and time is still another
+    corpus; model weights, gigabytes each, go by size and time alone)."""
     resolved = Path(path).expanduser().resolve()
     stat = resolved.stat()
-    return {"path": str(resolved), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+    identity: dict[str, Any] = {"path": str(resolved), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+    if digest:
+        content = hashlib.blake2b(digest_size=16)
+        with resolved.open("rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                content.update(block)
+        identity["blake2b"] = content.hexdigest()
+    return identity
 
 
 @dataclass
@@ -176,6 +224,7 @@ class Checkpoint:
     skipped: dict[int, dict[str, Any]] = field(default_factory=dict)
     refresh_interval: Any = None  # the index's own setting, restored when the load ends
     complete: bool = False
+    epoch: int | None = None  # of this load's external versions (see :func:`document_version`)
 
     @classmethod
     def open(cls, state_dir: Path, key: dict[str, Any], identity: dict[str, Any], resume: bool) -> Checkpoint:
@@ -214,15 +263,17 @@ class Checkpoint:
                 int(entry["position"]), entry["where"], entry["status"], entry["reason"], bool(entry["retryable"])
             for entry in skipped.values():
                 entry["where"], entry["reason"]
+            epoch = saved.get("epoch")  # absent before versioned writes: the resumed load takes a new one
             return Checkpoint(self.path, dict(saved["identity"]), saved.get("index"), int(saved["done"]),
-                              failed, skipped, saved.get("refresh_interval"), bool(saved["complete"]))
+                              failed, skipped, saved.get("refresh_interval"), bool(saved["complete"]),
+                              None if epoch is None else int(epoch))
         except (ValueError, KeyError, TypeError, AttributeError, UnicodeDecodeError) as exc:
             raise InputError(f"{self.path}: not a readable ingest checkpoint ({type(exc).__name__}: {exc}); "
                              "delete it to start over") from None
 
     def reset(self) -> None:
         """Forget progress (not the refresh setting to restore): it was about another index."""
-        self.done, self.failed, self.skipped, self.complete = 0, {}, {}, False
+        self.done, self.failed, self.skipped, self.complete, self.epoch = 0, {}, {}, False, None
 
     def index_is_orphan_of(self, identity: dict[str, Any]) -> bool:
         """An incomplete index this same run left behind (killed early): the next run reuses it."""
@@ -232,7 +283,8 @@ class Checkpoint:
         atomic_write_text(self.path, json.dumps({
             "version": CHECKPOINT_VERSION, "identity": self.identity, "index": self.index, "done": self.done,
             "failed": self.failed, "skipped": {str(k): v for k, v in self.skipped.items()},
-            "refresh_interval": self.refresh_interval, "complete": self.complete}, ensure_ascii=False))
+            "refresh_interval": self.refresh_interval, "complete": self.complete, "epoch": self.epoch},
+            ensure_ascii=False))
 
 
 # ---------------------------------------------------------------- one shard
@@ -345,6 +397,22 @@ class Ingester:
                          "refresh on", index, exc.status)
             self.checkpoint.refresh_interval = None
 
+    def version_epoch(self, index: str) -> int:
+        """The epoch of this load's external versions: the interrupted load's when resuming it, else
+        one above any epoch recorded in the index (and not below the clock), recorded there first."""
+        if self.checkpoint.epoch is None:
+            recorded = int(splade_meta(self.engine, index).get("epoch", -1))
+            self.checkpoint.epoch = max(int(time.time()) - EPOCH_ORIGIN, recorded + 1)
+            try:
+                set_splade_meta(self.engine, index, "epoch", self.checkpoint.epoch)
+            except EngineError as exc:
+                if exc.status not in (401, 403):
+                    raise
+                _log.warning("%s: these credentials may not change the mapping (HTTP %s): the load's versions "
+                             "follow the clock alone", index, exc.status)
+            self.checkpoint.save()
+        return self.checkpoint.epoch
+
     def restore_refresh(self, index: str) -> None:
         saved = self.checkpoint.refresh_interval
         if saved is not None:
@@ -352,13 +420,15 @@ class Ingester:
 
     # ---------------------------------------------------------------- run
     def run(self, index: str, records: Iterable[Document | BadRecord], vectors: VectorSource,
-            total: int | None = None) -> tuple[IngestSummary, set[str]]:
-        """Encode and index this shard's ``records``; returns what happened and the shard's distinct ids."""
+            total: int | None = None, epoch: int | None = None) -> tuple[IngestSummary, set[str]]:
+        """Encode and index this shard's ``records`` (with external versions of ``epoch``, when
+        given); returns what happened and the shard's distinct ids."""
         options, checkpoint = self.options, self.checkpoint
         summary = IngestSummary(index=index, alias=options.alias)
         if checkpoint.index not in (None, index):  # this rank's last run wrote another index: start over
             checkpoint.reset()
         checkpoint.index = index
+        checkpoint.epoch = epoch
         start = time.monotonic()
         self._watermark = _Watermark(checkpoint.done)
         self._in_flight: dict[str, int] = {}
@@ -382,6 +452,9 @@ class Ingester:
                         if len(summary.duplicate_examples) < 10:
                             summary.duplicate_examples.append(record.id)
                     last_position[record.id] = position
+                    if position in checkpoint.skipped:  # its vector was refused (--skip-bad) by an earlier run
+                        bar.update(1)
+                        continue
                     if position < checkpoint.done:
                         failure = checkpoint.failed.get(record.id)
                         if (failure is not None and failure["position"] == position
@@ -473,11 +546,18 @@ class Ingester:
         chunks: list[_Chunk] = []
         current: list[_Pending] = []
         size = count = 0
+        epoch = self.checkpoint.epoch
         for (position, document), vector in zip(block, features):
+            if isinstance(vector, BadRecord):
+                if not self.options.skip_bad:
+                    raise InputError(f"{vector.where}: {vector.reason}")
+                self.checkpoint.skipped[position] = {"where": vector.where, "reason": vector.reason}
+                dropped.append(position)  # settled: recorded as skipped
+                continue
             if self.layout.needs_vectors and not vector:
                 summary.empty += 1
             body = self.layout.document(document, vector)
-            line = bulk_line(index, document.id, body)
+            line = bulk_line(index, document.id, body, None if epoch is None else document_version(epoch, position))
             if current and (len(current) >= self.options.chunk_docs or size + len(line) > self.options.chunk_bytes):
                 chunks.append(_Chunk([p.position for p in current], current, count))
                 current, size, count = [], 0, 0
@@ -486,7 +566,7 @@ class Ingester:
             count += len(vector)
         if current:
             chunks.append(_Chunk([p.position for p in current], current, count))
-        if dropped:  # an earlier copy in the same block: superseded, settled without being sent
+        if dropped:  # earlier copies in the same block (superseded) and skipped vectors: settled, not sent
             if chunks:
                 chunks[-1].positions += dropped
             else:
@@ -522,6 +602,8 @@ class Ingester:
                     raise
             else:
                 failpoint("acknowledged")
+                # A version conflict means the index already holds a later copy: settled, not refused.
+                failures = [f for f in failures if not f.superseded]
                 final += [f for f in failures if not f.retryable]
                 again = {f.id for f in failures if f.retryable}
                 if not again:
@@ -597,19 +679,39 @@ def ingest_corpus(engine: Engine, layout: Layout, records: Iterable[Document | B
     """
     group = group or Group.single()
     ingester = Ingester(engine, layout, options, identity)
-    target = None
+    plan = None
     if group.ranks.is_main:
         target = ingester.target_index()
         ingester.prepare_index(target)
-    target = group.broadcast(target)
-    try:
-        summary, ids = ingester.run(target, shard(records, options.rank, options.world_size), vectors, total)
-    except BaseException:
-        if group.ranks.world_size == 1:
+        plan = (target, ingester.version_epoch(target))
+    target, epoch = group.broadcast(plan)
+    rank_records = shard(records, options.rank, options.world_size)
+    if group.ranks.world_size == 1:
+        try:
+            summary, ids = ingester.run(target, rank_records, vectors, total, epoch)
+        except BaseException:
             ingester.restore_refresh(target)
-        raise
-    summary.expected = len(ids)  # a rank holds every copy of its ids, so the ranks' counts add up
-    summaries = group.gather(summary)
+            raise
+        summary.expected = len(ids)
+        summaries = [summary]
+    else:
+        # Every rank joins the gather, even one whose shard failed, so no rank waits on it forever
+        # and rank 0 can restore the index's refresh before they all stop.
+        error: Exception | None = None
+        try:
+            summary, ids = ingester.run(target, rank_records, vectors, total, epoch)
+            summary.expected = len(ids)  # a rank holds every copy of its ids, so the ranks' counts add up
+        except Exception as exc:  # noqa: BLE001 - re-raised below, after the other ranks are told
+            error = exc
+        summaries = group.gather(summary if error is None else f"{type(error).__name__}: {error}")
+        failed = [(rank, item) for rank, item in enumerate(summaries) if isinstance(item, str)]
+        if failed:
+            if group.ranks.is_main:
+                ingester.restore_refresh(target)
+            if error is not None:
+                raise error
+            raise SpladeError(f"rank {failed[0][0]} failed ({failed[0][1]}); its checkpoint says what is "
+                              "settled: rerun with --resume")
     verdict = None
     if group.ranks.is_main:
         merged = summaries[0]
@@ -625,8 +727,18 @@ def ingest_corpus(engine: Engine, layout: Layout, records: Iterable[Document | B
 def record_loaded(engine: Engine, index: str, loaded: dict[str, Any]) -> None:
     """Note a complete load in the index's ``_meta.splade_es.loaded``, so a later ``benchmark`` can
     trust the index without reading the corpus."""
+    set_splade_meta(engine, index, "loaded", loaded)
+
+
+def splade_meta(engine: Engine, index: str) -> dict[str, Any]:
+    """What splade-es noted in the concrete index's mapping ``_meta.splade_es``."""
+    return engine.mappings(index)[index].get("_meta", {}).get("splade_es", {})
+
+
+def set_splade_meta(engine: Engine, index: str, name: str, value: Any) -> None:
+    """Set one entry of ``_meta.splade_es``, keeping the rest of ``_meta``."""
     meta = engine.mappings(index)[index].get("_meta", {})
-    meta.setdefault("splade_es", {})["loaded"] = loaded
+    meta.setdefault("splade_es", {})[name] = value
     engine.put_meta(index, meta)
 
 

@@ -182,6 +182,21 @@ def test_malformed_line_names_file_and_line_and_skip_bad_goes_on(tmp_path):
     common[common.index("VECTORS")] = str(vectors)
     failed = CliRunner().invoke(main, common)
     assert failed.exit_code == 1 and f"{corpus}:4: invalid JSON" in failed.output
+    from splade_es.toolkit.engines.local import LocalEngine
+
+    assert not LocalEngine(tmp_path / "engine").exists("bad-input"), "nothing is created or sent before the check"
+    # Problems past the first records too: a vector line whose weight the engines refuse, and one id out of step.
+    good = [json.dumps({"id": i, "features": {"wing": 1.0}}) for i in ["0", "1", "2", "bad", "3", "4"]]
+    clean = tmp_path / "clean.jsonl"
+    clean.write_text("".join(json.dumps({"_id": str(i), "text": f"wing number {i}"}) + "\n" for i in range(5)))
+    for broken, message in ((json.dumps({"id": "4", "features": {"wing": 1e-39}}), f"{vectors}:5: feature 'wing'"),
+                            (json.dumps({"id": "9", "features": {"wing": 1.0}}), f"{vectors}:5: id '9' does not match")):
+        vectors.write_text("\n".join([*good[:3], *good[4:5], broken]) + "\n")
+        bad_vector = CliRunner().invoke(main, [*common[:common.index("--corpus") + 1], str(clean),
+                                               *common[common.index("--corpus") + 2:]])
+        assert bad_vector.exit_code == 1 and message in bad_vector.output, bad_vector.output
+        assert not LocalEngine(tmp_path / "engine").exists("bad-input")
+    vectors.write_text("".join(line + "\n" for line in good))
     skipped = CliRunner().invoke(main, [*common, "--skip-bad", "--failures", str(tmp_path / "failures.jsonl"), "--json"])
     assert skipped.exit_code == 1
     summary = json.loads(skipped.stdout.strip().splitlines()[-1])

@@ -61,3 +61,135 @@ def test_local_store_names_file_and_line_of_damage_elsewhere(tmp_path):
     log.write_text("\n".join(lines) + "\n")
     with pytest.raises(EngineError, match=rf"^{log}:2: not a stored document"):
         LocalEngine(tmp_path).count("store")
+
+
+# ---------------------------------------------------------------- encoder output under --skip-bad
+class _Vector:
+    def __init__(self, features: dict) -> None:
+        self.features = features
+
+    def to_features(self) -> dict:
+        return dict(self.features)
+
+
+class _Encoder:
+    """Stands in for a SparseEncoder whose output for one text the engines would refuse."""
+
+    def encode_documents(self, texts, pruning=None, show_progress=False):
+        return [_Vector({"ok": 1.0, "tiny": 1e-40} if "poison" in text else {"ok": 1.0}) for text in texts]
+
+
+def _documents(n: int, poisoned: int):
+    from splade_es.io.corpus import Document
+
+    return [Document(str(i), {"text": "poison" if i == poisoned else f"text {i}"}, f"corpus.jsonl:{i + 1}")
+            for i in range(n)]
+
+
+def _splade_layout():
+    from splade_es.toolkit.layouts import SpladeLayout
+    from splade_es.toolkit.mappings import VectorIndexSpec
+
+    return SpladeLayout(VectorIndexSpec("fake-model", None, None, "splade", "rank_features"))
+
+
+def test_a_bad_encoder_output_stops_the_run_or_is_skipped_and_reported(tmp_path):
+    from splade_es.errors import InputError
+    from splade_es.toolkit.ingest import encoded_vectors, ingest_corpus
+
+    engine = LocalEngine(tmp_path / "engine")
+    options = IngestOptions("docs", state_dir=tmp_path / "state", failures_path=tmp_path / "failures.jsonl",
+                            show_progress=False, encode_batch=4)
+    with pytest.raises(InputError, match=r"^corpus\.jsonl:8 \(encoder output\): feature 'tiny': the weight 1e-40"):
+        ingest_corpus(engine, _splade_layout(), _documents(10, poisoned=7), encoded_vectors(_Encoder(), None),
+                      options, {})
+    options.skip_bad = True
+    summary = ingest_corpus(engine, _splade_layout(), _documents(10, poisoned=7), encoded_vectors(_Encoder(), None),
+                            options, {})
+    assert summary.skipped == 1 and summary.failed == 0 and not summary.complete
+    assert "1 records were malformed and skipped" in summary.problem and engine.count("docs") == 9
+    (entry,) = [json.loads(line) for line in (tmp_path / "failures.jsonl").read_text().splitlines()]
+    assert entry["where"] == "corpus.jsonl:8 (encoder output)" and "below the smallest value" in entry["reason"]
+    options.resume = True  # a resume neither re-sends nor forgets it
+    again = ingest_corpus(engine, _splade_layout(), _documents(10, poisoned=7), encoded_vectors(_Encoder(), None),
+                          options, {})
+    assert again.skipped == 1 and again.resumed == 9 and again.indexed == 0 and not again.complete
+
+
+# ---------------------------------------------------------------- several ranks, one fails
+class _ThreadGroup:
+    """The ranks' collectives between threads (what gloo does between torchrun processes)."""
+
+    def __init__(self, rank: int, shared: dict) -> None:
+        from splade_es.io.ranks import Ranks
+
+        self.ranks, self._shared = Ranks(rank, 2, rank), shared
+
+    def _exchange(self, value):
+        import threading
+
+        shared = self._shared
+        with shared["lock"]:
+            round_ = shared.setdefault("round", {}).get(self.ranks.rank, 0)
+            shared["round"][self.ranks.rank] = round_ + 1
+            shared.setdefault(round_, {})[self.ranks.rank] = value
+        barrier: threading.Barrier = shared["barrier"]
+        barrier.wait(timeout=60)
+        return [shared[round_][r] for r in range(2)]
+
+    def broadcast(self, value):
+        return self._exchange(value)[0]
+
+    def gather(self, value):
+        return self._exchange(value)
+
+
+class _RefreshWatch(LocalEngine):
+    def __init__(self, path, calls: list) -> None:
+        super().__init__(path)
+        self.calls = calls
+
+    def set_refresh_interval(self, index, value) -> None:
+        self.calls.append(value)
+
+
+def test_when_one_rank_fails_every_rank_stops_and_refresh_is_restored(tmp_path):
+    """Rank 1's shard hits an error: rank 0 must not wait for it forever, and must put the index's
+    refresh back (it was switched off for the load)."""
+    import threading
+
+    from splade_es.errors import SpladeError
+    from splade_es.io.corpus import Document
+    from splade_es.toolkit.ingest import ingest_corpus, shard_of
+
+    documents = [Document(str(i), {"text": f"text {i}"}, f"c:{i}") for i in range(40)]
+    doomed = next(d.id for d in documents if shard_of(d, 0, 2) == 1)
+
+    def vectors(batch):
+        if any(d.id == doomed for d in batch):
+            raise SpladeError("the encoder ran out of memory")
+        return [{"x": 1.0} for _ in batch]
+
+    shared = {"lock": threading.Lock(), "barrier": threading.Barrier(2)}
+    calls: list = []
+    outcomes: dict[int, BaseException | None] = {}
+
+    def rank(number: int) -> None:
+        engine = _RefreshWatch(tmp_path / "engine", calls)
+        options = IngestOptions("docs", state_dir=tmp_path / f"state{number}", show_progress=False,
+                                failures_path=tmp_path / f"f{number}.jsonl", rank=number, world_size=2)
+        try:
+            ingest_corpus(engine, _splade_layout(), documents, vectors, options, {}, _ThreadGroup(number, shared))
+            outcomes[number] = None
+        except BaseException as exc:  # noqa: BLE001
+            outcomes[number] = exc
+
+    threads = [threading.Thread(target=rank, args=(n,)) for n in (0, 1)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert not any(thread.is_alive() for thread in threads), "a rank is still waiting"
+    assert str(outcomes[1]) == "the encoder ran out of memory"
+    assert isinstance(outcomes[0], SpladeError) and "rank 1 failed (SpladeError: the encoder ran out" in str(outcomes[0])
+    assert calls == ["-1", None], "refresh switched off for the load, then restored by rank 0"

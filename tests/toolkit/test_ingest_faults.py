@@ -168,6 +168,16 @@ def test_resume_refuses_a_changed_run_and_a_corrupt_checkpoint(target, cranfield
     vectors.write_text(vectors.read_text() + json.dumps({"id": "extra", "features": {"one": 1.0}}) + "\n")
     both, _ = _run(target, "--resume", vectors=vectors, corpus=corpus)
     assert "the corpus, vectors changed" in both.output
+    # Rewritten in place with the same size and modification time: still another corpus.
+    fresh_start, _ = _run(target, vectors=vectors, corpus=corpus)
+    assert fresh_start.exit_code == 0, fresh_start.output
+    before = corpus.stat()
+    text = corpus.read_text()
+    corpus.write_text(text.replace("experimental", "Experimental", 1))
+    os.utime(corpus, ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert corpus.stat().st_size == before.st_size and corpus.stat().st_mtime_ns == before.st_mtime_ns
+    same_stat, _ = _run(target, "--resume", vectors=vectors, corpus=corpus)
+    assert same_stat.exit_code == 1 and "cannot resume: the corpus changed" in same_stat.output
 
     path.write_text('{"version": 2, "identity": ')
     corrupt, _ = _run(target, "--resume", vectors=vectors, corpus=corpus)
@@ -232,3 +242,86 @@ def test_a_fresh_run_after_a_killed_one_restores_the_index_refresh(target, tmp_p
     assert fresh.returncode == 0, fresh.stderr
     assert "refresh_interval" not in engine._send("GET", f"/{index}/_settings")[index]["settings"]["index"]
     assert engine.count(index) == CRANFIELD_DOCS
+
+
+def _dup_corpus(tmp_path: Path, order: list[tuple[str, str]], name: str) -> tuple[Path, Path]:
+    corpus, vectors = tmp_path / f"{name}.jsonl", tmp_path / f"{name}.vectors.jsonl"
+    corpus.write_text("".join(json.dumps({"_id": i, "text": t}) + "\n" for i, t in order))
+    vectors.write_text("".join(json.dumps({"id": i, "features": {t.replace(" ", "_"): 1.0}}) + "\n" for i, t in order))
+    return corpus, vectors
+
+
+@pytest.mark.parametrize("target", ["opensearch", "elasticsearch"], indirect=True)
+def test_a_request_applied_late_cannot_overwrite_a_later_copy(target, tmp_path):
+    """Writes carry external versions (the load's epoch, then the corpus position): a request the
+    engine applies after the client gave up on it (replayed here by hand) loses to the later copy;
+    a resume that re-sends an earlier copy settles on the version conflict; and a new load, whose
+    epoch is higher, replaces every record even where its copy sits earlier in the corpus."""
+    from splade_es.toolkit.engines.rest import bulk_line
+    from splade_es.toolkit.ingest import document_version, splade_meta
+
+    engine, index = target["engine"], target["index"]
+    corpus, vectors = _dup_corpus(tmp_path, [("x", "old x"), ("y", "only y"), ("x", "new x")], "a")
+    first, summary = _run(target, vectors=vectors, corpus=corpus)
+    assert first.exit_code == 0, first.output
+    assert engine.get(index, "x")["text"] == "new x"
+    epoch = splade_meta(engine, index)["epoch"]
+    (checkpoint,) = _checkpoints(target)
+    assert checkpoint["epoch"] == epoch
+
+    # The first copy's request, applied late: refused as superseded, the later copy stays.
+    stale = bulk_line(index, "x", {"text": "old x", "splade": {"old_x": 1.0}}, document_version(epoch, 0))
+    (conflict,) = engine.bulk_raw(stale)
+    assert conflict.status == 409 and conflict.superseded and not conflict.retryable
+    engine.refresh(index)
+    assert engine.get(index, "x")["text"] == "new x"
+
+    # A resume from before the first copy settled re-sends it: a conflict, not a failure.
+    state = Path(target["args"][target["args"].index("--state-dir") + 1])
+    (path,) = state.glob("ingest-*.json")
+    saved = json.loads(path.read_text())
+    path.write_text(json.dumps({**saved, "done": 0, "complete": False}))
+    resumed, summary = _run(target, "--resume", vectors=vectors, corpus=corpus)
+    assert resumed.exit_code == 0, resumed.output
+    assert summary["failed"] == 0 and summary["indexed"] == 2 and summary["index_docs"] == 2
+    assert engine.get(index, "x")["text"] == "new x"
+
+    # A new load of another corpus into the same index: a higher epoch, so x's earlier position still wins.
+    corpus_b, vectors_b = _dup_corpus(tmp_path, [("x", "newest x"), ("y", "newest y")], "b")
+    again, summary = _run(target, vectors=vectors_b, corpus=corpus_b)
+    assert again.exit_code == 0, again.output
+    assert splade_meta(engine, index)["epoch"] > epoch
+    assert engine.get(index, "x")["text"] == "newest x" and engine.get(index, "y")["text"] == "newest y"
+
+
+@pytest.mark.parametrize("target", ["local"], indirect=True)
+def test_a_hub_model_is_known_by_its_cached_snapshot(target, tmp_path, monkeypatch):
+    """--vectors with a hub id: the layout takes the bundle config of the cached snapshot, and a
+    resume after the cache moved to another commit is refused (never a network call)."""
+    import huggingface_hub
+
+    from splade_es.model.config import SpladeConfig
+
+    cache = tmp_path / "hub"
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(cache))
+    repo = cache / "models--acme--sparse"
+
+    def snapshot(commit: str, max_length: int) -> None:
+        folder = repo / "snapshots" / commit
+        folder.mkdir(parents=True)
+        SpladeConfig(backbone="acme/base", max_length=max_length).save(folder)
+        (repo / "refs").mkdir(exist_ok=True)
+        (repo / "refs" / "main").write_text(commit)
+
+    snapshot("a" * 40, 128)
+    corpus, vectors = _dup_corpus(tmp_path, [("1", "one"), ("2", "two")], "hub")
+    args = ["ingest", "--index", target["index"], "--corpus", str(corpus), "--vectors", str(vectors),
+            "--model", "acme/sparse", "--no-progress", "--json", *target["args"]]
+    first = CliRunner().invoke(main, args)
+    assert first.exit_code == 0, first.output
+    (checkpoint,) = _checkpoints(target)
+    assert checkpoint["identity"]["model_files"] == [{"hub": "acme/sparse", "revision": "a" * 40}]
+    assert checkpoint["identity"]["layout"]["config_hash"]
+    snapshot("b" * 40, 256)
+    moved = CliRunner().invoke(main, [*args, "--resume"])
+    assert moved.exit_code == 1 and "cannot resume: the layout, model_files changed" in moved.output

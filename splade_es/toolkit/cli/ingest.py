@@ -54,6 +54,11 @@ from splade_es.toolkit.mappings import FIELD_TYPES, VectorIndexSpec, choose_fiel
                    "re-sends what failed for a retryable reason.")
 @click.option("--alias", help="Write a new versioned index, then point this alias at it atomically.")
 @click.option("--skip-bad", is_flag=True, help="Record malformed records in the failures file and go on.")
+@click.option("--precheck/--no-precheck", default=True, show_default=True,
+              help="Without --skip-bad, read the whole corpus (and --vectors) once before anything is sent, so "
+                   "a malformed record stops the run with FILE:LINE before the index is created or changed; "
+                   "--no-precheck saves that pass on very large inputs (a bad record then stops the load "
+                   "part-way, and the alias stays).")
 @click.option("--chunk-docs", type=click.IntRange(min=1), default=500, show_default=True, help="Documents per bulk request.")
 @click.option("--chunk-mb", type=click.FloatRange(min=0.01), default=8.0, show_default=True, help="Megabytes per bulk request.")
 @click.option("--concurrency", type=click.IntRange(min=1), default=2, show_default=True, help="Bulk requests in flight.")
@@ -72,7 +77,7 @@ def ingest(index: str, corpus_path: str | None, model_path: str | None, encoder:
            field: str, field_type: str | None, id_field: str | None, text_fields: str | None, batch_size: int,
            device: str | None, doc_top_k: int | None, doc_min_weight: float | None, shards: int | None,
            replicas: int | None, resume: bool,
-           alias: str | None, skip_bad: bool, chunk_docs: int, chunk_mb: float, concurrency: int,
+           alias: str | None, skip_bad: bool, precheck: bool, chunk_docs: int, chunk_mb: float, concurrency: int,
            max_retries: int, failures_path: str, state_dir: str | None, as_json: bool, no_progress: bool) -> None:
     """Encode documents into a vector field and bulk-load them, resumably.
 
@@ -105,8 +110,10 @@ def ingest(index: str, corpus_path: str | None, model_path: str | None, encoder:
     if encoder == "splade" and not model_path:
         raise click.UsageError("--encoder splade needs --model (or SPLADE_ES_MODEL)")
     ranks = Ranks.from_env()
-    engine = open_engine(url, engine_kind, data_dir, api_key, username, password, ca_certs, insecure)
     corpus = resolve_corpus(corpus_path, id_field, _split(text_fields)) if corpus_path else None
+    if precheck and not skip_bad:
+        _precheck(corpus, vectors_path)
+    engine = open_engine(url, engine_kind, data_dir, api_key, username, password, ca_certs, insecure)
     records = read_corpus(corpus, skip_bad) if corpus else None
     layout, encode = _layout(engine, encoder, inference_id, model_path, adapter, vectors_path, field, field_type,
                              device or ranks.default_device(), doc_top_k, doc_min_weight)
@@ -119,7 +126,7 @@ def ingest(index: str, corpus_path: str | None, model_path: str | None, encoder:
                             concurrency=concurrency, encode_batch=batch_size, max_retries=max_retries,
                             resume=resume, failures_path=failures, state_dir=Path(state_dir) if state_dir else None,
                             rank=ranks.rank, world_size=ranks.world_size, show_progress=not no_progress,
-                            shards=shards, replicas=replicas)
+                            shards=shards, replicas=replicas, skip_bad=skip_bad)
     identity = {"corpus": file_identity(corpus.path) if corpus else None,
                 "vectors": file_identity(vectors_path) if vectors_path else None,
                 "corpus_format": [corpus.id_field, *corpus.text_fields] if corpus else None,
@@ -166,15 +173,29 @@ def _layout(engine, encoder: str, inference_id: str, model_path: str | None, ada
 
 
 def _bundle_config_hash(model_path: str, adapter: str | None) -> str | None:
-    """With precomputed vectors the model is not loaded; a local bundle's config still identifies it."""
+    """With precomputed vectors the model is not loaded; its bundle config (a local directory's, or
+    a hub id's cached ``splade_config.json``) still identifies it."""
+    from splade_es.model.backbone import cached_hub_file
     from splade_es.model.config import SpladeConfig
 
-    for candidate in (adapter, model_path):
-        if candidate and Path(candidate).is_dir():
-            config = SpladeConfig.load(candidate)
-            if config is not None:
-                return config_hash(config.to_dict())
+    for candidate in filter(None, (adapter, model_path)):
+        if not Path(candidate).is_dir():
+            cached = cached_hub_file(candidate, "splade_config.json")
+            candidate = str(cached.parent) if cached is not None else None
+        config = SpladeConfig.load(candidate) if candidate else None
+        if config is not None:
+            return config_hash(config.to_dict())
     return None
+
+
+def _precheck(corpus, vectors_path: str | None) -> None:
+    """Read every record (and vector, paired with it) as the load will, raising the first problem
+    as ``FILE:LINE: ...`` while nothing has been sent."""
+    records = read_corpus(corpus) if corpus else None
+    if vectors_path:
+        records = _with_vectors(records, vectors_path, False)
+    for _ in records or ():
+        pass
 
 
 def _with_vectors(records, vectors_path: str, skip_bad: bool):

@@ -188,9 +188,17 @@ def has_rank_features(modules: set[str], queries: set[str]) -> bool:
     return "mapper-extras" in modules or "rank_feature" in queries
 
 
-def bulk_line(index: str, doc_id: str, source: dict[str, Any]) -> bytes:
-    """One document's action and source lines of a ``_bulk`` body (NDJSON, UTF-8)."""
-    return orjson.dumps({"index": {"_index": index, "_id": doc_id}}) + b"\n" + orjson.dumps(source) + b"\n"
+def bulk_line(index: str, doc_id: str, source: dict[str, Any], version: int | None = None) -> bytes:
+    """One document's action and source lines of a ``_bulk`` body (NDJSON, UTF-8).
+
+    With ``version`` the write is ``external_gte`` versioned: the engine keeps whichever copy of
+    the id carries the higher version, so a request applied late (after a client timeout) cannot
+    overwrite a later record, and a replay of the same copy rewrites it with itself.
+    """
+    action: dict[str, Any] = {"_index": index, "_id": doc_id}
+    if version is not None:
+        action.update(version=version, version_type="external_gte")
+    return orjson.dumps({"index": action}) + b"\n" + orjson.dumps(source) + b"\n"
 
 
 def bulk_payload(index: str, documents: Sequence[tuple[str, dict[str, Any]]]) -> bytes:
