@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -202,7 +203,12 @@ class SparseEncoder:
     def encode_documents(self, texts: Sequence[str], **kwargs) -> list[SparseVector]: ...
 
     def encode_documents(self, texts, **kwargs):
-        """Document vectors (document template, document pruning defaults)."""
+        """Document vectors (document template, document pruning defaults).
+
+        With ``chunk_tokens`` a text longer than that is not cut: it is encoded in windows of
+        ``chunk_tokens`` tokens overlapping by ``chunk_overlap``, and the windows' weights are
+        max-pooled into one vector (the max the pooling already takes over tokens), then pruned.
+        """
         return self._encode(texts, is_query=False, **kwargs)
 
     def _encode(
@@ -211,13 +217,23 @@ class SparseEncoder:
         is_query: bool,
         pruning: Pruning | None = None,
         show_progress: bool | None = None,
+        chunk_tokens: int | None = None,
+        chunk_overlap: int = 0,
     ) -> SparseVector | list[SparseVector]:
         single = isinstance(texts, str)
         items = [texts] if single else _check_texts(texts)
         pruning = pruning or self.config.pruning(is_query)
         results: list[SparseVector] = [empty_vector(self.namer)] * len(items)
         todo = [i for i, text in enumerate(items) if text.strip()]
-        encoded = self.inputs.encode([items[i] for i in todo], is_query)
+        if chunk_tokens is None:
+            encoded, owners = self.inputs.encode([items[i] for i in todo], is_query), list(range(len(todo)))
+        else:
+            if self.config.pooling != "max":
+                raise InputError(f"chunking max-pools the windows, as max pooling does; this model pools by "
+                                 f"{self.config.pooling!r}")
+            encoded, owners = self.inputs.encode_windows([items[i] for i in todo], is_query, chunk_tokens, chunk_overlap)
+        windows_left = Counter(owners)
+        partial: dict[int, torch.Tensor] = {}  # running max of a text's windows until its last one is in
         batches = plan_batches([len(e) for e in encoded], self.batch_tokens, self.max_batch_size)
         if show_progress is None:
             show_progress = len(todo) >= PROGRESS_MIN_TEXTS
@@ -225,9 +241,20 @@ class SparseEncoder:
         with torch.inference_mode(), bar:
             for batch_indices in batches:
                 pooled = self.forward(self.inputs.collate([encoded[i] for i in batch_indices]))
-                for position, vector in zip(batch_indices, prune_rows(pooled, pruning, self.namer)):
-                    results[todo[position]] = vector
-                bar.update(len(batch_indices))
+                rows, finished = [], []
+                for row, index in enumerate(batch_indices):
+                    owner = owners[index]
+                    weights = pooled[row] if owner not in partial else torch.maximum(partial.pop(owner), pooled[row])
+                    windows_left[owner] -= 1
+                    if windows_left[owner]:
+                        partial[owner] = weights.clone()  # not a view that keeps the whole batch alive
+                    else:
+                        rows.append(weights)
+                        finished.append(owner)
+                if rows:
+                    for owner, vector in zip(finished, prune_rows(torch.stack(rows), pruning, self.namer)):
+                        results[todo[owner]] = vector
+                bar.update(len(finished))
         return results[0] if single else results
 
     def text_features(self, text: str) -> set[str]:

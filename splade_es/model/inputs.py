@@ -104,6 +104,50 @@ class InputBuilder:
             pooled.extend([is_pooled] * len(piece))
         return Encoded(ids, pooled)
 
+    def window_size(self, chunk_tokens: int) -> int:
+        """Text tokens per window: ``chunk_tokens``, checked against what one input holds."""
+        room = self.config.max_length
+        if self.config.mode == "mlm":
+            room -= sum(map(len, self._special_frame()))
+        if not 1 <= chunk_tokens <= room:
+            raise InputError(f"chunk_tokens must be 1..{room} (the model's max_length {self.config.max_length}"
+                             f"{' less its special tokens' if self.config.mode == 'mlm' else ''}), got {chunk_tokens}")
+        return chunk_tokens
+
+    def _special_frame(self) -> tuple[list[int], list[int]]:
+        """The special ids a masked LM's tokenizer puts before and after one text (``[CLS]``,
+        ``[SEP]`` for BERT), read off a probe so any tokenizer's own template is kept."""
+        full = list(self.tokenizer("a")["input_ids"])
+        text = self.tokenize("a")
+        for start in range(len(full) - len(text) + 1):
+            if full[start:start + len(text)] == text:
+                return full[:start], full[start + len(text):]
+        raise InputError("cannot tell this tokenizer's special tokens from the text's")
+
+    def encode_windows(self, texts: Sequence[str], is_query: bool, chunk_tokens: int,
+                       overlap: int) -> tuple[list[Encoded], list[int]]:
+        """Model inputs for overlapping windows of ``chunk_tokens`` text tokens (``overlap`` shared
+        between neighbours) instead of one truncated input per text; returns the inputs and, for
+        each, the index of its text. A text that fits one window gets exactly :meth:`encode`'s input."""
+        size = self.window_size(chunk_tokens)
+        if not 0 <= overlap < size:
+            raise InputError(f"chunk_overlap must be 0..{size - 1} (less than chunk_tokens), got {overlap}")
+        step = size - overlap
+        inputs: list[Encoded] = []
+        owners: list[int] = []
+        for owner, ids in enumerate(self.tokenizer([self.cased(t) for t in texts], add_special_tokens=False)["input_ids"]):
+            ids = list(ids)
+            starts = range(0, max(len(ids) - overlap, 1), step) if len(ids) > size else [0]
+            for start in starts:
+                window = ids[start:start + size]
+                if self.config.mode == "mlm":
+                    head, tail = self._special_frame()
+                    inputs.append(Encoded([*head, *window, *tail], [True] * (len(head) + len(window) + len(tail))))
+                else:
+                    inputs.extend(self.encode_ids([window], is_query))
+                owners.append(owner)
+        return inputs, owners
+
     def collate(self, items: Sequence[Encoded]) -> Batch:
         """Right padding: positions and causal attention of real tokens are unaffected by it."""
         width = max(len(item) for item in items)

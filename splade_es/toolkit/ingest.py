@@ -66,12 +66,13 @@ def document_version(epoch: int, position: int) -> int:
     return (epoch << 32) | position
 
 
-def encoded_vectors(encoder, pruning) -> VectorSource:
-    """Document vectors from a loaded encoder, one batch at a time, checked as the engine will see
-    them; a vector the engine would refuse comes back as a :class:`BadRecord` (skipped with
-    ``--skip-bad``, else the run stops on it)."""
+def encoded_vectors(encoder, pruning, chunking: dict[str, int] | None = None) -> VectorSource:
+    """Document vectors from a loaded encoder, one batch at a time (long texts in windows with
+    ``chunking``), checked as the engine will see them; a vector the engine would refuse comes
+    back as a :class:`BadRecord` (skipped with ``--skip-bad``, else the run stops on it)."""
     def encode(documents: list[Document]) -> list[Features | BadRecord]:
-        vectors = encoder.encode_documents([d.text for d in documents], pruning=pruning, show_progress=False)
+        vectors = encoder.encode_documents([d.text for d in documents], pruning=pruning, show_progress=False,
+                                           **(chunking or {}))
         return [_checked(vector.to_features(), f"{d.where} (encoder output)") for d, vector in zip(documents, vectors)]
 
     return encode

@@ -68,13 +68,15 @@ class SpladeLayout(Layout):
 
     @classmethod
     def for_encoder(cls, encoder, model: str, adapter: str | None, info: EngineInfo, pruning,
-                    field: str = "splade", field_type: str | None = None) -> SpladeLayout:
-        """The layout of vectors a loaded encoder writes with ``pruning``; the field type is the
-        requested one, else the best the engine stores."""
+                    field: str = "splade", field_type: str | None = None,
+                    chunking: dict[str, int] | None = None) -> SpladeLayout:
+        """The layout of vectors a loaded encoder writes with ``pruning`` (and long documents in
+        windows, with ``chunking``: recorded beside the pruning, since both change the vectors);
+        the field type is the requested one, else the best the engine stores."""
         where = f"{info.kind} {info.version} at {info.location}"
         return cls(VectorIndexSpec(model_id(model, adapter), config_hash(encoder.config.to_dict()),
-                                   pruning.__dict__.copy(), field, choose_field_type(info.capabilities, field_type, where),
-                                   encoder.config.feature_naming))
+                                   {**pruning.__dict__, **(chunking or {})}, field,
+                                   choose_field_type(info.capabilities, field_type, where), encoder.config.feature_naming))
 
     def identity(self) -> dict[str, Any]:
         meta = self.spec.meta()

@@ -261,3 +261,63 @@ def test_encoding_keeps_no_key_value_cache(encoders, head):
         hook.remove()
     assert outputs and all(getattr(o, "cache", None) is None and getattr(o, "past_key_values", None) is None
                            for o in outputs)
+
+
+# ---------------------------------------------------------------- long documents in windows
+@pytest.mark.parametrize("mode", ["echo", "bidirectional", "mlm"])
+def test_a_long_text_is_the_max_over_its_windows(encoders, tiny_mistral_dir, tiny_bert_dir, cranfield_texts, mode):
+    """Windows of 12 tokens overlapping by 4 (starts 0, 8, 16, ... until the end is covered), each
+    scored by the plain HF model: the encoder's chunked vector is their element-wise max. A token
+    budget of one window per batch makes a text's windows arrive in different forward passes."""
+    from splade_es.model.inputs import Encoded
+
+    encoder = encoders[mode]
+    budget = encoder.batch_tokens
+    encoder.batch_tokens = 1  # every window its own batch
+    try:
+        long_text, short_text = " ".join(cranfield_texts[:2]), "shock wave"
+        chunked = encoder.encode_documents([long_text, short_text], pruning=NO_PRUNING, chunk_tokens=12, chunk_overlap=4)
+    finally:
+        encoder.batch_tokens = budget
+    ids = encoder.inputs.tokenize(long_text)
+    assert len(ids) > 40
+    starts = [0]
+    while starts[-1] + 12 < len(ids):
+        starts.append(starts[-1] + 8)
+    model_dir = tiny_bert_dir if mode == "mlm" else tiny_mistral_dir
+    windows = []
+    for start in starts:
+        piece = ids[start:start + 12]
+        if mode == "mlm":
+            tokenizer = encoder.tokenizer
+            full = [tokenizer.cls_token_id, *piece, tokenizer.sep_token_id]
+            windows.append(Encoded(full, [True] * len(full)))
+        else:
+            windows.append(encoder.inputs.encode_ids([piece], False)[0])
+    expected = np.max([reference_vector(model_dir, w, mode, encoder.tokenizer.all_special_ids) for w in windows], axis=0)
+    np.testing.assert_allclose(chunked[0].to_dense(), expected, atol=1e-5, rtol=0)
+    whole = encoder.encode_documents(long_text, pruning=NO_PRUNING)
+    assert not np.allclose(chunked[0].to_dense(), whole.to_dense(), atol=1e-3), "windows see other context"
+    # A text that fits one window is encoded exactly as without chunking.
+    plain = encoder.encode_documents(short_text, pruning=NO_PRUNING)
+    np.testing.assert_array_equal(chunked[1].to_dense(), plain.to_dense())
+
+
+def test_chunking_prunes_the_merged_vector_and_checks_its_settings(encoders, cranfield_texts, tiny_bert_dir, tmp_path):
+    encoder = encoders["causal"]
+    text = " ".join(cranfield_texts[:3])
+    full = encoder.encode_documents(text, pruning=NO_PRUNING, chunk_tokens=32, chunk_overlap=8)
+    top = encoder.encode_documents(text, pruning=Pruning(top_k=20), chunk_tokens=32, chunk_overlap=8)
+    assert [name for name, _ in top.top()] == [name for name, _ in full.top(20)]
+    with pytest.raises(InputError, match=r"chunk_tokens must be 1\.\.256"):
+        encoder.encode_documents(text, chunk_tokens=300)
+    with pytest.raises(InputError, match=r"chunk_overlap must be 0\.\.31"):
+        encoder.encode_documents(text, chunk_tokens=32, chunk_overlap=32)
+    mlm = encoders["mlm"]
+    with pytest.raises(InputError, match=r"chunk_tokens must be 1\.\.254 \(.* less its special tokens\)"):
+        mlm.encode_documents(text, chunk_tokens=255)
+    from dataclasses import replace
+
+    summing = SparseEncoder(mlm.backbone, mlm.tokenizer, replace(mlm.config, pooling="sum"))
+    with pytest.raises(InputError, match="this model pools by 'sum'"):
+        summing.encode_documents(text, chunk_tokens=32)

@@ -114,3 +114,43 @@ def test_unreachable_hub_id_is_one_line_error():
     assert done.returncode == 1
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("Error: could not load model config from 'some-org/some-model'")
+
+
+def test_long_documents_in_windows_through_encode_and_ingest(runner, tiny_mistral_dir, cranfield_texts, tmp_path):
+    """--chunk-tokens gives the library's windowed vectors in `encode` and in the index `ingest`
+    writes (which records the setting, so a resume with another one is refused)."""
+    from splade_es.toolkit.engines.local import LocalEngine
+
+    texts = [" ".join(cranfield_texts[:3]), "shock wave"]
+    encoder = SparseEncoder.from_pretrained(tiny_mistral_dir)
+    want = encoder.encode_documents(texts, chunk_tokens=24, chunk_overlap=6)
+    assert want[0].to_features() != encoder.encode_documents(texts[0]).to_features()
+    encoded = runner.invoke(main, ["encode", "--model", str(tiny_mistral_dir), "--json", "--chunk-tokens", "24",
+                                   "--chunk-overlap", "6", *texts])
+    assert encoded.exit_code == 0, encoded.output
+    got = [json.loads(line)["features"] for line in encoded.stdout.splitlines()]
+    for line, vector in zip(got, want):
+        assert line.keys() == vector.to_features().keys()
+        assert list(line.values()) == pytest.approx(list(vector.to_features().values()), rel=1e-6)
+
+    corpus = tmp_path / "long.jsonl"
+    corpus.write_text("".join(json.dumps({"_id": str(i), "text": t}) + "\n" for i, t in enumerate(texts)))
+    common = ["ingest", "--index", "long", "--corpus", str(corpus), "--model", str(tiny_mistral_dir),
+              "--data-dir", str(tmp_path / "engine"), "--state-dir", str(tmp_path / "state"), "--no-progress"]
+    loaded = runner.invoke(main, [*common, "--chunk-tokens", "24", "--chunk-overlap", "6"])
+    assert loaded.exit_code == 0, loaded.output
+    engine = LocalEngine(tmp_path / "engine")
+    stored = engine.get("long", "0")["splade"]
+    assert stored.keys() == want[0].to_features().keys()
+    pruning = engine.mappings("long")["long"]["_meta"]["splade_es"]["pruning"]
+    assert pruning["chunk_tokens"] == 24 and pruning["chunk_overlap"] == 6
+    other = runner.invoke(main, [*common, "--chunk-tokens", "32", "--resume"])
+    assert other.exit_code == 1 and "cannot resume: the layout changed" in other.output
+
+    for args, message in ((["--chunk-overlap", "4"], "--chunk-overlap goes with --chunk-tokens"),
+                          (["--chunk-tokens", "999"], "chunk_tokens must be 1..256"),
+                          (["--chunk-tokens", "8", "--chunk-overlap", "8"], "chunk_overlap must be 0..7")):
+        bad = runner.invoke(main, ["encode", "--model", str(tiny_mistral_dir), *args, texts[0]])
+        assert bad.exit_code != 0 and message in bad.output, bad.output
+    query = runner.invoke(main, ["encode", "--model", str(tiny_mistral_dir), "--query", "--chunk-tokens", "8", "x"])
+    assert query.exit_code == 2 and "--chunk-tokens is for documents" in query.output

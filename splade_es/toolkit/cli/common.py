@@ -63,6 +63,25 @@ def engine_options(command: F) -> F:
     return command
 
 
+def chunk_options(command: F) -> F:
+    """``--chunk-tokens`` / ``--chunk-overlap``: long documents in windows instead of cut."""
+    command = click.option("--chunk-overlap", type=click.IntRange(min=0), default=0, show_default=True,
+                           help="Tokens that neighbouring windows share (with --chunk-tokens).")(command)
+    return click.option("--chunk-tokens", type=click.IntRange(min=1),
+                        help="Encode a document longer than N tokens in windows of N tokens (overlapping by "
+                             "--chunk-overlap) and max-pool the windows into one vector, instead of cutting it "
+                             "at the model's max_length; N is at most max_length.")(command)
+
+
+def chunking(chunk_tokens: int | None, chunk_overlap: int) -> dict[str, int]:
+    """The encoder's chunking arguments (none when --chunk-tokens is not given)."""
+    if chunk_tokens is None:
+        if chunk_overlap:
+            raise click.UsageError("--chunk-overlap goes with --chunk-tokens")
+        return {}
+    return {"chunk_tokens": chunk_tokens, "chunk_overlap": chunk_overlap}
+
+
 def open_engine(url: str | None, engine_kind: str | None, data_dir: str | None, api_key: str | None,
                 username: str | None, password: str | None, ca_certs: str | None, insecure: bool):
     """The engine the options describe; an unreachable one fails here, before any work."""

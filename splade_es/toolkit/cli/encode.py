@@ -11,7 +11,7 @@ import click
 
 from splade_es.errors import InputError
 from splade_es.io.atomic import atomic_text_file
-from splade_es.toolkit.cli.common import friendly_errors, quiet_libraries
+from splade_es.toolkit.cli.common import chunk_options, chunking, friendly_errors, quiet_libraries
 from splade_es.io.readers import TextRecord, read_text_records
 
 SHOWN_FEATURES = 20
@@ -35,12 +35,13 @@ BLOCK = 4096  # texts encoded between writes, so memory stays flat on big files
 @click.option("--dtype", type=click.Choice(["float32", "bfloat16", "float16"]), help="Default: bfloat16 on GPU, float32 on CPU.")
 @click.option("--quantization", type=click.Choice(["8bit", "4bit"]), help="Load weights in 8/4 bit (bitsandbytes, CUDA).")
 @click.option("--batch-tokens", type=click.IntRange(min=1), help="Padded tokens per forward pass.")
+@chunk_options
 @click.argument("texts", nargs=-1)
 @friendly_errors
 def encode(model_path: str, adapter: str | None, is_query: bool, mode: str | None, top_k: int | None,
            min_weight: float | None, max_ratio: float | None, input_path: str | None, output_path: str | None,
            as_json: bool, device: str | None, dtype: str | None, quantization: str | None,
-           batch_tokens: int | None, texts: tuple[str, ...]) -> None:
+           batch_tokens: int | None, chunk_tokens: int | None, chunk_overlap: int, texts: tuple[str, ...]) -> None:
     """Encode TEXT... (or --input FILE) into sparse vectors.
 
     Without --json, prints each text's heaviest features; with --json, --input or
@@ -51,9 +52,13 @@ def encode(model_path: str, adapter: str | None, is_query: bool, mode: str | Non
       splade-es encode --model ./bundle "shock wave boundary layer interaction"
       splade-es encode --model ./bundle --query --top-k 32 --json "what is transition?"
       splade-es encode --model ./bundle --input corpus.jsonl --output vectors.jsonl
+      splade-es encode --model ./bundle --input long.jsonl --chunk-tokens 256 --chunk-overlap 32 --json
     """
     if bool(texts) == bool(input_path):
         raise click.UsageError("give either TEXT arguments or --input FILE (exactly one of them)")
+    windows = chunking(chunk_tokens, chunk_overlap)
+    if windows and is_query:
+        raise click.UsageError("--chunk-tokens is for documents, not --query")
     records = list(read_text_records(input_path)) if input_path else [TextRecord(str(i), t) for i, t in enumerate(texts)]
     if not records:
         raise InputError(f"{input_path}: no records")
@@ -64,34 +69,37 @@ def encode(model_path: str, adapter: str | None, is_query: bool, mode: str | Non
     encoder = SparseEncoder.from_pretrained(model_path, adapter=adapter, quantization=quantization, device=device,
                                             dtype=dtype, mode=mode, **encoder_kwargs)
     pruning = encoder.config.pruning(is_query).override(top_k=top_k, min_weight=min_weight, max_ratio=max_ratio)
+    if windows:
+        encoder.inputs.window_size(chunk_tokens)  # a bad size fails before any work
     if output_path:
         with atomic_text_file(output_path) as handle:
-            _write_json_lines(encoder, records, is_query, pruning, handle, progress=True)
+            _write_json_lines(encoder, records, is_query, pruning, windows, handle, progress=True)
         click.echo(f"wrote {len(records)} vectors to {output_path}", err=True)
     elif as_json or input_path:
-        _write_json_lines(encoder, records, is_query, pruning, sys.stdout, progress=bool(input_path))
+        _write_json_lines(encoder, records, is_query, pruning, windows, sys.stdout, progress=bool(input_path))
     else:
-        _print_table(encoder, records, is_query, pruning)
+        _print_table(encoder, records, is_query, pruning, windows)
 
 
-def _encode_blocks(encoder, records: Sequence[TextRecord], is_query: bool, pruning, progress: bool):
+def _encode_blocks(encoder, records: Sequence[TextRecord], is_query: bool, pruning, windows: dict[str, int],
+                   progress: bool):
     from tqdm.auto import tqdm
 
     encode = encoder.encode_queries if is_query else encoder.encode_documents
     with tqdm(total=len(records), unit="text", disable=not progress, file=sys.stderr) as bar:
         for start in range(0, len(records), BLOCK):
             block = records[start : start + BLOCK]
-            yield from zip(block, encode([r.text for r in block], pruning=pruning, show_progress=False))
+            yield from zip(block, encode([r.text for r in block], pruning=pruning, show_progress=False, **windows))
             bar.update(len(block))
 
 
-def _write_json_lines(encoder, records, is_query, pruning, handle: TextIO, progress: bool) -> None:
-    for record, vector in _encode_blocks(encoder, records, is_query, pruning, progress):
+def _write_json_lines(encoder, records, is_query, pruning, windows, handle: TextIO, progress: bool) -> None:
+    for record, vector in _encode_blocks(encoder, records, is_query, pruning, windows, progress):
         handle.write(json.dumps({"id": record.id, "features": vector.to_features()}, ensure_ascii=False) + "\n")
 
 
-def _print_table(encoder, records, is_query, pruning) -> None:
-    for record, vector in _encode_blocks(encoder, records, is_query, pruning, progress=False):
+def _print_table(encoder, records, is_query, pruning, windows) -> None:
+    for record, vector in _encode_blocks(encoder, records, is_query, pruning, windows, progress=False):
         preview = record.text if len(record.text) <= 60 else record.text[:57] + "..."
         click.secho(f"[{record.id}] {preview!r}  ({len(vector)} features)", bold=True)
         for name, weight in encoder.decode(vector, SHOWN_FEATURES):

@@ -9,7 +9,8 @@ import click
 
 from splade_es.errors import InputError
 from splade_es.model.config import Pruning
-from splade_es.toolkit.cli.common import engine_options, friendly_errors, load_encoder, open_engine
+from splade_es.toolkit.cli.common import (chunk_options, chunking, engine_options, friendly_errors, load_encoder,
+                                          open_engine)
 from splade_es.io.corpus import BadRecord, Document, read_corpus, read_vectors, resolve_corpus
 from splade_es.io.ranks import Group, Ranks
 from splade_es.toolkit.elser import DEFAULT_INFERENCE_ID, plan_for
@@ -47,6 +48,7 @@ from splade_es.toolkit.mappings import FIELD_TYPES, VectorIndexSpec, choose_fiel
 @click.option("--doc-min-weight", type=click.FloatRange(min=0),
               help="Drop document weights below W (also applies to --vectors): shorter posting lists, "
                    "faster queries; measure the nDCG cost first (docs/BENCHMARKS.md).")
+@chunk_options
 @click.option("--shards", type=click.IntRange(min=1), help="Primary shards of a new index (default: the cluster's).")
 @click.option("--replicas", type=click.IntRange(min=0), help="Replicas of a new index (default: the cluster's).")
 @click.option("--resume", is_flag=True,
@@ -75,7 +77,8 @@ def ingest(index: str, corpus_path: str | None, model_path: str | None, encoder:
            adapter: str | None, vectors_path: str | None,
            url, engine_kind, data_dir, api_key, username, password, ca_certs, insecure,
            field: str, field_type: str | None, id_field: str | None, text_fields: str | None, batch_size: int,
-           device: str | None, doc_top_k: int | None, doc_min_weight: float | None, shards: int | None,
+           device: str | None, doc_top_k: int | None, doc_min_weight: float | None, chunk_tokens: int | None,
+           chunk_overlap: int, shards: int | None,
            replicas: int | None, resume: bool,
            alias: str | None, skip_bad: bool, precheck: bool, chunk_docs: int, chunk_mb: float, concurrency: int,
            max_retries: int, failures_path: str, state_dir: str | None, as_json: bool, no_progress: bool) -> None:
@@ -109,6 +112,10 @@ def ingest(index: str, corpus_path: str | None, model_path: str | None, encoder:
         raise click.UsageError(f"--encoder {encoder} reads --corpus and takes no --vectors")
     if encoder == "splade" and not model_path:
         raise click.UsageError("--encoder splade needs --model (or SPLADE_ES_MODEL)")
+    windows = chunking(chunk_tokens, chunk_overlap)
+    if windows and (encoder != "splade" or vectors_path):
+        raise click.UsageError("--chunk-tokens applies when --model encodes the documents (not --vectors or "
+                               f"--encoder {encoder})")
     ranks = Ranks.from_env()
     corpus = resolve_corpus(corpus_path, id_field, _split(text_fields)) if corpus_path else None
     if precheck and not skip_bad:
@@ -116,7 +123,7 @@ def ingest(index: str, corpus_path: str | None, model_path: str | None, encoder:
     engine = open_engine(url, engine_kind, data_dir, api_key, username, password, ca_certs, insecure)
     records = read_corpus(corpus, skip_bad) if corpus else None
     layout, encode = _layout(engine, encoder, inference_id, model_path, adapter, vectors_path, field, field_type,
-                             device or ranks.default_device(), doc_top_k, doc_min_weight)
+                             device or ranks.default_device(), doc_top_k, doc_min_weight, windows)
     if vectors_path:
         records = _with_vectors(records, vectors_path, skip_bad)
     failures = Path(failures_path)
@@ -151,7 +158,7 @@ def _split(value: str | None) -> list[str] | None:
 
 def _layout(engine, encoder: str, inference_id: str, model_path: str | None, adapter: str | None,
             vectors_path: str | None, field: str, field_type: str | None, device: str, doc_top_k: int | None,
-            doc_min_weight: float | None) -> tuple[Layout, VectorSource]:
+            doc_min_weight: float | None, windows: dict[str, int]) -> tuple[Layout, VectorSource]:
     """The index layout and where each document's vector comes from (none for text and ELSER)."""
     if encoder == "text":
         return TextLayout(), no_vectors
@@ -167,9 +174,11 @@ def _layout(engine, encoder: str, inference_id: str, model_path: str | None, ada
                                choose_field_type(engine.info.capabilities, field_type, where))
         return SpladeLayout(spec), _precomputed(pruning)
     model = load_encoder(model_path, adapter, device)
+    if windows:
+        model.inputs.window_size(windows["chunk_tokens"])  # a bad size fails before the index is touched
     pruning = model.config.pruning(False).override(top_k=doc_top_k, min_weight=doc_min_weight)
-    return (SpladeLayout.for_encoder(model, model_path, adapter, engine.info, pruning, field, field_type),
-            encoded_vectors(model, pruning))
+    return (SpladeLayout.for_encoder(model, model_path, adapter, engine.info, pruning, field, field_type, windows),
+            encoded_vectors(model, pruning, windows))
 
 
 def _bundle_config_hash(model_path: str, adapter: str | None) -> str | None:
