@@ -6,6 +6,7 @@ import json
 import uuid
 
 import numpy as np
+import pytest
 from click.testing import CliRunner
 
 from conftest import SHARED_DATA, engine_url
@@ -15,22 +16,22 @@ from splade_es.toolkit.engines.connect import connect
 from splade_es.toolkit.eval.beir import load_beir
 from splade_es.toolkit.eval.metrics import evaluate
 
-CRANFIELD = SHARED_DATA / "cranfield"
+DATASETS = {"cranfield": 0.03, "scifact": 0.01}  # allowed |nDCG@10 difference| to the independent BM25
 
 
-def _bm25s_run(queries: dict[str, str]) -> dict[str, dict[str, float]]:
+def _bm25s_run(dataset_dir, queries: dict[str, str]) -> dict[str, dict[str, float]]:
     """BEIR's baseline rebuilt with bm25s: Lucene's BM25 (k1 1.2, b 0.75) per field over English
     stemmed, stop-worded tokens, fields combined as best_fields with tie_breaker 0.5."""
     import bm25s
     import Stemmer
 
     stemmer = Stemmer.Stemmer("english")
-    documents = [d for d in read_corpus(resolve_corpus(CRANFIELD, None, None)) if isinstance(d, Document)]
+    documents = [d for d in read_corpus(resolve_corpus(dataset_dir, None, None)) if isinstance(d, Document)]
     per_field = []
     for name in ("title", "text"):
         retriever = bm25s.BM25(method="lucene", k1=1.2, b=0.75)
-        retriever.index(bm25s.tokenize([d.fields[name] for d in documents], stopwords="en", stemmer=stemmer,
-                                       show_progress=False), show_progress=False)
+        retriever.index(bm25s.tokenize([d.fields.get(name) or "" for d in documents], stopwords="en",
+                                       stemmer=stemmer, show_progress=False), show_progress=False)
         per_field.append(retriever)
     run = {}
     for qid, text in queries.items():
@@ -43,27 +44,37 @@ def _bm25s_run(queries: dict[str, str]) -> dict[str, dict[str, float]]:
     return run
 
 
-def test_opensearch_bm25_is_beirs_baseline(tmp_path):
+def _engine_bm25(args: list[str], dataset_dir, index: str, tmp_path) -> float:
+    runner = CliRunner()
+    result = runner.invoke(main, ["ingest", "--index", index, "--corpus", str(dataset_dir), "--encoder", "text",
+                                  *args, "--no-progress", "--state-dir", str(tmp_path / "state"),
+                                  "--failures", str(tmp_path / "f.jsonl")])
+    assert result.exit_code == 0, result.output
+    result = runner.invoke(main, ["eval", "--dataset", str(dataset_dir), "--index", index, "--method", "bm25",
+                                  *args, "--json", "--no-progress"])
+    assert result.exit_code == 0, result.output
+    return json.loads(result.stdout)["metrics"]["ndcg@10"]
+
+
+@pytest.mark.parametrize("name", sorted(DATASETS))
+def test_opensearch_bm25_is_beirs_baseline(name, tmp_path):
     """OpenSearch's ``english`` analyzer (possessive filter, Lucene's stop list, Porter stemming,
     single-character tokens kept) differs a little from bm25s' tokenizer (Snowball English,
     its own stop list, tokens of two characters or more), and Lucene stores document lengths
-    in a lossy 8-bit encoding; so the two agree closely but not exactly: within 0.03 nDCG@10."""
+    in a lossy 8-bit encoding; so the two agree closely but not exactly: within 1 point of
+    nDCG@10 on SciFact (BEIR), 3 on Cranfield (short, telegraphic queries). The local engine's
+    BM25 is printed beside them (docs/BENCHMARKS.md records all three)."""
+    dataset_dir = SHARED_DATA / name
     url = engine_url("opensearch")
     index = f"bm25-{uuid.uuid4().hex[:8]}"
-    runner = CliRunner()
     try:
-        result = runner.invoke(main, ["ingest", "--index", index, "--corpus", str(CRANFIELD), "--encoder", "text",
-                                      "--url", url, "--no-progress", "--state-dir", str(tmp_path / "state"),
-                                      "--failures", str(tmp_path / "f.jsonl")])
-        assert result.exit_code == 0, result.output
-        result = runner.invoke(main, ["eval", "--dataset", str(CRANFIELD), "--index", index, "--method", "bm25",
-                                      "--url", url, "--json", "--no-progress"])
-        assert result.exit_code == 0, result.output
-        engine_ndcg = json.loads(result.stdout)["metrics"]["ndcg@10"]
+        engine_ndcg = _engine_bm25(["--url", url], dataset_dir, index, tmp_path)
     finally:
         connect(url).delete_index(index)
-    dataset = load_beir(CRANFIELD)
-    independent, _ = evaluate(dataset.qrels, _bm25s_run(dataset.queries))
-    print(f"BM25 nDCG@10: OpenSearch {engine_ndcg:.4f}, bm25s {independent['ndcg@10']:.4f}")
+    local_ndcg = _engine_bm25(["--data-dir", str(tmp_path / "local")], dataset_dir, index, tmp_path / "l")
+    dataset = load_beir(dataset_dir)
+    independent, _ = evaluate(dataset.qrels, _bm25s_run(dataset_dir, dataset.queries))
+    print(f"{name} BM25 nDCG@10: OpenSearch {engine_ndcg:.4f}, bm25s {independent['ndcg@10']:.4f}, "
+          f"local engine {local_ndcg:.4f}")
     assert engine_ndcg > 0.3
-    assert abs(engine_ndcg - independent["ndcg@10"]) <= 0.03
+    assert abs(engine_ndcg - independent["ndcg@10"]) <= DATASETS[name]
