@@ -9,7 +9,8 @@
 # 4. trains it briefly on CPU,
 # 5. indexes Cranfield into the embedded local engine,
 # 6. searches with --explain,
-# 7. evaluates the model and BM25 on the 225 Cranfield test queries and compares them.
+# 7. evaluates BM25, the model, and the model fused with BM25 (RRF and linear) on the 225
+#    Cranfield test queries and compares each with BM25 (paired randomisation test).
 #
 # Knobs (environment): QUICKSTART_DIR (work directory, default ./quickstart; rebuilt on each run),
 # QUICKSTART_STEPS (training steps, default 150), QUICKSTART_DATA (a BEIR directory, default
@@ -86,10 +87,16 @@ query="what happens to the boundary layer on a swept wing at high speed?"
 say "6/7 Searching, with each hit's top contributing terms (query weight x document weight)"
 splade-es search --index quickstart "${engine[@]}" --k 3 --explain "$query"
 
-say "7/7 Evaluating on every judged test query: the trained model versus BM25"
-splade-es eval --dataset "$data" --index quickstart "${engine[@]}" --method splade --json > "$work/eval-splade.json"
+say "7/7 Evaluating on every judged test query: BM25, the trained model, and both fused (hybrid)"
 splade-es eval --dataset "$data" --index quickstart "${engine[@]}" --method bm25 --json > "$work/eval-bm25.json"
-splade-es compare "$work/eval-bm25.json" "$work/eval-splade.json"
+splade-es eval --dataset "$data" --index quickstart "${engine[@]}" --method splade --json > "$work/eval-splade.json"
+for mode in rrf linear; do
+    splade-es eval --dataset "$data" --index quickstart "${engine[@]}" --method hybrid --hybrid-mode "$mode" \
+        --json > "$work/eval-hybrid-$mode.json"
+done
+splade-es compare "$work/eval-bm25.json" "$work/eval-splade.json" "$work/eval-hybrid-rrf.json" \
+    "$work/eval-hybrid-linear.json" --label BM25 --label model --label "model + BM25 (RRF)" \
+    --label "model + BM25 (linear)"
 
 cat <<EOF
 

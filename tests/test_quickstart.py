@@ -37,11 +37,16 @@ def test_quickstart_runs_every_step_on_a_tiny_model(tmp_path, tiny_bert_dir):
     assert "trained 3 steps" in out and f"indexed {corpus}, failed 0" in out
     # search --explain: three ranked hits, each with the terms that contributed to its score
     assert "3 hits for" in out and out.count("terms (sum ") == 3
-    evals = {m: json.loads((work / f"eval-{m}.json").read_text()) for m in ("splade", "bm25")}
+    runs = {"splade": "splade", "bm25": "bm25", "hybrid-rrf": "hybrid", "hybrid-linear": "hybrid"}
+    evals = {name: json.loads((work / f"eval-{name}.json").read_text()) for name in runs}
     judged = len((SHARED_DATA / "cranfield" / "queries.jsonl").read_text().splitlines())
-    for method, result in evals.items():
-        assert result["method"] == method and 200 <= result["queries"] <= judged
-    assert "per query vs bm25" in out and "better" in out
+    for name, result in evals.items():
+        assert result["method"] == runs[name] and 200 <= result["queries"] <= judged
+    # The four rows, each after the first compared with BM25 query by query.
+    for label in ("BM25", "model", "model + BM25 (RRF)", "model + BM25 (linear)"):
+        assert label in out, label
+    assert out.count("better") >= 3
+    assert evals["hybrid-rrf"]["metrics"] != evals["hybrid-linear"]["metrics"]
     assert "Next steps" in out and str(work / "run" / "bundle") in out
     assert (work / "run" / "bundle" / "splade_config.json").is_file()
     # A second run rebuilds its own directory.

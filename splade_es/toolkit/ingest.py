@@ -14,10 +14,12 @@ What it promises, and how:
 - *Nothing doubled, later record wins.* Documents are indexed by corpus id. Two records with the
   same id are never in flight together (the later one waits for the earlier to settle, and an
   earlier copy inside one batch is dropped), and under torchrun a record goes to the rank its
-  id hashes to, so one rank orders all copies of an id. The engine enforces the order too: each
-  write carries an external version (the run's epoch, then the record's shard position), so a
-  request the engine applies late, after the client gave up on it, cannot overwrite a later
-  copy; a run that starts over takes a higher epoch, so its records replace the old ones.
+  id hashes to, so one rank orders all copies of an id. Elasticsearch and OpenSearch enforce the
+  order too: each write carries an external version (the load's epoch, then the record's shard
+  position), so a request the engine applies late, after the client gave up on it, cannot
+  overwrite a later copy; a load that starts over takes a higher epoch, so its records replace
+  the old ones. (The local engine applies writes in order, in process.) A write refused for its
+  version is a failure like any other unless a later copy of the id from this load settles it.
 - *Faults survived.* 429/502/503/504 and connection errors are retried with full-jitter
   exponential backoff, per request and per refused item; a 413 splits the request in halves.
 - *Kills survived.* The checkpoint (and the name of the index, before it is created) is written
@@ -208,6 +210,22 @@ def file_identity(path: str | Path, digest: bool = True) -> dict[str, Any]:
     return identity
 
 
+def same_identity(saved: Any, current: Any) -> bool:
+    """Whether a recorded identity is the current one, reading records of earlier splade-es
+    versions as they were written: those knew files without a content digest and hub models
+    not at all, so a missing digest or hub entry is not a change."""
+    if isinstance(saved, dict) and isinstance(current, dict):
+        keys = set(saved) | set(current)
+        if "blake2b" not in saved:
+            keys.discard("blake2b")
+        return all(same_identity(saved.get(k), current.get(k)) for k in keys)
+    if isinstance(saved, list) and isinstance(current, list):
+        return len(saved) == len(current) and all(map(same_identity, saved, current))
+    if saved is None and isinstance(current, list):
+        return all(isinstance(entry, dict) and "hub" in entry for entry in current)
+    return saved == current
+
+
 @dataclass
 class Checkpoint:
     """How far one shard got, what failed and what was skipped; written atomically.
@@ -247,7 +265,8 @@ class Checkpoint:
                 checkpoint.refresh_interval = saved.refresh_interval  # what a killed load had not restored
             return checkpoint
         saved = checkpoint.read()
-        changed = [k for k in sorted(set(identity) | set(saved.identity)) if identity.get(k) != saved.identity.get(k)]
+        changed = [k for k in sorted(set(identity) | set(saved.identity))
+                   if not same_identity(saved.identity.get(k), identity.get(k))]
         if changed:
             raise ConfigError(f"{checkpoint.path}: cannot resume: the {', '.join(changed)} changed since the "
                               "interrupted run (drop --resume to start over)")
@@ -278,7 +297,7 @@ class Checkpoint:
 
     def index_is_orphan_of(self, identity: dict[str, Any]) -> bool:
         """An incomplete index this same run left behind (killed early): the next run reuses it."""
-        return bool(self.index) and not self.complete and self.identity == identity
+        return bool(self.index) and not self.complete and same_identity(self.identity, identity)
 
     def save(self) -> None:
         atomic_write_text(self.path, json.dumps({
@@ -384,6 +403,7 @@ class Ingester:
                 if "already_exists" not in str(exc) and "already exists" not in str(exc):
                     raise
                 self.layout.check(self.engine.mappings(index), index)
+        self._choose_epoch(index)
         try:
             previous = self.engine.refresh_interval(index)
             if self.checkpoint.refresh_interval is None:  # the setting found first is the one to restore
@@ -398,11 +418,17 @@ class Ingester:
                          "refresh on", index, exc.status)
             self.checkpoint.refresh_interval = None
 
-    def version_epoch(self, index: str) -> int:
+    def _choose_epoch(self, index: str) -> None:
         """The epoch of this load's external versions: the interrupted load's when resuming it, else
-        one above any epoch recorded in the index (and not below the clock), recorded there first."""
+        one above any epoch recorded in the index (and not below the clock), recorded there before
+        any write. A resume is refused once a newer load has written to the index: its records
+        would win over the resumed ones, and the resumed load could not complete honestly."""
+        recorded = int(splade_meta(self.engine, index).get("epoch", -1))
+        if self.checkpoint.epoch is not None and recorded > self.checkpoint.epoch:
+            raise ConfigError(f"{self.checkpoint.path}: cannot resume: a newer load (epoch {recorded}) wrote to "
+                              f"{index} after the interrupted one (epoch {self.checkpoint.epoch}); drop --resume to "
+                              "load again")
         if self.checkpoint.epoch is None:
-            recorded = int(splade_meta(self.engine, index).get("epoch", -1))
             self.checkpoint.epoch = max(int(time.time()) - EPOCH_ORIGIN, recorded + 1)
             try:
                 set_splade_meta(self.engine, index, "epoch", self.checkpoint.epoch)
@@ -412,10 +438,10 @@ class Ingester:
                 _log.warning("%s: these credentials may not change the mapping (HTTP %s): the load's versions "
                              "follow the clock alone", index, exc.status)
             self.checkpoint.save()
-        return self.checkpoint.epoch
 
-    def restore_refresh(self, index: str) -> None:
-        saved = self.checkpoint.refresh_interval
+    def restore_refresh(self, index: str, saved: dict[str, Any] | None = None) -> None:
+        """Put back the refresh setting the load switched off (rank 0's record, or ``saved``)."""
+        saved = saved if saved is not None else self.checkpoint.refresh_interval
         if saved is not None:
             self.engine.set_refresh_interval(index, saved.get("value"))
 
@@ -603,8 +629,6 @@ class Ingester:
                     raise
             else:
                 failpoint("acknowledged")
-                # A version conflict means the index already holds a later copy: settled, not refused.
-                failures = [f for f in failures if not f.superseded]
                 final += [f for f in failures if not f.retryable]
                 again = {f.id for f in failures if f.retryable}
                 if not again:
@@ -684,35 +708,20 @@ def ingest_corpus(engine: Engine, layout: Layout, records: Iterable[Document | B
     if group.ranks.is_main:
         target = ingester.target_index()
         ingester.prepare_index(target)
-        plan = (target, ingester.version_epoch(target))
-    target, epoch = group.broadcast(plan)
-    rank_records = shard(records, options.rank, options.world_size)
-    if group.ranks.world_size == 1:
+        plan = (target, ingester.checkpoint.epoch, ingester.checkpoint.refresh_interval)
+    target, epoch, refresh = group.broadcast(plan)
+    try:
+        summary, ids = ingester.run(target, shard(records, options.rank, options.world_size), vectors, total, epoch)
+    except BaseException:
+        # Any rank puts back the setting rank 0 switched off, then fails; under torchrun the others are
+        # stopped (their checkpoints keep what they settled), so none waits for this one in vain.
         try:
-            summary, ids = ingester.run(target, rank_records, vectors, total, epoch)
-        except BaseException:
-            ingester.restore_refresh(target)
-            raise
-        summary.expected = len(ids)
-        summaries = [summary]
-    else:
-        # Every rank joins the gather, even one whose shard failed, so no rank waits on it forever
-        # and rank 0 can restore the index's refresh before they all stop.
-        error: Exception | None = None
-        try:
-            summary, ids = ingester.run(target, rank_records, vectors, total, epoch)
-            summary.expected = len(ids)  # a rank holds every copy of its ids, so the ranks' counts add up
-        except Exception as exc:  # noqa: BLE001 - re-raised below, after the other ranks are told
-            error = exc
-        summaries = group.gather(summary if error is None else f"{type(error).__name__}: {error}")
-        failed = [(rank, item) for rank, item in enumerate(summaries) if isinstance(item, str)]
-        if failed:
-            if group.ranks.is_main:
-                ingester.restore_refresh(target)
-            if error is not None:
-                raise error
-            raise SpladeError(f"rank {failed[0][0]} failed ({failed[0][1]}); its checkpoint says what is "
-                              "settled: rerun with --resume")
+            ingester.restore_refresh(target, refresh)
+        except EngineError as exc:
+            _log.warning("%s: could not restore refresh_interval (%s); the next run restores it", target, exc)
+        raise
+    summary.expected = len(ids)  # a rank holds every copy of its ids, so the ranks' counts add up
+    summaries = group.gather(summary)
     verdict = None
     if group.ranks.is_main:
         merged = summaries[0]
@@ -731,16 +740,26 @@ def record_loaded(engine: Engine, index: str, loaded: dict[str, Any]) -> None:
     set_splade_meta(engine, index, "loaded", loaded)
 
 
+def _concrete_meta(engine: Engine, index: str) -> tuple[str, dict[str, Any]]:
+    """The one concrete index behind ``index`` (an index, or an alias of one) and its ``_meta``."""
+    mappings = engine.mappings(index)
+    if len(mappings) != 1:
+        raise ConfigError(f"{index!r} is an alias of {len(mappings)} indices ({', '.join(sorted(mappings))}): "
+                          "load into one index")
+    concrete, mapping = next(iter(mappings.items()))
+    return concrete, mapping.get("_meta", {})
+
+
 def splade_meta(engine: Engine, index: str) -> dict[str, Any]:
-    """What splade-es noted in the concrete index's mapping ``_meta.splade_es``."""
-    return engine.mappings(index)[index].get("_meta", {}).get("splade_es", {})
+    """What splade-es noted in the index's mapping ``_meta.splade_es``."""
+    return _concrete_meta(engine, index)[1].get("splade_es", {})
 
 
 def set_splade_meta(engine: Engine, index: str, name: str, value: Any) -> None:
     """Set one entry of ``_meta.splade_es``, keeping the rest of ``_meta``."""
-    meta = engine.mappings(index)[index].get("_meta", {})
+    concrete, meta = _concrete_meta(engine, index)
     meta.setdefault("splade_es", {})[name] = value
-    engine.put_meta(index, meta)
+    engine.put_meta(concrete, meta)
 
 
 def loaded_record(engine: Engine, index: str) -> dict[str, Any] | None:

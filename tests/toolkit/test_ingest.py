@@ -196,6 +196,19 @@ def test_malformed_line_names_file_and_line_and_skip_bad_goes_on(tmp_path):
                                                *common[common.index("--corpus") + 2:]])
         assert bad_vector.exit_code == 1 and message in bad_vector.output, bad_vector.output
         assert not LocalEngine(tmp_path / "engine").exists("bad-input")
+    # --skip-bad still prechecks what it cannot skip: a vectors file that ends before the corpus.
+    vectors.write_text("".join(line + "\n" for line in [*good[:3], *good[4:5]]))
+    short = CliRunner().invoke(main, [*common[:common.index("--corpus") + 1], str(clean),
+                                      *common[common.index("--corpus") + 2:], "--skip-bad"])
+    assert short.exit_code == 1 and "ends before the corpus does" in short.output
+    assert not LocalEngine(tmp_path / "engine").exists("bad-input")
+    # --no-precheck: one pass; the bad last record stops the load part-way, after documents were sent.
+    vectors.write_text("\n".join([*good[:3], *good[4:5], json.dumps({"id": "4", "features": {"wing": 1e-39}})]) + "\n")
+    one_pass = CliRunner().invoke(main, [*common[:common.index("--corpus") + 1], str(clean),
+                                         *common[common.index("--corpus") + 2:], "--no-precheck", "--batch-size", "2"])
+    assert one_pass.exit_code == 1 and f"{vectors}:5: feature 'wing'" in one_pass.output
+    assert LocalEngine(tmp_path / "engine").exists("bad-input")
+    LocalEngine(tmp_path / "engine").delete_index("bad-input")
     vectors.write_text("".join(line + "\n" for line in good))
     skipped = CliRunner().invoke(main, [*common, "--skip-bad", "--failures", str(tmp_path / "failures.jsonl"), "--json"])
     assert skipped.exit_code == 1

@@ -57,10 +57,10 @@ from splade_es.toolkit.mappings import FIELD_TYPES, VectorIndexSpec, choose_fiel
 @click.option("--alias", help="Write a new versioned index, then point this alias at it atomically.")
 @click.option("--skip-bad", is_flag=True, help="Record malformed records in the failures file and go on.")
 @click.option("--precheck/--no-precheck", default=True, show_default=True,
-              help="Without --skip-bad, read the whole corpus (and --vectors) once before anything is sent, so "
-                   "a malformed record stops the run with FILE:LINE before the index is created or changed; "
-                   "--no-precheck saves that pass on very large inputs (a bad record then stops the load "
-                   "part-way, and the alias stays).")
+              help="Read the whole corpus (and --vectors) once before anything is sent, so a malformed record "
+                   "(or, with --skip-bad, a vectors file out of step with the corpus) stops the run with "
+                   "FILE:LINE before the index is created or changed; --no-precheck saves that pass on very "
+                   "large inputs (a bad record then stops the load part-way, and the alias stays).")
 @click.option("--chunk-docs", type=click.IntRange(min=1), default=500, show_default=True, help="Documents per bulk request.")
 @click.option("--chunk-mb", type=click.FloatRange(min=0.01), default=8.0, show_default=True, help="Megabytes per bulk request.")
 @click.option("--concurrency", type=click.IntRange(min=1), default=2, show_default=True, help="Bulk requests in flight.")
@@ -118,8 +118,8 @@ def ingest(index: str, corpus_path: str | None, model_path: str | None, encoder:
                                f"--encoder {encoder})")
     ranks = Ranks.from_env()
     corpus = resolve_corpus(corpus_path, id_field, _split(text_fields)) if corpus_path else None
-    if precheck and not skip_bad:
-        _precheck(corpus, vectors_path)
+    if precheck:
+        _precheck(corpus, vectors_path, skip_bad)
     engine = open_engine(url, engine_kind, data_dir, api_key, username, password, ca_certs, insecure)
     records = read_corpus(corpus, skip_bad) if corpus else None
     layout, encode = _layout(engine, encoder, inference_id, model_path, adapter, vectors_path, field, field_type,
@@ -197,12 +197,13 @@ def _bundle_config_hash(model_path: str, adapter: str | None) -> str | None:
     return None
 
 
-def _precheck(corpus, vectors_path: str | None) -> None:
+def _precheck(corpus, vectors_path: str | None, skip_bad: bool) -> None:
     """Read every record (and vector, paired with it) as the load will, raising the first problem
-    as ``FILE:LINE: ...`` while nothing has been sent."""
-    records = read_corpus(corpus) if corpus else None
+    it would stop on as ``FILE:LINE: ...`` while nothing has been sent (with ``skip_bad``, only
+    what cannot be skipped: vectors out of step with the corpus)."""
+    records = read_corpus(corpus, skip_bad) if corpus else None
     if vectors_path:
-        records = _with_vectors(records, vectors_path, False)
+        records = _with_vectors(records, vectors_path, skip_bad)
     for _ in records or ():
         pass
 

@@ -72,12 +72,6 @@ class BulkFailure:
     def retryable(self) -> bool:
         return self.status in RETRYABLE_STATUS
 
-    @property
-    def superseded(self) -> bool:
-        """A versioned write refused because the index already holds a later copy of this id:
-        nothing is missing (409 ``version_conflict_engine_exception``)."""
-        return self.status == 409
-
 
 @dataclass
 class IndexStats:

@@ -24,7 +24,7 @@ from splade_es.toolkit.eval.harness import EvalSettings, evaluate_index
 from splade_es.toolkit.eval.report import write_report
 from splade_es.toolkit.eval.runner import EvalResult
 from splade_es.toolkit.ingest import (IngestOptions, VectorSource, encoded_vectors, file_identity, ingest_corpus,
-                                      loaded_record, model_files_identity, no_vectors)
+                                      loaded_record, model_files_identity, no_vectors, same_identity)
 from splade_es.toolkit.layouts import ElserLayout, Layout, SpladeLayout, TextLayout
 from splade_es.toolkit.mappings import config_hash, model_id
 
@@ -89,7 +89,8 @@ class Benchmark:
         if self.engine.exists(index):
             layout.check(self.engine.mappings(index), index)
             loaded = loaded_record(self.engine, index)
-            if loaded and loaded.get("corpus") == corpus and self.engine.count(index) == loaded.get("documents"):
+            if (loaded and same_identity(loaded.get("corpus"), corpus)
+                    and self.engine.count(index) == loaded.get("documents")):
                 self.log(f"{index}: reusing ({loaded['documents']} documents, a complete load of this corpus)")
                 return index
         self.log(f"{index}: indexing {dataset.name} ({encoder})")
