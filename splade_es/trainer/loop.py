@@ -216,7 +216,8 @@ class Trainer:
         predicts = attention_mask[:, 1:].bool()  # position i predicts token i + 1 when that is not padding
         targets = input_ids[:, 1:][predicts]
         if backbone.head is None:  # a head that cannot be split off: full logits, as pooling does
-            logits = backbone.model(input_ids=input_ids, attention_mask=attention_mask).logits
+            backbone.set_attention(False)  # the layers may be bidirectional from the contrastive mode
+            logits = backbone.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
             return losses.adaptation_sums(logits[:, :-1][predicts], targets)
         hidden = backbone.hidden_states(input_ids, attention_mask, bidirectional=False)
         return losses.chunked_adaptation_sums(hidden[:, :-1][predicts], targets, backbone.head,

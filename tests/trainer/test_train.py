@@ -162,6 +162,27 @@ def test_the_adaptation_terms_match_an_independent_computation_with_padding(tmp_
     assert got == pytest.approx([clm, relu], rel=1e-4)
 
 
+def test_the_adaptation_stage_stays_causal_when_the_mode_is_bidirectional(tmp_path, tiny_mistral_dir,
+                                                                          cranfield_pairs):
+    """Next-token prediction with the later tokens visible would be no task at all."""
+    text = tmp_path / "unlabelled.txt"
+    text.write_text("Shock waves.\nLift of a wing.\nHeat transfer.\nDrag.\n")
+    config = TrainConfig.from_dict(tiny_config(tmp_path, tiny_mistral_dir, cranfield_pairs, model={"mode": "bidirectional"},
+                                               lora={"dropout": 0.0}, data={"adapt_text": [str(text)]}, batch={"size": 4}))
+    trainer = Trainer(config, stage="adapt", show_progress=False)
+    backbone = trainer.encoder.backbone
+    ids, mask = trainer._causal_batch(trainer.texts[:2])
+    head, backbone.head = backbone.head, None  # first through the full forward (a head that cannot be split)
+    with torch.no_grad():
+        full = trainer._adaptation_sums(ids, mask)
+        backbone.head = head
+        split = trainer._adaptation_sums(ids, mask)
+        pair = torch.tensor([[1, 100, 200, 300, 400], [1, 100, 200, 300, 401]])
+        hidden = backbone.hidden_states(pair, torch.ones_like(pair), bidirectional=False)
+    torch.testing.assert_close(hidden[0, :4], hidden[1, :4])  # the last token changes only itself
+    torch.testing.assert_close(full, split, rtol=1e-4, atol=1e-4)
+
+
 def test_the_adaptation_stage_refuses_mlm_and_too_little_text(tmp_path, tiny_mistral_dir, cranfield_pairs):
     text = tmp_path / "unlabelled.txt"
     text.write_text("one text\nanother text\n")
