@@ -204,7 +204,9 @@ class Trainer:
         for input_ids, attention_mask in batches:
             with self._autocast():
                 part = self._adaptation_sums(input_ids, attention_mask)
-            ((part[0] + lambda_relu * part[1]) / count).backward()
+            loss = (part[0] + lambda_relu * part[1]) / count
+            if loss.requires_grad:  # not when no text of the chunk has a target (one token and no <s>)
+                loss.backward()
             sums += part.detach().cpu()
         clm, relu = (_all_reduce_sum(sums) / count).tolist()
         return {"loss": clm + lambda_relu * relu, "clm": clm, "relu": relu, "dataset": "adapt"}

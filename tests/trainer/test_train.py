@@ -183,6 +183,22 @@ def test_the_adaptation_stage_stays_causal_when_the_mode_is_bidirectional(tmp_pa
     torch.testing.assert_close(full, split, rtol=1e-4, atol=1e-4)
 
 
+def test_a_chunk_without_target_tokens_adds_nothing_to_the_adaptation_step(tmp_path, tiny_mistral_dir,
+                                                                           cranfield_pairs):
+    """One-token texts under a tokenizer without <s> (Qwen's, say) predict nothing: such a chunk
+    (or a rank's whole share) has no graph to back-propagate, and the step goes on."""
+    text = tmp_path / "unlabelled.txt"
+    text.write_text("wing\nlift\ndrag\nBoundary layer transition on a flat plate.\n")
+    config = TrainConfig.from_dict(tiny_config(tmp_path, tiny_mistral_dir, cranfield_pairs, lora={"dropout": 0.0},
+                                               data={"adapt_text": [str(text)]}, batch={"size": 4, "chunk_size": 1}))
+    trainer = Trainer(config, stage="adapt", show_progress=False)
+    assert [len(trainer.encoder.inputs.tokenize(t)) for t in trainer.texts[:3]] == [1, 1, 1]
+    trainer.encoder.tokenizer.bos_token = None
+    assert trainer.encoder.tokenizer.bos_token_id is None
+    row = trainer._adapt_step()
+    assert row["clm"] > 0 and any(p.grad is not None and p.grad.abs().sum() > 0 for p in trainer.parameters)
+
+
 def test_the_adaptation_stage_refuses_mlm_and_too_little_text(tmp_path, tiny_mistral_dir, cranfield_pairs):
     text = tmp_path / "unlabelled.txt"
     text.write_text("one text\nanother text\n")
