@@ -105,7 +105,8 @@ def test_a_sampler_state_of_another_order_resumes_with_a_warning(caplog):
     with caplog.at_level("WARNING", logger="splade_es.trainer.data"):
         MixtureSampler(datasets, [1], 8, seed=3).load_state_dict(state)
         assert not caplog.text
-        MixtureSampler(datasets, [1], 8, seed=3).load_state_dict({"cursors": state["cursors"]})  # before the order was named
+        old = {"cursors": state["cursors"]}  # written before the order was named
+        MixtureSampler(datasets, [1], 8, seed=3).load_state_dict(old)
     assert "another order (an older splade-es)" in caplog.text
 
 

@@ -167,8 +167,9 @@ def test_the_adaptation_stage_stays_causal_when_the_mode_is_bidirectional(tmp_pa
     """Next-token prediction with the later tokens visible would be no task at all."""
     text = tmp_path / "unlabelled.txt"
     text.write_text("Shock waves.\nLift of a wing.\nHeat transfer.\nDrag.\n")
-    config = TrainConfig.from_dict(tiny_config(tmp_path, tiny_mistral_dir, cranfield_pairs, model={"mode": "bidirectional"},
-                                               lora={"dropout": 0.0}, data={"adapt_text": [str(text)]}, batch={"size": 4}))
+    config = TrainConfig.from_dict(tiny_config(tmp_path, tiny_mistral_dir, cranfield_pairs,
+                                               model={"mode": "bidirectional"}, lora={"dropout": 0.0},
+                                               data={"adapt_text": [str(text)]}, batch={"size": 4}))
     trainer = Trainer(config, stage="adapt", show_progress=False)
     backbone = trainer.encoder.backbone
     ids, mask = trainer._causal_batch(trainer.texts[:2])
