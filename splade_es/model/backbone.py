@@ -55,7 +55,9 @@ class Backbone:
             head = None
         self.head = head
         self.vocab_size = int(self.lm.get_output_embeddings().weight.shape[0])
-        self._causal = True
+        # From the model, not assumed: a model wrapped again (the trainer's LoRA model, a merged
+        # adapter) may have been switched to bidirectional already through an earlier Backbone.
+        self._causal = getattr(self.lm.config, "is_causal", True) is not False
 
     @property
     def is_peft(self) -> bool:

@@ -254,3 +254,8 @@ def _check(config: TrainConfig) -> None:
         if dataset.negatives not in NEGATIVE_POLICIES:
             raise ConfigError(f"data.datasets[{i}].negatives = {dataset.negatives!r}: choose {', '.join(NEGATIVE_POLICIES)}")
         dataset.name = dataset.name or Path(dataset.path).name.split(".")[0]
+    names = [dataset.name for dataset in config.data.datasets]
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:  # the sampler's cursors and the per-dataset negatives decision are keyed by name
+        raise ConfigError(f"data.datasets: the name(s) {', '.join(map(repr, repeated))} are used more than once "
+                          "(a name defaults to the file name up to its first dot); give each dataset its own name")

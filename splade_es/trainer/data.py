@@ -38,6 +38,9 @@ from splade_es.trainer.config import DatasetConfig
 _log = logging.getLogger(__name__)
 # Bumped whenever the cache layout or the parsing of a line changes.
 _CACHE_VERSION = 1
+# Names the order in which MixtureSampler walks a dataset; changed whenever that order changes, so
+# a checkpoint of another order is seen to resume inexactly.
+SAMPLER_ORDER = "numpy-permutation-per-epoch-1"
 
 
 @dataclass(frozen=True)
@@ -335,9 +338,13 @@ class MixtureSampler:
         return cached[1]
 
     def state_dict(self) -> dict[str, Any]:
-        return {"cursors": {k: list(v) for k, v in self.cursors.items()}}
+        return {"order": SAMPLER_ORDER, "cursors": {k: list(v) for k, v in self.cursors.items()}}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state.get("order") != SAMPLER_ORDER:
+            _log.warning("the checkpoint's sampler walked its datasets in another order (%s): the run continues from "
+                         "the same positions, but not with the examples an uninterrupted run would have drawn",
+                         state.get("order", "an older splade-es"))
         self.cursors.update({k: list(v) for k, v in state["cursors"].items() if k in self.cursors})
 
 

@@ -204,7 +204,9 @@ class Trainer:
         for input_ids, attention_mask in batches:
             with self._autocast():
                 part = self._adaptation_sums(input_ids, attention_mask)
-            ((part[0] + lambda_relu * part[1]) / count).backward()
+            loss = (part[0] + lambda_relu * part[1]) / count
+            if loss.requires_grad:  # not when no text of the chunk has a target (one token and no <s>)
+                loss.backward()
             sums += part.detach().cpu()
         clm, relu = (_all_reduce_sum(sums) / count).tolist()
         return {"loss": clm + lambda_relu * relu, "clm": clm, "relu": relu, "dataset": "adapt"}
@@ -216,7 +218,8 @@ class Trainer:
         predicts = attention_mask[:, 1:].bool()  # position i predicts token i + 1 when that is not padding
         targets = input_ids[:, 1:][predicts]
         if backbone.head is None:  # a head that cannot be split off: full logits, as pooling does
-            logits = backbone.model(input_ids=input_ids, attention_mask=attention_mask).logits
+            backbone.set_attention(False)  # the layers may be bidirectional from the contrastive mode
+            logits = backbone.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
             return losses.adaptation_sums(logits[:, :-1][predicts], targets)
         hidden = backbone.hidden_states(input_ids, attention_mask, bidirectional=False)
         return losses.chunked_adaptation_sums(hidden[:, :-1][predicts], targets, backbone.head,

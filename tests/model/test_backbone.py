@@ -37,6 +37,22 @@ def test_bidirectional_mode_lets_a_later_token_change_the_first_tokens_state(tin
     assert all(layer.self_attn.is_causal is True for layer in model.model.layers)
 
 
+@pytest.mark.parametrize("attention", ["eager", "sdpa"])
+def test_a_backbone_wrapped_again_over_a_bidirectional_model_still_runs_causal(tiny_mistral_dir, attention):
+    """The trainer wraps the encoder's model in a new Backbone after adding LoRA; when the mode is
+    bidirectional the layers were already switched, and the adaptation stage's next-token loss
+    must still see only earlier tokens."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_mistral_dir, attn_implementation=attention)
+    bb.Backbone(model, is_mlm=False).set_attention(True)  # what SparseEncoder does in bidirectional mode
+    again = bb.Backbone(model, is_mlm=False)
+    ids = torch.tensor([[1, 100, 200, 300, 400], [1, 100, 200, 300, 401]])
+    causal = again.hidden_states(ids, torch.ones_like(ids), bidirectional=False)
+    torch.testing.assert_close(causal[0, :4], causal[1, :4])
+    assert all(layer.self_attn.is_causal is True for layer in model.model.layers)
+
+
 def test_bidirectional_mode_refuses_attention_kernels_that_ignore_the_mask(tiny_mistral_dir):
     from transformers import AutoModelForCausalLM
 

@@ -56,3 +56,13 @@ def test_a_bad_override_is_named():
         TrainConfig.load(SHIPPED, ["optim.speed=3"])
     with pytest.raises(ConfigError, match="is not section.key=value"):
         TrainConfig.load(SHIPPED, ["optim.lr"])
+
+
+def test_two_datasets_may_not_share_a_name(tmp_path):
+    """Names key the sampler's cursors and the negatives decision: two train.jsonl.gz files in
+    different folders would otherwise share both (and one dataset's indices read the other)."""
+    datasets = [{"path": str(tmp_path / folder / "train.jsonl.gz")} for folder in ("msmarco", "nq")]
+    with pytest.raises(ConfigError, match=r"the name\(s\) 'train' are used more than once"):
+        TrainConfig.from_dict({"data": {"datasets": datasets}})
+    named = TrainConfig.from_dict({"data": {"datasets": [{**datasets[0], "name": "msmarco"}, datasets[1]]}})
+    assert [d.name for d in named.data.datasets] == ["msmarco", "train"]

@@ -99,6 +99,17 @@ def test_every_rank_gets_its_slice_of_the_same_batch_and_resume_continues():
     assert [resumed.batch(s) for s in range(12, 20)] == [follow.batch(s) for s in range(12, 20)]
 
 
+def test_a_sampler_state_of_another_order_resumes_with_a_warning(caplog):
+    datasets = [_toy("a", 30)]
+    state = MixtureSampler(datasets, [1], 8, seed=3).state_dict()
+    with caplog.at_level("WARNING", logger="splade_es.trainer.data"):
+        MixtureSampler(datasets, [1], 8, seed=3).load_state_dict(state)
+        assert not caplog.text
+        old = {"cursors": state["cursors"]}  # written before the order was named
+        MixtureSampler(datasets, [1], 8, seed=3).load_state_dict(old)
+    assert "another order (an older splade-es)" in caplog.text
+
+
 def test_a_dataset_smaller_than_a_batch_is_refused():
     with pytest.raises(ConfigError, match="fewer examples than one batch"):
         MixtureSampler([_toy("tiny", 3)], [1.0], batch_size=8, seed=0)

@@ -162,6 +162,44 @@ def test_the_adaptation_terms_match_an_independent_computation_with_padding(tmp_
     assert got == pytest.approx([clm, relu], rel=1e-4)
 
 
+def test_the_adaptation_stage_stays_causal_when_the_mode_is_bidirectional(tmp_path, tiny_mistral_dir,
+                                                                          cranfield_pairs):
+    """Next-token prediction with the later tokens visible would be no task at all."""
+    text = tmp_path / "unlabelled.txt"
+    text.write_text("Shock waves.\nLift of a wing.\nHeat transfer.\nDrag.\n")
+    config = TrainConfig.from_dict(tiny_config(tmp_path, tiny_mistral_dir, cranfield_pairs,
+                                               model={"mode": "bidirectional"}, lora={"dropout": 0.0},
+                                               data={"adapt_text": [str(text)]}, batch={"size": 4}))
+    trainer = Trainer(config, stage="adapt", show_progress=False)
+    backbone = trainer.encoder.backbone
+    ids, mask = trainer._causal_batch(trainer.texts[:2])
+    head, backbone.head = backbone.head, None  # first through the full forward (a head that cannot be split)
+    with torch.no_grad():
+        full = trainer._adaptation_sums(ids, mask)
+        backbone.head = head
+        split = trainer._adaptation_sums(ids, mask)
+        pair = torch.tensor([[1, 100, 200, 300, 400], [1, 100, 200, 300, 401]])
+        hidden = backbone.hidden_states(pair, torch.ones_like(pair), bidirectional=False)
+    torch.testing.assert_close(hidden[0, :4], hidden[1, :4])  # the last token changes only itself
+    torch.testing.assert_close(full, split, rtol=1e-4, atol=1e-4)
+
+
+def test_a_chunk_without_target_tokens_adds_nothing_to_the_adaptation_step(tmp_path, tiny_mistral_dir,
+                                                                           cranfield_pairs):
+    """One-token texts under a tokenizer without <s> (Qwen's, say) predict nothing: such a chunk
+    (or a rank's whole share) has no graph to back-propagate, and the step goes on."""
+    text = tmp_path / "unlabelled.txt"
+    text.write_text("wing\nlift\ndrag\nBoundary layer transition on a flat plate.\n")
+    config = TrainConfig.from_dict(tiny_config(tmp_path, tiny_mistral_dir, cranfield_pairs, lora={"dropout": 0.0},
+                                               data={"adapt_text": [str(text)]}, batch={"size": 4, "chunk_size": 1}))
+    trainer = Trainer(config, stage="adapt", show_progress=False)
+    assert [len(trainer.encoder.inputs.tokenize(t)) for t in trainer.texts[:3]] == [1, 1, 1]
+    trainer.encoder.tokenizer.bos_token = None
+    assert trainer.encoder.tokenizer.bos_token_id is None
+    row = trainer._adapt_step()
+    assert row["clm"] > 0 and any(p.grad is not None and p.grad.abs().sum() > 0 for p in trainer.parameters)
+
+
 def test_the_adaptation_stage_refuses_mlm_and_too_little_text(tmp_path, tiny_mistral_dir, cranfield_pairs):
     text = tmp_path / "unlabelled.txt"
     text.write_text("one text\nanother text\n")
@@ -223,7 +261,9 @@ def test_two_torchrun_ranks_run_both_stages_like_one_process(tmp_path, tiny_mist
     mixed = _mixed_negatives(cranfield_pairs, tmp_path / "mixed.jsonl")
     datasets = [{"name": "dropped", "path": str(mixed), "negatives": "drop"}, {"name": "auto", "path": str(mixed)}]
     text = tmp_path / "unlabelled.txt"
-    text.write_text("\n".join(json.loads(line)[1] for line in cranfield_pairs.read_text().splitlines()[:40]))
+    # Titles, not bodies: every body fills max_length, so each rank would hold the same number of
+    # target tokens and a per-rank mean averaged over ranks would pass for the global token mean.
+    text.write_text("\n".join(json.loads(line)[0] for line in cranfield_pairs.read_text().splitlines()[:40]))
 
     def configs(root):
         common = {"lora": {"dropout": 0.0}, "run": {"tensorboard": False}}
