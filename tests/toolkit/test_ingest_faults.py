@@ -163,7 +163,9 @@ def test_resume_refuses_a_changed_run_and_a_corrupt_checkpoint(target, cranfield
     assert changed.exit_code == 1 and "cannot resume: the layout changed" in changed.output
     with corpus.open("a") as handle:
         handle.write(json.dumps({"_id": "extra", "text": "one more"}) + "\n")
-    grown, _ = _run(target, "--resume", vectors=vectors, corpus=corpus)
+    grown, _ = _run(target, "--resume", vectors=vectors, corpus=corpus)  # the pre-pass sees the vectors fall short
+    assert grown.exit_code == 1 and "vectors.jsonl: ends before the corpus does" in grown.output
+    grown, _ = _run(target, "--resume", "--no-precheck", vectors=vectors, corpus=corpus)
     assert grown.exit_code == 1 and "cannot resume: the corpus changed" in grown.output
     vectors.write_text(vectors.read_text() + json.dumps({"id": "extra", "features": {"one": 1.0}}) + "\n")
     both, _ = _run(target, "--resume", vectors=vectors, corpus=corpus)

@@ -118,9 +118,13 @@ def ingest(index: str, corpus_path: str | None, model_path: str | None, encoder:
                                f"--encoder {encoder})")
     ranks = Ranks.from_env()
     corpus = resolve_corpus(corpus_path, id_field, _split(text_fields)) if corpus_path else None
-    if precheck:
-        _precheck(corpus, vectors_path, skip_bad)
     engine = open_engine(url, engine_kind, data_dir, api_key, username, password, ca_certs, insecure)
+    if precheck:  # after the connection (a wrong URL fails in seconds), before anything is written
+        try:
+            _precheck(corpus, vectors_path, skip_bad)
+        except BaseException:
+            engine.close()
+            raise
     records = read_corpus(corpus, skip_bad) if corpus else None
     layout, encode = _layout(engine, encoder, inference_id, model_path, adapter, vectors_path, field, field_type,
                              device or ranks.default_device(), doc_top_k, doc_min_weight, windows)
