@@ -96,13 +96,21 @@ def query_options(command: F) -> F:
 def open_engine(url: str | None, engine_kind: str | None, data_dir: str | None, api_key: str | None,
                 username: str | None, password: str | None, ca_certs: str | None, insecure: bool):
     """The engine the options describe; an unreachable one fails here, before any work."""
-    from splade_es.toolkit.engines.connect import connect
-    from splade_es.toolkit.engines.credentials import Credentials
+    return open_engine_with_secrets(url, engine_kind, data_dir, api_key, username, password, ca_certs, insecure)[0]
+
+
+def open_engine_with_secrets(url: str | None, engine_kind: str | None, data_dir: str | None, api_key: str | None,
+                             username: str | None, password: str | None, ca_certs: str | None, insecure: bool):
+    """:func:`open_engine`, and every credential it was given (a URL's password included), for a
+    long-lived command that must mask them in what it sends out."""
+    from splade_es.toolkit.engines.connect import connect, resolve_url
+    from splade_es.toolkit.engines.credentials import Credentials, split_credentials
 
     route_warnings()
     api_key, password = _secret("api_key", api_key), _secret("password", password)
     credentials = Credentials(api_key or None, username or None, password or None, ca_certs or None, not insecure)
-    return connect(url, engine_kind, data_dir, credentials)
+    secrets = split_credentials(resolve_url(url) or "", credentials)[1].secrets()
+    return connect(url, engine_kind, data_dir, credentials), secrets
 
 
 def _secret(name: str, value: str | None) -> str | None:
