@@ -5,6 +5,7 @@
 
 const $ = (id) => document.getElementById(id);
 const SHOWN_TERMS = 10; // contributions listed per hit
+const SHOWN_QUERY_TERMS = 48; // query vector terms listed, heaviest first
 
 function el(tag, className, text) {
   const node = document.createElement(tag);
@@ -50,12 +51,13 @@ function renderVector(report) {
     `${report.form} query on ${report.engine.kind} ${report.engine.version}, encoded in ${report.encode_ms} ms`;
   const list = $("vector");
   list.replaceChildren();
-  for (const [name, t] of terms) {
+  for (const [name, t] of terms.slice(0, SHOWN_QUERY_TERMS)) {
     const item = el("li");
     item.title = `weight ${t.weight}`;
     item.append(term(name, t.expansion), bar(largest ? t.weight / largest : 0, t.expansion));
     list.append(item);
   }
+  if (terms.length > SHOWN_QUERY_TERMS) list.append(el("li", "muted", `+${terms.length - SHOWN_QUERY_TERMS} lighter terms`));
 }
 
 function hitHead(hit, other, otherName) {
@@ -150,7 +152,8 @@ async function about() {
     const response = await fetch("/health");
     const health = await response.json();
     $("about").textContent = `index ${health.index} · ${health.engine.kind} ${health.engine.version} · ` +
-      `model ${health.model} (${health.query_encoder} queries) · splade-es ${health.version}`;
+      `model ${health.model}${health.query_encoder === "static" ? " (static queries)" : ""} · ` +
+      `splade-es ${health.version}`;
     $("k").max = String(health.settings.max_k);
   } catch (error) {
     $("about").textContent = "the service did not answer /health";
