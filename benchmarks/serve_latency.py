@@ -98,7 +98,8 @@ class Client:
         """Texts encoded and encoder calls so far (``/metrics``)."""
         from prometheus_client.parser import text_string_to_metric_families
 
-        samples = {s.name: s.value for family in text_string_to_metric_families(self.request("GET", "/metrics").decode())
+        text = self.request("GET", "/metrics").decode()
+        samples = {s.name: s.value for family in text_string_to_metric_families(text)
                    for s in family.samples if s.name.startswith("splade_es_encode_batch_texts_")}
         return samples["splade_es_encode_batch_texts_sum"], samples["splade_es_encode_batch_texts_count"]
 
@@ -188,8 +189,9 @@ def main() -> None:
     print("cli", result["cli_per_call"], flush=True)
 
     modes = {"batching": 16, "no_batching": 1}
-    with server(args.index, args.url, model, modes["batching"], 5.0, args.work / "serve-batching.log") as batching, \
-            server(args.index, args.url, model, modes["no_batching"], 5.0, args.work / "serve-unbatched.log") as unbatched:
+    logs = {name: args.work / f"serve-{name}.log" for name in modes}
+    with server(args.index, args.url, model, modes["batching"], 5.0, logs["batching"]) as batching, \
+            server(args.index, args.url, model, modes["no_batching"], 5.0, logs["no_batching"]) as unbatched:
         addresses = {"batching": batching, "no_batching": unbatched}
         client = Client(batching)
         timings = [client.search(query) for query in queries[3:3 + args.queries]]
@@ -212,15 +214,17 @@ def main() -> None:
 def table(result: dict) -> str:
     cli, sequential = result["cli_per_call"], result["search_sequential"]
     lines = ["| path | requests | p50 | p99 |", "|---|---:|---:|---:|",
-             f"| `splade-es search` (model loaded per call) | {cli['n']} | {cli['p50_ms']:.0f} ms | {cli['p99_ms']:.0f} ms |",
+             f"| `splade-es search` (model loaded per call) | {cli['n']} | {cli['p50_ms']:.0f} ms | "
+             f"{cli['p99_ms']:.0f} ms |",
              f"| `POST /search` (model loaded once) | {sequential['n']} | {sequential['p50_ms']:.0f} ms | "
              f"{sequential['p99_ms']:.0f} ms |", "",
              "| clients | batching | queries/s | p50 / p99 | encode p50 | texts per encoder call |",
              "|---:|---|---:|---:|---:|---:|"]
     for name, label in (("batching", "on (16, 5 ms)"), ("no_batching", "off")):
         for row in result["throughput"][name]["rows"]:
-            lines.append(f"| {row['clients']} | {label} | {row['qps']:.2f} | {row['p50_ms']:.0f} / {row['p99_ms']:.0f} ms"
-                         f" | {row['encode']['p50_ms']:.0f} ms | {row['texts_per_encoder_call']:.1f} |")
+            lines.append(f"| {row['clients']} | {label} | {row['qps']:.2f} | {row['p50_ms']:.0f} / "
+                         f"{row['p99_ms']:.0f} ms | {row['encode']['p50_ms']:.0f} ms | "
+                         f"{row['texts_per_encoder_call']:.1f} |")
     return "\n".join(lines)
 
 

@@ -87,7 +87,8 @@ class QueryPipeline:
                 contribution["expansion"] = not origin.in_text(contribution["term"])
             hits.append(data)
         info = self.searcher.engine.info
-        return {"query": text, "index": self.searcher.meta.index, "engine": {"kind": info.kind, "version": info.version},
+        return {"query": text, "index": self.searcher.meta.index,
+                "engine": {"kind": info.kind, "version": info.version},
                 "form": result.form, "hybrid": result.hybrid, "fused_natively": result.fused_natively,
                 "took_ms": result.took_ms, "encode_ms": round(encode_ms, 2), "total": result.total,
                 "query_vector": {term: {"weight": weight, "expansion": not origin.in_text(term)}

@@ -33,6 +33,7 @@ PAGE_DIR = Path(__file__).parent / "page"
 PAGE_HEADERS = {"content-security-policy": "default-src 'self'; img-src 'self' data:; frame-ancestors 'none'",
                 "x-content-type-options": "nosniff"}
 _log = logging.getLogger("splade_es.serve")
+Handler = Callable[[Request], Awaitable[Response]]
 
 
 class BodyTooLarge(Exception):
@@ -42,7 +43,7 @@ class BodyTooLarge(Exception):
 def create_app(service: SearchService, secrets: Sequence[str] = ()) -> Starlette:
     """The ASGI app of ``service``; ``secrets`` (the engine credentials) are masked in every reply."""
 
-    def observed(route: str, work: Callable[[Request], Awaitable[Response]]) -> Callable[[Request], Awaitable[Response]]:
+    def observed(route: str, work: Handler) -> Handler:
         async def endpoint(request: Request) -> Response:
             started = time.perf_counter()
             try:
@@ -54,7 +55,7 @@ def create_app(service: SearchService, secrets: Sequence[str] = ()) -> Starlette
 
         return endpoint
 
-    def json_post(handler: Callable[[Any], Awaitable[dict[str, Any]]]) -> Callable[[Request], Awaitable[Response]]:
+    def json_post(handler: Callable[[Any], Awaitable[dict[str, Any]]]) -> Handler:
         async def work(request: Request) -> Response:
             return JSONResponse(await handler(await read_json(request, service.settings.max_body_bytes)))
 
