@@ -80,6 +80,16 @@ def minilm_start(tmp_path_factory) -> Path:
         pytest.skip(str(exc))
 
 
+@pytest.fixture
+def no_backbone(monkeypatch):
+    """Fails the test if a model backbone is loaded (static queries need only the tokenizer and table)."""
+    def refuse(*args, **kwargs):
+        raise AssertionError("the backbone was loaded")
+
+    monkeypatch.setattr("splade_es.model.backbone.load_model", refuse)
+    monkeypatch.setattr("transformers.AutoModelForMaskedLM.from_pretrained", refuse)
+
+
 @pytest.fixture(scope="session")
 def lora_adapter_dir(tmp_path_factory, tiny_mistral_dir) -> Path:
     """A peft LoRA adapter with random (non-zero) B matrices on all seven projections."""

@@ -97,15 +97,6 @@ def indexed(request, static_bundle, cranfield, vectors_file, local_index, tmp_pa
     engine.close()
 
 
-@pytest.fixture
-def no_backbone(monkeypatch):
-    def refuse(*args, **kwargs):
-        raise AssertionError("the backbone was loaded")
-
-    monkeypatch.setattr("splade_es.model.backbone.load_model", refuse)
-    monkeypatch.setattr("transformers.AutoModelForMaskedLM.from_pretrained", refuse)
-
-
 def test_search_scores_static_queries_exactly_on_every_engine(indexed, static_bundle, doc_vectors, no_backbone):
     static = load_query_encoder(str(static_bundle))
     assert isinstance(static, StaticQueryEncoder)

@@ -20,6 +20,7 @@ from splade_es.toolkit.cli.init_model import init_model
 from splade_es.toolkit.cli.kibana import kibana
 from splade_es.toolkit.cli.pairs import pairs
 from splade_es.toolkit.cli.search import search
+from splade_es.toolkit.cli.serve import serve
 from splade_es.toolkit.cli.train import train
 
 
@@ -40,6 +41,7 @@ def main() -> None:
       splade-es encode --model ./bundle --input docs.jsonl --output vectors.jsonl
       splade-es ingest --index cran --corpus data/cranfield --model ./bundle
       splade-es search --index cran --explain "boundary layer transition"
+      splade-es serve --index cran --port 8000       # HTTP API + inspection page
       splade-es idf --model ./bundle --corpus data/cranfield      # inference-free queries
       splade-es explain --model ./bundle "lift of a delta wing"
       splade-es eval --dataset data/cranfield --index cran --method bm25
@@ -52,6 +54,7 @@ main.add_command(encode)
 main.add_command(engine)
 main.add_command(ingest)
 main.add_command(search)
+main.add_command(serve)
 main.add_command(explain)
 main.add_command(kibana)
 main.add_command(init_model)

@@ -58,6 +58,11 @@ def engine_options(command: F) -> F:
                      help="CA bundle to verify the server's certificate (env SPLADE_ES_CA_CERTS)."),
         click.option("--insecure", is_flag=True, help="Skip TLS certificate verification (not recommended)."),
     ]
+    return _with(options, command)
+
+
+def _with(options: list[Callable[[F], F]], command: F) -> F:
+    """``command`` with ``options`` in the order listed (decorators apply bottom-up)."""
     for option in reversed(options):
         command = option(command)
     return command
@@ -82,16 +87,49 @@ def chunking(chunk_tokens: int | None, chunk_overlap: int) -> dict[str, int]:
     return {"chunk_tokens": chunk_tokens, "chunk_overlap": chunk_overlap}
 
 
+def query_options(command: F) -> F:
+    """How queries are encoded and sent (``search``, ``serve``): the model, its pruning, the query form."""
+    from splade_es.toolkit.query.forms import DEFAULT_MAX_CLAUSES, FORMS
+
+    options = [
+        click.option("--model", "model_path", envvar="SPLADE_ES_MODEL", metavar="PATH_OR_ID",
+                     help="Query model (env SPLADE_ES_MODEL). Default: the model recorded in the index."),
+        click.option("--adapter", metavar="PATH_OR_ID", help="A peft LoRA adapter to apply to --model."),
+        click.option("--query-top-k", type=click.IntRange(min=1),
+                     help="Keep the K heaviest query terms (default: the model's)."),
+        click.option("--query-min-weight", type=click.FloatRange(min=0), help="Drop query terms lighter than W."),
+        click.option("--query-form", type=click.Choice(FORMS),
+                     help="Force a query form (default: the best the engine has)."),
+        click.option("--max-clauses", type=click.IntRange(min=1), default=DEFAULT_MAX_CLAUSES, show_default=True,
+                     help="Cap on query terms (the engine's boolean clause limit); a longer query keeps its heaviest."),
+        click.option("--two-phase", type=click.IntRange(min=1), metavar="N",
+                     help="Query with the N heaviest terms, then rescore the top --two-phase-window hits with the "
+                          "rest (exact scores in the window, much faster for long queries)."),
+        click.option("--two-phase-window", type=click.IntRange(min=1), default=100, show_default=True,
+                     help="Candidates rescored by the second phase."),
+        click.option("--device", help="Where queries are encoded: cpu, cuda, cuda:N."),
+    ]
+    return _with(options, command)
+
+
 def open_engine(url: str | None, engine_kind: str | None, data_dir: str | None, api_key: str | None,
                 username: str | None, password: str | None, ca_certs: str | None, insecure: bool):
     """The engine the options describe; an unreachable one fails here, before any work."""
-    from splade_es.toolkit.engines.connect import connect
-    from splade_es.toolkit.engines.credentials import Credentials
+    return open_engine_with_secrets(url, engine_kind, data_dir, api_key, username, password, ca_certs, insecure)[0]
+
+
+def open_engine_with_secrets(url: str | None, engine_kind: str | None, data_dir: str | None, api_key: str | None,
+                             username: str | None, password: str | None, ca_certs: str | None, insecure: bool):
+    """:func:`open_engine`, and every credential it was given (a URL's password included), for a
+    long-lived command that must mask them in what it sends out."""
+    from splade_es.toolkit.engines.connect import connect, resolve_url
+    from splade_es.toolkit.engines.credentials import Credentials, split_credentials
 
     route_warnings()
     api_key, password = _secret("api_key", api_key), _secret("password", password)
     credentials = Credentials(api_key or None, username or None, password or None, ca_certs or None, not insecure)
-    return connect(url, engine_kind, data_dir, credentials)
+    secrets = split_credentials(resolve_url(url) or "", credentials)[1].secrets()
+    return connect(url, engine_kind, data_dir, credentials), secrets
 
 
 def _secret(name: str, value: str | None) -> str | None:
@@ -116,15 +154,6 @@ def load_encoder(model: str, adapter: str | None = None, device: str | None = No
     from splade_es.model.encoder import SparseEncoder
 
     return SparseEncoder.from_pretrained(model, adapter=adapter, device=device)
-
-
-def load_query_encoder(model: str, adapter: str | None = None, device: str | None = None):
-    """What encodes a command's queries: a static-query bundle's tokenizer and table alone (the
-    backbone is never loaded), else the full encoder."""
-    quiet_libraries()
-    from splade_es.model.static import load_query_encoder as load
-
-    return load(model, adapter=adapter, device=device)
 
 
 class _StderrHandler(logging.Handler):

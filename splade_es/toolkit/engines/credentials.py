@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import base64
 import os
+import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from urllib.parse import unquote
 
@@ -75,6 +77,17 @@ def redact(url: str) -> str:
     """The URL without ``user:password@``, for messages and logs (IPv6 hosts keep their brackets)."""
     parts = _userinfo(url)
     return url if parts is None else parts[0] + parts[2]
+
+
+_URL_USERINFO = re.compile(r"(\b[a-zA-Z][a-zA-Z0-9+.-]*://)[^\s/@]+@")
+
+
+def scrub(text: str, secrets: Iterable[str]) -> str:
+    """``text`` with every secret and any URL's ``user:password@`` masked: for a message that
+    leaves the process (a service's error reply) and may quote what a library said."""
+    for secret in sorted((s for s in secrets if s), key=len, reverse=True):
+        text = text.replace(secret, "***")
+    return _URL_USERINFO.sub(r"\1", text)
 
 
 def split_credentials(url: str, credentials: Credentials) -> tuple[str, Credentials]:

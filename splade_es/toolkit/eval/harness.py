@@ -14,7 +14,7 @@ from splade_es.toolkit.engines.base import Engine
 from splade_es.toolkit.eval.beir import BeirDataset
 from splade_es.toolkit.eval.methods import Bm25Method, ElserMethod, HybridMethod, Method, SpladeMethod
 from splade_es.toolkit.eval.runner import EvalResult, evaluate_method
-from splade_es.toolkit.mappings import config_hash, model_id
+from splade_es.toolkit.query.pipeline import QueryPipeline
 from splade_es.toolkit.query.searcher import Searcher
 
 
@@ -83,15 +83,9 @@ def query_vectors(searcher: Searcher, dataset: BeirDataset, settings: EvalSettin
             vectors = {qid: dict(sorted(v.items(), key=lambda item: -item[1])[:settings.query_top_k])
                        for qid, v in vectors.items()}
         return vectors, None
-    from splade_es.model.static import load_query_encoder
-
-    model = settings.model or searcher.meta.model
-    adapter = settings.adapter if settings.model else None
-    encoder = settings.encoder or load_query_encoder(model, adapter=adapter, device=settings.device)
-    searcher.meta.check_model(model_id(model, adapter), config_hash(encoder.config.to_dict()))
-    pruning = encoder.config.pruning(True).override(top_k=settings.query_top_k)
+    pipeline = QueryPipeline.open(searcher, settings.model, settings.adapter, settings.device, settings.query_top_k,
+                                  encoder=settings.encoder)
     ids = list(dataset.queries)
     started = time.perf_counter()
-    encoded = encoder.encode_queries([dataset.queries[qid] for qid in ids], pruning=pruning,
-                                     show_progress=settings.show_progress)
-    return {qid: vector.to_features() for qid, vector in zip(ids, encoded)}, time.perf_counter() - started
+    encoded = pipeline.encode([dataset.queries[qid] for qid in ids], show_progress=settings.show_progress)
+    return dict(zip(ids, encoded)), time.perf_counter() - started

@@ -170,18 +170,28 @@ class Searcher:
                track_total_hits: bool = False, explain: bool = False, hybrid: str | None = None,
                text: str | None = None, sparse_weight: float = 0.5, window: int = 100) -> SearchResult:
         """The top ``k`` hits for a query vector (and, with ``hybrid``, its text through BM25)."""
-        if k < 1:
-            raise InputError(f"k must be at least 1, got {k}")
+        _check_k(k)
         if hybrid is None:
-            reply = self.engine.search(self.meta.index, self.sparse_body(vector, k, filters, track_total_hits, explain))
-            result = self._result(reply["hits"]["hits"], [float(h["_score"]) for h in reply["hits"]["hits"]],
-                                  vector, explain, [reply])
+            result, reply = self._one(self.sparse_body(vector, k, filters, track_total_hits, explain), vector, explain)
             result.total = _total(reply["hits"]) if track_total_hits else None
         else:
             result = self._hybrid(vector, text or "", filters, k, hybrid, explain, sparse_weight, window)
         reserved = self._hybrid_reserve(hybrid, text or "", filters) if hybrid else 0
         result.form, result.query_terms = self.form, min(len(vector), self.clause_budget(filters, reserved))
         return result
+
+    def bm25_search(self, text: str, k: int = 10, filters: Sequence[dict[str, Any]] = ()) -> SearchResult:
+        """The top ``k`` hits of ``text`` through BM25 alone: the baseline shown beside the sparse hits."""
+        _check_k(k)
+        result, _ = self._one(self.body(self.bm25_query(text, filters), k), {}, False)
+        result.form = "bm25"
+        return result
+
+    def _one(self, body: dict[str, Any], vector: Mapping[str, float], explain: bool
+             ) -> tuple[SearchResult, dict[str, Any]]:
+        reply = self.engine.search(self.meta.index, body)
+        hits = reply["hits"]["hits"]
+        return self._result(hits, [float(h["_score"]) for h in hits], vector, explain, [reply]), reply
 
     def search_many(self, vectors: Sequence[Mapping[str, float]], k: int = 10, batch_size: int = 64,
                     filters: Sequence[dict[str, Any]] = ()) -> list[SearchResult]:
@@ -263,6 +273,11 @@ def contributions(query: Mapping[str, float], document: Mapping[str, float]) -> 
     shared = [Contribution(term, float(weight), float(document[term])) for term, weight in query.items()
               if term in document]
     return sorted(shared, key=lambda c: (-c.score, c.term))
+
+
+def _check_k(k: int) -> None:
+    if k < 1:
+        raise InputError(f"k must be at least 1, got {k}")
 
 
 def _total(hits: dict[str, Any]) -> int | None:
