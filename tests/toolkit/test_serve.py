@@ -252,6 +252,44 @@ def test_texts_arriving_together_share_model_calls_and_a_lone_text_waits_at_most
     assert immediate < 0.25  # a full batch (max 1) is not held for the window
 
 
+def test_one_bad_text_fails_only_its_request_and_a_broken_batch_answers_every_waiter():
+    """A failing batch is retried text by text, so only the request whose text fails hears of it;
+    an error after the model call (here: the metrics hook) answers that batch's requests instead
+    of leaving them waiting, and the worker goes on; past ``max_waiting`` requests are refused."""
+    from splade_es.toolkit.serve.batching import Overloaded
+
+    def encode(texts: list[str], query: bool) -> list[str]:
+        if "bad" in texts:
+            raise ValueError("cannot encode 'bad'")
+        return [text.upper() for text in texts]
+
+    hooks = {"raise": True}
+
+    def on_batch(texts: int, seconds: float) -> None:
+        if hooks.pop("raise", False):
+            raise RuntimeError("metrics hook broke")
+
+    async def scenario():
+        batcher: Batcher[str] = Batcher(encode, max_batch=8, window_s=0.2, on_batch=on_batch, max_waiting=3)
+        await batcher.start()
+        try:
+            broken = await asyncio.wait_for(asyncio.gather(batcher.encode(["a"]), batcher.encode(["b"]),
+                                                           return_exceptions=True), 5)
+            mixed = await asyncio.wait_for(asyncio.gather(batcher.encode(["ok1"]), batcher.encode(["bad"]),
+                                                          batcher.encode(["ok2"]), return_exceptions=True), 5)
+            crowd = await asyncio.gather(*(batcher.encode([f"c{i}"]) for i in range(4)), return_exceptions=True)
+            after = await asyncio.wait_for(batcher.encode(["still"]), 5)
+        finally:
+            await batcher.stop()
+        return broken, mixed, crowd, after
+
+    broken, mixed, crowd, after = asyncio.run(scenario())
+    assert all(isinstance(r, RuntimeError) and "metrics hook broke" in str(r) for r in broken), broken
+    assert mixed[0] == ["OK1"] and mixed[2] == ["OK2"] and isinstance(mixed[1], ValueError), mixed
+    assert [r for r in crowd if isinstance(r, Overloaded)] and ["C0"] in crowd, crowd
+    assert after == ["STILL"]
+
+
 def test_concurrent_searches_are_encoded_together_and_answer_as_alone(served, monkeypatch):
     pipeline = served["pipeline"]
     sizes: list[int] = []
@@ -524,3 +562,18 @@ def test_the_page_shows_hits_and_explanations_in_headless_chromium(served, tmp_p
     screenshot = tmp_path / "page.png"
     _browse(f"{served['url']}/?q={quote(query)}", f"--screenshot={screenshot}", "--window-size=1400,1000")
     assert screenshot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_engine_refusals_are_the_clients_and_secrets_are_masked_before_spaces_fold():
+    """An engine 400 (a filter value of the wrong type, say) is the request's fault: 400, not 502.
+    A secret with runs of white space is masked before the message is folded to one line."""
+    from splade_es.toolkit.serve.app import failure
+    from splade_es.toolkit.serve.batching import Overloaded
+
+    refused = failure(EngineError("search failed: number_format_exception: For input string: \"x\"", 400), [])
+    assert refused.status_code == 400 and json.loads(refused.body)["error"].startswith("the engine refused")
+    assert failure(EngineError("shard failure", 500), []).status_code == 502
+    assert failure(Overloaded("busy"), []).status_code == 503
+    secret = "pa  ss\tword"
+    body = json.loads(failure(EngineError(f"login as admin with {secret}\nfailed", 500), [secret]).body)["error"]
+    assert secret not in body and "pa ss word" not in body and "\n" not in body

@@ -26,6 +26,7 @@ from starlette.staticfiles import StaticFiles
 from splade_es.errors import ConfigError, InputError, SpladeError
 from splade_es.toolkit.engines.base import EngineError, EngineUnavailable
 from splade_es.toolkit.engines.credentials import scrub
+from splade_es.toolkit.serve.batching import Overloaded
 from splade_es.toolkit.serve.service import SearchService
 
 PAGE_DIR = Path(__file__).parent / "page"
@@ -120,15 +121,19 @@ def failure(exc: Exception, secrets: Sequence[str]) -> Response:
         status, message = 413, str(exc)
     elif isinstance(exc, (InputError, ConfigError)):
         status, message = 400, str(exc)
+    elif isinstance(exc, Overloaded):
+        status, message = 503, str(exc)
     elif isinstance(exc, EngineUnavailable):
         status, message = 503, f"the engine is unreachable: {exc}"
+    elif isinstance(exc, EngineError) and exc.status == 400:  # the engine refused what the client asked for
+        status, message = 400, f"the engine refused the request: {exc}"
     elif isinstance(exc, EngineError):
         status, message = 502, f"the engine failed: {exc}"
     elif isinstance(exc, SpladeError):
         status, message = 500, f"the model failed: {exc}"
     else:
         status, message = 500, f"internal error: {type(exc).__name__}: {exc}"
-    message = scrub(" ".join(message.split()), secrets)[:1000]
+    message = " ".join(scrub(message, secrets).split())[:1000]  # masked before spaces fold, so secrets still match
     if status >= 500:
         _log.error("%s", message)
     return error(status, message)

@@ -30,18 +30,23 @@ class _Job(Generic[T]):
     future: asyncio.Future[list[T]] = field(repr=False)
 
 
+class Overloaded(RuntimeError):
+    """More requests wait for the encoder than the service queues (answered 503, retry later)."""
+
+
 class Batcher(Generic[T]):
     """Runs ``encode`` on one worker thread (the model is not shared between threads), over
-    batches of at most ``max_batch`` texts gathered for at most ``window_s`` seconds.
+    batches of at most ``max_batch`` texts gathered for at most ``window_s`` seconds; at most
+    ``max_waiting`` requests wait, later ones are refused with :class:`Overloaded`.
 
     ``on_batch(texts, seconds)`` hears of every model call (for the metrics).
     """
 
     def __init__(self, encode: EncodeFn, max_batch: int = 16, window_s: float = 0.005,
-                 on_batch: Callable[[int, float], None] | None = None) -> None:
-        if max_batch < 1 or window_s < 0:
-            raise ValueError("a batch holds at least one text and the window cannot be negative")
-        self.encode_fn, self.max_batch, self.window_s = encode, max_batch, window_s
+                 on_batch: Callable[[int, float], None] | None = None, max_waiting: int = 1024) -> None:
+        if max_batch < 1 or window_s < 0 or max_waiting < 1:
+            raise ValueError("a batch holds at least one text, the window cannot be negative, one request may wait")
+        self.encode_fn, self.max_batch, self.window_s, self.max_waiting = encode, max_batch, window_s, max_waiting
         self.on_batch = on_batch or (lambda texts, seconds: None)
         self._waiting: deque[_Job[T]] = deque()
         self._arrived: asyncio.Event | None = None
@@ -71,8 +76,12 @@ class Batcher(Generic[T]):
 
     async def encode(self, texts: Sequence[str], query: bool = True) -> list[T]:
         """The encodings of ``texts``, in order, from whichever batch they join."""
-        if self._arrived is None:
+        if self._arrived is None or self._worker is None:
             raise RuntimeError("the batcher is not started")
+        if self._worker.done():  # never queue behind a worker that will not take the job
+            raise RuntimeError("the encoder worker has stopped; restart the service")
+        if len(self._waiting) >= self.max_waiting:
+            raise Overloaded(f"{len(self._waiting)} requests already wait for the encoder; retry later")
         loop = asyncio.get_running_loop()
         job: _Job[T] = _Job(list(texts), query, loop.time(), loop.create_future())
         self._waiting.append(job)
@@ -93,7 +102,15 @@ class Batcher(Generic[T]):
                     await asyncio.wait_for(self._arrived.wait(), left)
                 except asyncio.TimeoutError:
                     break
-            await self._encode(self._take())
+            batch = self._take()
+            try:
+                await self._encode(batch)
+            except BaseException as exc:  # noqa: BLE001 - no request of this batch is left without an answer
+                for job in batch:
+                    if not job.future.done():
+                        job.future.set_exception(exc if isinstance(exc, Exception) else RuntimeError("stopped"))
+                if not isinstance(exc, Exception):
+                    raise
 
     def _waiting_texts(self) -> int:
         return sum(len(job.texts) for job in self._waiting)
@@ -118,10 +135,12 @@ class Batcher(Generic[T]):
             started = loop.time()
             try:
                 encoded = await loop.run_in_executor(self._executor, self.encode_fn, texts, query)
-            except Exception as exc:  # noqa: BLE001 - every waiting request hears of the failure
-                for job in jobs:
-                    if not job.future.done():
-                        job.future.set_exception(exc)
+            except Exception as exc:  # noqa: BLE001
+                if len(jobs) == 1:
+                    jobs[0].future.set_exception(exc)
+                else:  # one request's text (or a batch too big for memory) must not fail the others
+                    for job in jobs:
+                        await self._encode_alone(job)
                 continue
             self.on_batch(len(texts), loop.time() - started)
             start = 0
@@ -129,3 +148,16 @@ class Batcher(Generic[T]):
                 if not job.future.done():
                     job.future.set_result(encoded[start:start + len(job.texts)])
                 start += len(job.texts)
+
+    async def _encode_alone(self, job: _Job[T]) -> None:
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        try:
+            encoded = await loop.run_in_executor(self._executor, self.encode_fn, job.texts, job.query)
+        except Exception as exc:  # noqa: BLE001 - this request's own failure
+            if not job.future.done():
+                job.future.set_exception(exc)
+            return
+        self.on_batch(len(job.texts), loop.time() - started)
+        if not job.future.done():
+            job.future.set_result(encoded)

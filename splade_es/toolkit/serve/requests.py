@@ -34,7 +34,7 @@ class SearchRequest:
         query = _field(body, "query", str, "a string")
         if not query.strip():
             raise InputError("'query' is empty: give some text to search for")
-        k = _field(body, "k", int, "an integer", 10)
+        k = _field(body, "k", int, "an integer", min(10, max_k))  # the default fits a smaller --max-k
         if not 1 <= k <= max_k:
             raise InputError(f"'k' must be between 1 and {max_k}, got {k}")
         method = _field(body, "method", str, "a string", "splade")
