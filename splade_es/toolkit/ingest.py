@@ -28,6 +28,7 @@ What it promises, and how:
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import logging
@@ -747,7 +748,7 @@ def _concrete_meta(engine: Engine, index: str) -> tuple[str, dict[str, Any]]:
         raise ConfigError(f"{index!r} is an alias of {len(mappings)} indices ({', '.join(sorted(mappings))}): "
                           "load into one index")
     concrete, mapping = next(iter(mappings.items()))
-    return concrete, mapping.get("_meta", {})
+    return concrete, copy.deepcopy(mapping.get("_meta", {}))  # a copy: the engine's own answer is left alone
 
 
 def splade_meta(engine: Engine, index: str) -> dict[str, Any]:

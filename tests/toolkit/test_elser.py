@@ -34,6 +34,7 @@ class RecordingEngine(Engine):
     def __init__(self, version: str, endpoints: set[str]) -> None:
         self.info = _info(version)
         self.endpoints, self.created, self.pipelines, self.documents = endpoints, {}, {}, []
+        self.metas: dict[str, dict[str, Any]] = {}  # _meta written after creation (the load's epoch)
 
     def has_inference(self, inference_id: str) -> bool:
         return inference_id in self.endpoints
@@ -54,13 +55,20 @@ class RecordingEngine(Engine):
     def refresh(self, index):
         pass
 
+    def mappings(self, name):
+        mappings = self.created[name].get("mappings", {})
+        return {name: {**mappings, "_meta": self.metas.get(name, mappings.get("_meta", {}))}}
+
+    def put_meta(self, index, meta):
+        self.metas[index] = meta
+
     def count(self, index):
         return len(self.documents)
 
     def stats(self, index):
         return IndexStats(len(self.documents), 1)
 
-    delete_index = mappings = alias_targets = point_alias = search = get = put_meta = None
+    delete_index = alias_targets = point_alias = search = get = None
 
 
 def test_layout_follows_the_version():
@@ -102,6 +110,7 @@ def test_semantic_text_ingest_bodies(tmp_path):
                                                       "layout": "semantic_text"}
     assert body["mappings"]["properties"]["title"]["type"] == "text" and "splade" not in body["mappings"]["properties"]
     assert engine.pipelines == {} and summary.indexed == 1400 and summary.empty == 0
+    assert engine.metas["cran-elser"]["splade_es"]["epoch"] > 0, "the load's epoch is recorded before any write"
     first = dict(engine.documents)["1"]
     assert set(first) == {"title", "text", "content"}
     assert first["content"].startswith(first["title"]) and first["text"] in first["content"]
