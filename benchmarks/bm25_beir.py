@@ -31,11 +31,10 @@ import uuid
 from datetime import date
 from pathlib import Path
 
-import numpy as np
-
 from splade_es.io.corpus import Document, read_corpus, resolve_corpus
 from splade_es.toolkit.engines.connect import connect
 from splade_es.toolkit.eval.beir import load_beir
+from splade_es.toolkit.eval.bm25_reference import beir_bm25_run
 from splade_es.toolkit.eval.metrics import evaluate
 
 DEPTH = 1000
@@ -78,29 +77,6 @@ def _multi_match(kind: str, tie_breaker: float | None):
             body["tie_breaker"] = tie_breaker
         return {"multi_match": body}
     return query
-
-
-def _bm25s(documents: list[Document], queries: dict[str, str]) -> dict[str, dict[str, float]]:
-    """The BEIR setup rebuilt with bm25s (Lucene's BM25, Snowball English stemming, stop words)."""
-    import bm25s
-    import Stemmer
-
-    stemmer = Stemmer.Stemmer("english")
-    fields = []
-    for name in ("title", "text"):
-        retriever = bm25s.BM25(method="lucene", k1=1.2, b=0.75)
-        retriever.index(bm25s.tokenize([d.fields.get(name) or "" for d in documents], stopwords="en",
-                                       stemmer=stemmer, show_progress=False), show_progress=False)
-        fields.append(retriever)
-    run = {}
-    for qid, text in queries.items():
-        tokens = bm25s.tokenize(text, stopwords="en", stemmer=stemmer, return_ids=False, show_progress=False)[0]
-        scores = np.vstack([retriever.get_scores(tokens) for retriever in fields])
-        best = scores.max(axis=0)
-        combined = best + 0.5 * (scores.sum(axis=0) - best)
-        top = np.argsort(-combined)[:DEPTH]
-        run[qid] = {documents[i].id: float(combined[i]) for i in top if combined[i] > 0}
-    return run
 
 
 def _score(qrels, run, ignore_identical_ids: bool = True, drop_empty: bool = False) -> dict[str, float]:
@@ -149,7 +125,7 @@ def main() -> None:
         created.append(standard)
         row("beir, standard analyzer", _run(engine, standard, queries, _multi_match("best_fields", 0.5), DEPTH))
         result["engine_seconds"] = round(time.monotonic() - started, 1)
-        row("bm25s, beir setup (independent)", _bm25s(documents, queries))
+        row("bm25s, beir setup (independent)", beir_bm25_run(documents, queries, DEPTH))
     finally:
         for index in created:
             engine.delete_index(index)

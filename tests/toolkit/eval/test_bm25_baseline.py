@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import uuid
 
-import numpy as np
 import pytest
 from click.testing import CliRunner
 
@@ -14,34 +13,10 @@ from splade_es.toolkit.cli import main
 from splade_es.io.corpus import Document, read_corpus, resolve_corpus
 from splade_es.toolkit.engines.connect import connect
 from splade_es.toolkit.eval.beir import load_beir
+from splade_es.toolkit.eval.bm25_reference import beir_bm25_run
 from splade_es.toolkit.eval.metrics import evaluate
 
 DATASETS = {"cranfield": 0.03, "scifact": 0.01}  # allowed |nDCG@10 difference| to the independent BM25
-
-
-def _bm25s_run(dataset_dir, queries: dict[str, str]) -> dict[str, dict[str, float]]:
-    """BEIR's baseline rebuilt with bm25s: Lucene's BM25 (k1 1.2, b 0.75) per field over English
-    stemmed, stop-worded tokens, fields combined as best_fields with tie_breaker 0.5."""
-    import bm25s
-    import Stemmer
-
-    stemmer = Stemmer.Stemmer("english")
-    documents = [d for d in read_corpus(resolve_corpus(dataset_dir, None, None)) if isinstance(d, Document)]
-    per_field = []
-    for name in ("title", "text"):
-        retriever = bm25s.BM25(method="lucene", k1=1.2, b=0.75)
-        retriever.index(bm25s.tokenize([d.fields.get(name) or "" for d in documents], stopwords="en",
-                                       stemmer=stemmer, show_progress=False), show_progress=False)
-        per_field.append(retriever)
-    run = {}
-    for qid, text in queries.items():
-        tokens = bm25s.tokenize(text, stopwords="en", stemmer=stemmer, return_ids=False, show_progress=False)[0]
-        scores = np.vstack([retriever.get_scores(tokens) for retriever in per_field])
-        best = scores.max(axis=0)
-        combined = best + 0.5 * (scores.sum(axis=0) - best)
-        top = np.argsort(-combined)[:1000]
-        run[qid] = {documents[i].id: float(combined[i]) for i in top if combined[i] > 0}
-    return run
 
 
 def _engine_bm25(args: list[str], dataset_dir, index: str, tmp_path) -> float:
@@ -73,7 +48,8 @@ def test_opensearch_bm25_is_beirs_baseline(name, tmp_path):
         connect(url).delete_index(index)
     local_ndcg = _engine_bm25(["--data-dir", str(tmp_path / "local")], dataset_dir, index, tmp_path / "l")
     dataset = load_beir(dataset_dir)
-    independent, _ = evaluate(dataset.qrels, _bm25s_run(dataset_dir, dataset.queries))
+    documents = [d for d in read_corpus(resolve_corpus(dataset_dir, None, None)) if isinstance(d, Document)]
+    independent, _ = evaluate(dataset.qrels, beir_bm25_run(documents, dataset.queries))
     print(f"{name} BM25 nDCG@10: OpenSearch {engine_ndcg:.4f}, bm25s {independent['ndcg@10']:.4f}, "
           f"local engine {local_ndcg:.4f}")
     assert engine_ndcg > 0.3
