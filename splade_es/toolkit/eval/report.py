@@ -1,26 +1,32 @@
 """A benchmark's results as people read them: ``report.md`` (a table like the paper's Table 1,
-published figures in their own labelled columns), ``results.json`` and PNG charts."""
+published figures in their own labelled columns; per dataset, the measured rows beside the quoted
+ones with per-query wins and losses against BM25), ``results.json`` and PNG charts."""
 
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from splade_es.io.atomic import atomic_text_file
+from splade_es.toolkit.eval.compare import PAIRED_METRIC, PERMUTATIONS, Row, compare
 from splade_es.toolkit.eval.runner import EvalResult
 
-# nDCG@10 x 100 from the papers (DESIGN section 5): BM25 / ELSER v2 / Echo-Mistral-SPLADE.
+# nDCG@10 x 100 quoted from the paper's Table 1 (DESIGN section 5); never run here.
+REFERENCE_SOURCE = ("Doshi et al., Mistral-SPLADE: LLMs for better Learned Sparse Retrieval (2024, "
+                    "arXiv:2408.11119), Table 1")
 REFERENCE = {
-    "scifact": {"BM25": 66.5, "ELSER v2": 71.8, "Echo-Mistral-SPLADE": 77.24},
+    "scifact": {"BM25": 66.5, "SPLADE++": 71.0, "ELSER v2": 71.8, "Echo-Mistral-SPLADE": 77.24},
     "nfcorpus": {"BM25": 32.5, "ELSER v2": 36.7, "Echo-Mistral-SPLADE": 42.28},
     "fiqa": {"BM25": 23.6, "ELSER v2": 41.6, "Echo-Mistral-SPLADE": 57.71},
     "arguana": {"BM25": 31.5, "ELSER v2": 55.6, "Echo-Mistral-SPLADE": 56.21},
     "trec-covid": {"BM25": 65.6, "ELSER v2": 72.9, "Echo-Mistral-SPLADE": 76.79},
 }
-REFERENCE_SYSTEMS = ("BM25", "ELSER v2", "Echo-Mistral-SPLADE")
+REFERENCE_SYSTEMS = ("BM25", "SPLADE++", "ELSER v2", "Echo-Mistral-SPLADE")
+BASELINE_METHOD = "bm25"  # per-query wins and losses are counted against it when it was measured
 BEIR13_AVERAGE = {"BM25": 44.02, "SPLADE++": 50.72, "SPLADE-v3": 51.68, "ELSER v2": 52.07,
                   "Echo-Mistral-SPLADE": 55.07, "CSPLADE-Bi-8B": 55.3}
 CHARTS = ("ndcg.png", "latency_vs_ndcg.png", "index_size.png")
@@ -29,11 +35,14 @@ CHARTS = ("ndcg.png", "latency_vs_ndcg.png", "index_size.png")
 def write_report(results: Sequence[EvalResult], out: Path, context: dict[str, Any]) -> list[Path]:
     """Write ``results.json``, ``report.md`` and the charts into ``out``; returns the files."""
     out.mkdir(parents=True, exist_ok=True)
+    paired = paired_rows(results)
     with atomic_text_file(out / "results.json") as handle:
-        json.dump({"context": context, "results": [r.to_dict() for r in results]}, handle, indent=1)
-    charts = write_charts(results, out)
+        json.dump({"context": context, "results": [r.to_dict() for r in results],
+                   "paired": {dataset: [row.to_dict() for row in rows] for dataset, rows in paired.items()}},
+                  handle, indent=1)
+    charts = write_charts(results, out, paired)
     with atomic_text_file(out / "report.md") as handle:
-        handle.write(markdown(results, context, [c.name for c in charts]))
+        handle.write(markdown(results, context, [c.name for c in charts], paired))
     return [out / "results.json", out / "report.md", *charts]
 
 
@@ -43,12 +52,30 @@ def _grid(results: Sequence[EvalResult]) -> tuple[list[str], list[str], dict[tup
     return datasets, methods, {(r.dataset, r.method): r for r in results}
 
 
+def paired_rows(results: Sequence[EvalResult]) -> dict[str, list[Row]]:
+    """Per dataset, every method against the baseline (BM25 when measured, else the first method),
+    query by query: the same figures ``splade-es compare`` prints."""
+    datasets, methods, cell = _grid(results)
+    paired = {}
+    for dataset in datasets:
+        measured = [m for m in methods if (dataset, m) in cell]
+        order = sorted(measured, key=lambda m: m != BASELINE_METHOD)  # stable: the baseline first
+        if len(order) > 1:
+            paired[dataset] = compare([cell[(dataset, m)].to_dict() for m in order], order)
+    return paired
+
+
+def dataset_chart_name(dataset: str) -> str:
+    return "dataset-" + (re.sub(r"[^a-z0-9]+", "-", dataset.lower()).strip("-") or "unnamed") + ".png"
+
+
 def _reference_key(dataset: str) -> str | None:
     name = dataset.lower().removeprefix("beir-")
     return name if name in REFERENCE else None
 
 
-def markdown(results: Sequence[EvalResult], context: dict[str, Any], charts: Sequence[str]) -> str:
+def markdown(results: Sequence[EvalResult], context: dict[str, Any], charts: Sequence[str],
+             paired: dict[str, list[Row]] | None = None) -> str:
     datasets, methods, cell = _grid(results)
     lines = [f"# splade-es benchmark — {time.strftime('%Y-%m-%d', time.gmtime(context.get('time', time.time())))}",
              "",
@@ -57,8 +84,8 @@ def markdown(results: Sequence[EvalResult], context: dict[str, Any], charts: Seq
              "",
              "## nDCG@10 (× 100)",
              "",
-             "Measured here on the left; figures published in the papers (not run here) on the right, "
-             "where the paper reports this dataset.",
+             "Measured here on the left; figures quoted from the paper (not run here) on the right, "
+             f"where the paper reports this dataset. Source: {REFERENCE_SOURCE}.",
              ""]
     header = ["Dataset", *[f"**{m}**" for m in methods], *[f"{s} (published)" for s in REFERENCE_SYSTEMS]]
     lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
@@ -75,6 +102,10 @@ def markdown(results: Sequence[EvalResult], context: dict[str, Any], charts: Seq
         lines.append("| **average** | " + " | ".join(averages) + " | " + " | ".join("—" for _ in REFERENCE_SYSTEMS) + " |")
     lines += ["", "Published BEIR-13 averages for orientation: "
               + ", ".join(f"{name} {value:.2f}" for name, value in BEIR13_AVERAGE.items()) + ".", ""]
+    for dataset in datasets:
+        chart = dataset_chart_name(dataset)
+        lines += _dataset_section(dataset, methods, cell, (paired or {}).get(dataset),
+                                  chart if chart in charts else None)
     lines += ["## All metrics, latency and size", "",
               "| Dataset | Method | nDCG@10 | Recall@100 | MRR@10 | MAP | p50 ms | p95 ms | p99 ms | QPS | "
               "index MiB | queries |",
@@ -88,16 +119,48 @@ def markdown(results: Sequence[EvalResult], context: dict[str, Any], charts: Seq
     lines += ["", "Latency is the engine's own time per query (`took`); QPS is one client sending multi-search "
               "batches; query encoding is not included.", ""]
     for chart in charts:
-        lines += [f"![{chart.removesuffix('.png').replace('_', ' ')}]({chart})", ""]
+        if not chart.startswith("dataset-"):
+            lines += [f"![{chart.removesuffix('.png').replace('_', ' ')}]({chart})", ""]
     return "\n".join(lines)
+
+
+def _dataset_section(dataset: str, methods: list[str], cell: dict[tuple[str, str], EvalResult],
+                     paired: list[Row] | None, chart: str | None) -> list[str]:
+    """One dataset: measured rows with their per-query record against the baseline, then the quoted rows."""
+    reference = REFERENCE.get(_reference_key(dataset) or "", {})
+    measured = [m for m in methods if (dataset, m) in cell]
+    queries = cell[(dataset, measured[0])].queries
+    lines = [f"## {dataset}: measured here, next to the paper", ""]
+    if paired:
+        lines += [f"Per query ({PAIRED_METRIC}, {queries} queries): how often each measured row is better, the "
+                  f"same or worse than **{paired[0].label}** measured here, and the p-value of a paired "
+                  f"randomisation test ({PERMUTATIONS:,} sign flips). Quoted rows have no per-query figures.", ""]
+    lines += ["| Row | nDCG@10 × 100 | better / same / worse | p | Where from |", "|---|---:|---:|---:|---|"]
+    rows = {row.label: row for row in paired or []}
+    for i, method in enumerate(sorted(measured, key=lambda m: m != paired[0].label) if paired else measured):
+        row = rows.get(method)
+        record = "baseline" if paired and i == 0 else f"{row.wins} / {row.ties} / {row.losses}" if row else "—"
+        p_value = f"{row.p_value:.3g}" if row and row.p_value is not None else "—"
+        lines.append(f"| **{method}** | {_pct(cell[(dataset, method)], 'ndcg@10')} | {record} | {p_value} | "
+                     "measured here |")
+    for system in REFERENCE_SYSTEMS:
+        if system in reference:
+            lines.append(f"| {system} | {reference[system]:g} | — | — | *quoted*: paper, Table 1 |")
+    if reference:
+        lines += ["", f"Quoted rows: {REFERENCE_SOURCE}; BEIR's BM25 there ran on Elasticsearch 7. Not run here."]
+    lines.append("")
+    if chart:
+        lines += [f"![{dataset}: nDCG@10 per row and per-query record]({chart})", ""]
+    return lines
 
 
 def _pct(result: EvalResult | None, metric: str) -> str:
     return f"{100 * result.metrics[metric]:.2f}" if result else "—"
 
 
-def write_charts(results: Sequence[EvalResult], out: Path) -> list[Path]:
-    """nDCG@10 per dataset and method; latency versus nDCG@10; index size per method."""
+def write_charts(results: Sequence[EvalResult], out: Path, paired: dict[str, list[Row]] | None = None) -> list[Path]:
+    """nDCG@10 per dataset and method; latency versus nDCG@10; index size per method; per dataset,
+    measured against quoted nDCG@10 beside the per-query record against the baseline."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -124,7 +187,50 @@ def write_charts(results: Sequence[EvalResult], out: Path) -> list[Path]:
 
     paths.append(_bars(datasets, methods, cell, lambda r: (r.index_size_bytes or 0) / 2**20, "index size (MiB)",
                        "Index size per method", out / "index_size.png"))
+    for dataset in datasets:
+        paths.append(_dataset_chart(dataset, [m for m in methods if (dataset, m) in cell], cell,
+                                    (paired or {}).get(dataset), out / dataset_chart_name(dataset)))
     return paths
+
+
+def _dataset_chart(dataset: str, methods: list[str], cell: dict[tuple[str, str], EvalResult],
+                   paired: list[Row] | None, path: Path) -> Path:
+    """Left: nDCG@10 of the measured rows (solid) and the quoted ones (hatched, grey). Right: per query,
+    better / same / worse than the baseline, stacked."""
+    import matplotlib.pyplot as plt
+
+    reference = REFERENCE.get(_reference_key(dataset) or "", {})
+    labels = [*methods, *[f"{s} (quoted)" for s in REFERENCE_SYSTEMS if s in reference]]
+    values = [100 * cell[(dataset, m)].metrics["ndcg@10"] for m in methods] + \
+             [reference[s] for s in REFERENCE_SYSTEMS if s in reference]
+    challengers = (paired or [])[1:]
+    figure, panels = plt.subplots(1, 2 if challengers else 1, figsize=(10 if challengers else 5.5, 0.5 * len(labels) + 1.8),
+                                  squeeze=False)
+    left = panels[0][0]
+    bars = left.barh(range(len(labels)), values, color=["C0"] * len(methods) + ["0.75"] * (len(labels) - len(methods)))
+    for bar in bars[len(methods):]:
+        bar.set_hatch("//")
+    left.set_yticks(range(len(labels)), labels)
+    left.invert_yaxis()
+    left.bar_label(bars, [f"{v:.2f}" for v in values[:len(methods)]] + [f"{v:g}" for v in values[len(methods):]],
+                   fontsize=8, padding=2)
+    left.set_xlabel("nDCG@10 × 100")
+    left.set_title(f"{dataset}: measured (solid), quoted (hatched)" if reference else f"{dataset}: measured",
+                   fontsize=9)
+    if challengers:
+        right = panels[0][1]
+        names = [row.label for row in challengers]
+        done = [0] * len(names)
+        for part, colour, field in (("better", "C2", "wins"), ("same", "0.8", "ties"), ("worse", "C3", "losses")):
+            counts = [getattr(row, field) for row in challengers]
+            right.barh(range(len(names)), counts, left=done, color=colour, label=part)
+            done = [a + b for a, b in zip(done, counts)]
+        right.set_yticks(range(len(names)), names)
+        right.invert_yaxis()
+        right.set_xlabel("queries")
+        right.set_title(f"per query against {paired[0].label}", fontsize=9)
+        right.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.18), ncol=3)
+    return _save(figure, path)
 
 
 def _bars(datasets: list[str], methods: list[str], cell: dict[tuple[str, str], EvalResult],
