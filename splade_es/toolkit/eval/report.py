@@ -32,10 +32,11 @@ BEIR13_AVERAGE = {"BM25": 44.02, "SPLADE++": 50.72, "SPLADE-v3": 51.68, "ELSER v
 CHARTS = ("ndcg.png", "latency_vs_ndcg.png", "index_size.png")
 
 
-def write_report(results: Sequence[EvalResult], out: Path, context: dict[str, Any]) -> list[Path]:
+def write_report(results: Sequence[EvalResult], out: Path, context: dict[str, Any],
+                 baseline: str = BASELINE_METHOD) -> list[Path]:
     """Write ``results.json``, ``report.md`` and the charts into ``out``; returns the files."""
     out.mkdir(parents=True, exist_ok=True)
-    paired = paired_rows(results)
+    paired = paired_rows(results, baseline)
     with atomic_text_file(out / "results.json") as handle:
         json.dump({"context": context, "results": [r.to_dict() for r in results],
                    "paired": {dataset: [row.to_dict() for row in rows] for dataset, rows in paired.items()}},
@@ -52,14 +53,14 @@ def _grid(results: Sequence[EvalResult]) -> tuple[list[str], list[str], dict[tup
     return datasets, methods, {(r.dataset, r.method): r for r in results}
 
 
-def paired_rows(results: Sequence[EvalResult]) -> dict[str, list[Row]]:
-    """Per dataset, every method against the baseline (BM25 when measured, else the first method),
+def paired_rows(results: Sequence[EvalResult], baseline: str = BASELINE_METHOD) -> dict[str, list[Row]]:
+    """Per dataset, every method against ``baseline`` (when measured, else the first method),
     query by query: the same figures ``splade-es compare`` prints."""
     datasets, methods, cell = _grid(results)
     paired = {}
     for dataset in datasets:
         measured = [m for m in methods if (dataset, m) in cell]
-        order = sorted(measured, key=lambda m: m != BASELINE_METHOD)  # stable: the baseline first
+        order = sorted(measured, key=lambda m: m != baseline)  # stable: the baseline first
         if len(order) > 1:
             paired[dataset] = compare([cell[(dataset, m)].to_dict() for m in order], order)
     return paired

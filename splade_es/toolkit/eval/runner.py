@@ -57,6 +57,15 @@ class EvalResult:
                                  for qid, values in self.per_query.items()}
         return data
 
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], method: str | None = None) -> EvalResult:
+        """An ``eval --json`` object back as a result (without its run), e.g. to report it; ``method``
+        renames it (two hybrid modes share one method name)."""
+        names = ("dataset", "index", "split", "k", "metrics", "latency_ms", "qps", "queries", "skipped_queries",
+                 "empty_queries", "encode_ms", "engine", "index_docs", "index_size_bytes")
+        return cls(method=method or data["method"], per_query=data.get("per_query", {}),
+                   **{name: data[name] for name in names if name in data})
+
 
 def run_queries(engine: Engine, index: str, method: Method, queries: Mapping[str, str], k: int,
                 batch_size: int = 64, show_progress: bool = True) -> tuple[Run, list[float], float, int]:

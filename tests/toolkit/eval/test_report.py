@@ -78,3 +78,29 @@ def test_paired_rows_refuse_methods_scored_on_other_queries():
 def test_chart_names_are_safe_file_names():
     assert dataset_chart_name("BEIR SciFact/test") == "dataset-beir-scifact-test.png"
     assert dataset_chart_name("../..") == "dataset-unnamed.png"
+
+
+def test_compare_writes_the_report_for_results_evaluated_elsewhere(tmp_path):
+    from click.testing import CliRunner
+
+    from splade_es.toolkit.cli import main
+
+    bm25, rrf, linear = _scores(1), _scores(2), _scores(3)
+    paths = []
+    for name, result in (("bm25", _result("scifact", "bm25", bm25)), ("rrf", _result("scifact", "hybrid", rrf)),
+                         ("linear", _result("scifact", "hybrid", linear))):
+        paths.append(tmp_path / f"{name}.json")
+        paths[-1].write_text(json.dumps(result.to_dict()))
+    labels = ["BM25", "hybrid (RRF)", "hybrid (linear)"]  # two results share the method "hybrid"
+    done = CliRunner().invoke(main, ["compare", *map(str, paths), *[x for label in labels for x in ("--label", label)],
+                                     "--report", str(tmp_path / "report")])
+    assert done.exit_code == 0, done.output
+    text = (tmp_path / "report" / "report.md").read_text()
+    linear_wins = sum(linear[q] > bm25[q] for q in bm25)
+    assert "| **BM25** | " in text and "| baseline |" in text, "the first result is the baseline"
+    row = next(line for line in text.splitlines() if line.startswith("| **hybrid (linear)** |"))
+    assert row.split(" | ")[2].startswith(f"{linear_wins} / ")
+    saved = json.loads((tmp_path / "report" / "results.json").read_text())
+    assert [r["method"] for r in saved["results"]] == labels
+    assert saved["results"][2]["metrics"] == pytest.approx(_result("s", "m", linear).metrics)
+    assert (tmp_path / "report" / dataset_chart_name("scifact")).read_bytes()[:8] == PNG
