@@ -38,16 +38,10 @@ from datetime import date
 from pathlib import Path
 from urllib.parse import quote, urlsplit
 
+from splade_cli import CLI, run
+
 ROOT = Path(__file__).resolve().parents[1]
-CLI = [sys.executable, "-m", "splade_es.toolkit.cli"]
 CLIENTS = (1, 4, 16)
-
-
-def run(*args: str) -> str:
-    done = subprocess.run([*CLI, *args], capture_output=True, text=True, check=False)
-    if done.returncode:
-        raise SystemExit(f"splade-es {' '.join(args[:2])} failed: {done.stderr.strip().splitlines()[-1:]}")
-    return done.stdout
 
 
 def percentiles(seconds: list[float]) -> dict[str, float]:

@@ -28,23 +28,15 @@ import os
 import platform
 import shutil
 import statistics
-import subprocess
-import sys
 import time
 from datetime import date
 from pathlib import Path
 
 import numpy as np
+from splade_cli import run
 
 ROOT = Path(__file__).resolve().parents[1]
-CLI = [sys.executable, "-m", "splade_es.toolkit.cli"]
 
-
-def run(*args: str) -> str:
-    done = subprocess.run([*CLI, *args], capture_output=True, text=True, check=False)
-    if done.returncode:
-        raise SystemExit(f"splade-es {' '.join(args)} failed: {done.stderr.strip().splitlines()[-1:]}")
-    return done.stdout
 
 
 def train(config: str, start: Path, pairs: Path, output: Path, steps: int) -> Path:

@@ -104,11 +104,16 @@ class InputBuilder:
             pooled.extend([is_pooled] * len(piece))
         return Encoded(ids, pooled)
 
-    def window_size(self, chunk_tokens: int) -> int:
-        """Text tokens per window: ``chunk_tokens``, checked against what one input holds."""
+    def window_room(self) -> int:
+        """The most text tokens one input holds: ``max_length``, less a masked LM's special tokens."""
         room = self.config.max_length
         if self.config.mode == "mlm":
             room -= sum(map(len, self._special_frame()))
+        return room
+
+    def window_size(self, chunk_tokens: int) -> int:
+        """Text tokens per window: ``chunk_tokens``, checked against what one input holds."""
+        room = self.window_room()
         if not 1 <= chunk_tokens <= room:
             raise InputError(f"chunk_tokens must be 1..{room} (the model's max_length {self.config.max_length}"
                              f"{' less its special tokens' if self.config.mode == 'mlm' else ''}), got {chunk_tokens}")

@@ -75,7 +75,8 @@ def chunk_options(command: F) -> F:
     return click.option("--chunk-tokens", type=click.IntRange(min=1),
                         help="Encode a document longer than N tokens in windows of N tokens (overlapping by "
                              "--chunk-overlap) and max-pool the windows into one vector, instead of cutting it "
-                             "at the model's max_length; N is at most max_length.")(command)
+                             "at the model's max_length; N is at most what one input holds (max_length, less a "
+                             "masked LM's [CLS]/[SEP]).")(command)
 
 
 def chunking(chunk_tokens: int | None, chunk_overlap: int) -> dict[str, int]:
