@@ -21,6 +21,7 @@ def read_text_records(path: str) -> Iterator[TextRecord]:
     """``{"id", "text"}`` per JSON line (``-`` is standard input); blank lines are skipped.
 
     ``id`` may be a string or an integer (kept as its decimal text); ``text`` must be a string.
+    A record without ``id`` may name itself ``_id``, so BEIR's ``queries.jsonl`` reads as it is.
     """
     handle = sys.stdin if path == "-" else _open(path)
     name = "<stdin>" if path == "-" else path
@@ -34,6 +35,8 @@ def read_text_records(path: str) -> Iterator[TextRecord]:
                 raise InputError(f"{name}:{number}: invalid JSON ({exc.msg} at column {exc.colno})") from None
             if not isinstance(record, dict):
                 raise InputError(f"{name}:{number}: expected a JSON object with 'id' and 'text'")
+            if "id" not in record and "_id" in record:
+                record["id"] = record["_id"]
             for field, types in (("id", (str, int)), ("text", (str,))):
                 if field not in record:
                     raise InputError(f"{name}:{number}: missing field '{field}'")

@@ -148,9 +148,15 @@ def test_text_summary_and_precomputed_query_vectors(local_cran, tiny_mistral_dir
     dataset = load_beir(CRANFIELD)
     encoder = SparseEncoder.from_pretrained(str(tiny_mistral_dir), device="cpu")
     vectors = encoder.encode_queries(list(dataset.queries.values()), show_progress=False)
+    # BEIR's queries.jsonl as it is ("_id"), through `encode --query`: what the quickstart does.
     path = cran["tmp"] / "queries.jsonl"
-    path.write_text("".join(json.dumps({"id": qid, "features": v.to_features()}) + "\n"
-                            for qid, v in zip(dataset.queries, vectors)))
+    done = CliRunner().invoke(main, ["encode", "--model", str(tiny_mistral_dir), "--query", "--json", "--input",
+                                     str(CRANFIELD / "queries.jsonl"), "--output", str(path)])
+    assert done.exit_code == 0, done.output
+    written = [json.loads(line) for line in path.read_text().splitlines()]
+    assert [row["id"] for row in written] == list(dataset.queries)
+    for row, vector in zip(written, vectors):
+        assert row["features"] == pytest.approx(vector.to_features(), rel=1e-6)
     encoded = _invoke("eval", "--dataset", str(CRANFIELD), "--index", cran["splade"], *cran["where"], "--json")
     given = _invoke("eval", "--dataset", str(CRANFIELD), "--index", cran["splade"], *cran["where"], "--json",
                     "--query-vectors", str(path))
