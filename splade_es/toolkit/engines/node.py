@@ -135,13 +135,15 @@ def minimum_java(kind: str, version: str) -> int:
 class LocalNode:
     """One node per engine kind under :func:`engines_root`: ``start``, ``stop``, ``status``."""
 
-    def __init__(self, kind: str, version: str | None = None, root: Path | None = None, log=None) -> None:
+    def __init__(self, kind: str, version: str | None = None, root: Path | None = None, log=None,
+                 node_dir: Path | None = None) -> None:
+        """``node_dir`` puts the nodes elsewhere while sharing the cached distribution (a test's own cluster)."""
         if kind not in KINDS:
             raise NodeError(f"unknown engine kind {kind!r}: choose {' or '.join(KINDS)}")
         self.kind = kind
         self.version = version or DEFAULT_VERSIONS[kind]
         self.root = root or engines_root()
-        self.node_dir = self.root / "nodes" / kind
+        self.node_dir = node_dir or self.root / "nodes" / kind
         self.state_file = self.node_dir / "node.json"
         self.build_log = self.root / "build.log"
         self._log = log or (lambda message: None)
@@ -205,8 +207,8 @@ class LocalNode:
 
     @property
     def cluster_name(self) -> str:
-        """Distinct per engines root, so no node of another root's cluster can join this one."""
-        return f"splade-es-{self.kind}-{hashlib.sha1(str(self.root.resolve()).encode()).hexdigest()[:8]}"
+        """Distinct per node directory, so no node of another cluster on this machine can join this one."""
+        return f"splade-es-{self.kind}-{hashlib.sha1(str(self.node_dir.resolve()).encode()).hexdigest()[:8]}"
 
     def member_dirs(self, nodes: int) -> list[Path]:
         """A single node keeps today's directory; the nodes of a cluster each get one below it."""
