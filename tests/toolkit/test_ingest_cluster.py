@@ -59,7 +59,7 @@ def test_a_node_killed_mid_ingest_loses_nothing(cluster, cranfield_vectors, tiny
     node, state = cluster
     urls = ",".join(member.url for member in state.members())
     index = f"cluster-{uuid.uuid4().hex[:8]}"
-    command = ["ingest", "--index", index, "--corpus", str(CRANFIELD), "--model", "tiny-model",
+    command = ["ingest", "--index", index, "--corpus", str(CRANFIELD), "--model", str(tiny_mistral_dir),
                "--vectors", str(cranfield_vectors), "--shards", "3", "--replicas", "1", "--chunk-docs", "50",
                "--concurrency", "1", "--url", urls, "--state-dir", str(tmp_path / "state"), "--no-progress", "--json"]
     run = _cli(*command)

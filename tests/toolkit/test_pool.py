@@ -64,7 +64,7 @@ class FakeNode:
 
         self.server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True).start()
 
     def die(self) -> None:
         """Refuse new connections and drop open ones without a reply, as a killed node does."""

@@ -133,7 +133,7 @@ def minimum_java(kind: str, version: str) -> int:
 
 
 class LocalNode:
-    """One node per engine kind under :func:`engines_root`: ``start``, ``stop``, ``status``."""
+    """One node, or one cluster, per engine kind under :func:`engines_root`: ``start``, ``stop``, ``status``."""
 
     def __init__(self, kind: str, version: str | None = None, root: Path | None = None, log=None,
                  node_dir: Path | None = None) -> None:
@@ -300,7 +300,7 @@ class LocalNode:
         state = NodeState.load(self.state_file)
         if state is None:
             return None
-        members = [member for member in state.members() if member.pid and member.alive]
+        members = [member for member in state.members() if member.alive]
         for member in members:
             os.kill(member.pid, signal.SIGTERM)
         deadline = time.monotonic() + timeout
@@ -456,6 +456,8 @@ def _wait_healthy(members: list[Member], timeout: float) -> None:
 
 
 def _alive(pid: int) -> bool:
+    if pid <= 0:  # no process recorded (0 would address our own process group)
+        return False
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
