@@ -181,3 +181,15 @@ def test_the_cli_passes_every_url_and_sniff(monkeypatch):
                                        "http://b:2,http://c:3", "--sniff", "query"])
     assert result.exit_code == 1 and "stop here" in result.output
     assert seen == {"urls": ["http://a:1", "http://b:2", "http://c:3"], "sniff": True}
+
+
+def test_ingest_with_no_node_answering_fails_fast_in_one_line(tmp_path):
+    (tmp_path / "corpus.jsonl").write_text('{"_id": "1", "text": "wing"}\n')
+    (tmp_path / "vectors.jsonl").write_text('{"id": "1", "features": {"wing": 1.0}}\n')
+    started = time.monotonic()
+    result = CliRunner().invoke(main, ["ingest", "--index", "i", "--corpus", str(tmp_path / "corpus.jsonl"), "--model",
+                                       "m", "--vectors", str(tmp_path / "vectors.jsonl"), "--url", "http://127.0.0.1:1,http://127.0.0.1:2",
+                                       "--state-dir", str(tmp_path)])
+    assert result.exit_code == 1 and time.monotonic() - started < 30
+    errors = [line for line in result.output.splitlines() if line.startswith("Error:")]
+    assert len(errors) == 1 and "no node answers" in errors[0] and "127.0.0.1:2" in errors[0]
