@@ -12,7 +12,7 @@ import pytest
 from click.testing import CliRunner
 
 from splade_es.toolkit.cli import main
-from splade_es.toolkit.engines.node import LocalNode, Member, NodeError, NodeState, _port_free
+from splade_es.toolkit.engines.node import LocalNode, Member, NodeError, NodeState, _alive, _port_free
 
 
 def _fake_home(tmp_path: Path) -> Path:
@@ -102,3 +102,35 @@ def test_a_cluster_gets_one_directory_per_node_and_a_single_node_keeps_its_own(t
     assert node.member_dirs(3) == [node.node_dir / f"node-{i}" for i in range(3)]
     other = LocalNode("opensearch", root=tmp_path, node_dir=tmp_path / "elsewhere")
     assert other.cluster_name != node.cluster_name
+
+
+_FAKE_LAUNCHER = """#!/bin/sh
+# Stands in for bin/opensearch: node-1 fails to start, the others "daemonize" a sleep.
+pidfile=""; name=""
+while [ $# -gt 0 ]; do
+  case "$1" in -p) pidfile="$2"; shift ;; -Enode.name=*) name="${1#-Enode.name=}" ;; esac; shift
+done
+[ "$name" = node-1 ] && { echo "node-1: bad setting" >&2; exit 78; }
+sleep 300 >/dev/null 2>&1 &
+echo $! > "$pidfile"
+"""
+
+
+def test_one_node_failing_to_start_stops_the_others_and_names_its_logs(tmp_path, monkeypatch):
+    node = LocalNode("opensearch", root=tmp_path)
+    home = _fake_home(tmp_path)
+    (home / "bin").mkdir()
+    launcher = home / "bin" / "opensearch"
+    launcher.write_text(_FAKE_LAUNCHER)
+    launcher.chmod(0o755)
+    monkeypatch.setattr(LocalNode, "assemble", lambda self: home)
+    monkeypatch.setattr("splade_es.toolkit.engines.node.find_java_home", lambda minimum: Path("/usr"))
+    monkeypatch.setattr("splade_es.toolkit.engines.node._drop_root", lambda: {})
+    with pytest.raises(NodeError) as failure:
+        node.start(port=0, nodes=3, timeout=20)
+    assert "node-1 failed to start (exit 78)" in str(failure.value)
+    assert str(node.node_dir / "node-1" / "logs") in str(failure.value)
+    assert "bad setting" in (node.node_dir / "node-1" / "logs" / "startup.log").read_text()
+    pids = [int((node.node_dir / f"node-{i}" / "node.pid").read_text()) for i in (0, 2)]
+    assert not any(_alive(pid) for pid in pids), "the nodes that started were not stopped"
+    assert node.status() is None
