@@ -27,6 +27,7 @@ class FakeNode:
 
     def __init__(self, kind: str, uuid: str = "cluster-a", port: int = 0) -> None:
         self.kind, self.uuid, self.status, self.counts, self.dead = kind, uuid, 200, 0, False
+        self.cluster: list[FakeNode] = [self]
         node = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -45,6 +46,10 @@ class FakeNode:
                 if path == "/":
                     body = {"cluster_name": "fake", "cluster_uuid": node.uuid,
                             "version": {"number": "8.19.0" if node.kind == "elasticsearch" else "2.19.6"}}
+                elif path == "/_nodes/_all/http":  # sniffing: every node of the cluster, by publish address
+                    body = {"nodes": {f"n{i}": {"http": {"publish_address": other.url.split("//")[1]},
+                                                "roles": ["data", "ingest", "master"]}
+                                      for i, other in enumerate(node.cluster)}}
                 elif path.startswith("/_nodes"):
                     body = {"nodes": {"n": {"version": "8.19.0" if node.kind == "elasticsearch" else "2.19.6",
                                             "modules": [], "plugins": []}}}
@@ -79,6 +84,8 @@ class FakeNode:
 @pytest.fixture(params=["opensearch", "elasticsearch"])
 def nodes(request):
     started = [FakeNode(request.param) for _ in range(3)]
+    for node in started:
+        node.cluster = started
     yield started
     for node in started:
         if not node.dead:
@@ -113,6 +120,14 @@ def test_a_dead_node_is_set_aside_then_tried_again_after_its_backoff(nodes, capl
         _count(engine, 6)
     assert revived.counts >= 1, "the node was not tried again after its backoff"
     assert any(revived.url in r.getMessage() and "answers again" in r.getMessage() for r in caplog.records)
+
+
+def test_sniffing_finds_the_nodes_not_given(nodes):
+    engine = connect(nodes[0].url, sniff=True)
+    _count(engine, 9)
+    assert [node.counts for node in nodes] == [3, 3, 3]
+    nodes[2].die()
+    _count(engine, 4)  # and fails over between them like given ones
 
 
 def test_a_503_goes_to_the_next_node(nodes):

@@ -44,8 +44,8 @@ class ElasticsearchEngine(RestEngine):
                                                   node_pool_class=_Pool, dead_node_backoff_factor=DEAD_NODE_BACKOFF,
                                                   max_dead_node_backoff=MAX_DEAD_NODE_BACKOFF, **auth,
                                                   **credentials.tls_options(urls[0]))
-        if sniff:  # each request may try every node found
-            self.client.transport.max_retries = len(self.client.transport.node_pool) - 1
+        if sniff:  # each request may try every node found (the client passes its own setting per request)
+            self.client = self.client.options(max_retries=len(self.client.transport.node_pool) - 1)
         self._url = ",".join(urls)
         super().__init__(self._url, version, modules)
 
