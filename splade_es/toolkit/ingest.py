@@ -393,6 +393,7 @@ class Ingester:
         self.checkpoint.index = index
         if self.engine.exists(index):
             self.layout.check(self.engine.mappings(index), index)
+            self._check_shards(index)
         else:
             self.checkpoint.reset()  # a new index holds nothing an earlier run may have recorded
             self.checkpoint.index = index
@@ -418,6 +419,20 @@ class Ingester:
             _log.warning("%s: these credentials may not change index settings (HTTP %s): loading with periodic "
                          "refresh on", index, exc.status)
             self.checkpoint.refresh_interval = None
+
+    def _check_shards(self, index: str) -> None:
+        """``--shards``/``--replicas`` shape a new index only: an existing one that differs is refused
+        rather than loaded with a layout the user did not ask for (shards cannot change in place)."""
+        if self.options.shards is None and self.options.replicas is None:
+            return
+        layout = self.engine.shard_layout(index)
+        if layout is None:
+            return
+        wanted = (self.options.shards or layout[0], layout[1] if self.options.replicas is None else self.options.replicas)
+        if wanted != layout:
+            raise ConfigError(f"{index} exists with {layout[0]} shard(s) and {layout[1]} replica(s), not the "
+                              f"{wanted[0]} and {wanted[1]} asked for: drop --shards/--replicas, or load into a "
+                              "new index (--alias makes one per load)")
 
     def _choose_epoch(self, index: str) -> None:
         """The epoch of this load's external versions: the interrupted load's when resuming it, else

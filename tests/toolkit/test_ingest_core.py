@@ -208,3 +208,26 @@ def test_checkpoints_of_earlier_versions_still_match_what_they_recorded():
     assert not same_identity({**old, "corpus": {**new["corpus"], "blake2b": "cd"}}, new)
     assert not same_identity(old, {**new, "model_files": [{"path": "/m/model.safetensors", "size": 1, "mtime_ns": 1}]})
     assert not same_identity({**old, "model_files": [{"hub": "acme/sparse", "revision": "0ld"}]}, new)
+
+
+class _ShardedLocal(LocalEngine):
+    """The local store, reporting the shard layout a real index would have."""
+
+    def shard_layout(self, index: str) -> tuple[int, int]:
+        return (3, 1)
+
+
+@pytest.mark.parametrize(("shards", "replicas", "refused"), [
+    (None, None, False), (3, None, False), (None, 1, False), (3, 1, False), (2, None, True), (3, 0, True)])
+def test_shards_and_replicas_that_differ_from_an_existing_index_are_refused(tmp_path, shards, replicas, refused):
+    from splade_es.errors import ConfigError
+
+    engine = _ShardedLocal(tmp_path / "engine")
+    layout = TextLayout()
+    engine.create_index("docs", layout.create_body(engine.info))
+    ingester = Ingester(engine, layout, IngestOptions("docs", state_dir=tmp_path, shards=shards, replicas=replicas), {})
+    if refused:
+        with pytest.raises(ConfigError, match=r"docs exists with 3 shard\(s\) and 1 replica\(s\), not the"):
+            ingester.prepare_index("docs")
+    else:
+        ingester.prepare_index("docs")

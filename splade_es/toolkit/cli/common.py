@@ -41,10 +41,15 @@ def quiet_libraries() -> None:
 
 
 def engine_options(command: F) -> F:
-    """--url / --engine / --data-dir and credentials, with SPLADE_ES_* environment defaults."""
+    """--url / --sniff / --engine / --data-dir and credentials, with SPLADE_ES_* environment defaults."""
     options = [
-        click.option("--url", envvar="SPLADE_ES_URL", metavar="URL",
-                     help="Elasticsearch/OpenSearch URL (env SPLADE_ES_URL). Without it: the local engine."),
+        click.option("--url", envvar="SPLADE_ES_URL", metavar="URL", multiple=True,
+                     help="Elasticsearch/OpenSearch URL (env SPLADE_ES_URL). Several nodes of one cluster: repeat "
+                          "--url or separate URLs with commas; requests fail over when a node is down. "
+                          "Without it: the local engine."),
+        click.option("--sniff", envvar="SPLADE_ES_SNIFF", is_flag=True, expose_value=False, callback=_remember_sniff,
+                     help="Also send requests to the cluster's other nodes, read from _nodes/http at the start and "
+                          "when a node fails (env SPLADE_ES_SNIFF=1)."),
         click.option("--engine", "engine_kind", type=click.Choice(["opensearch", "elasticsearch", "local"]),
                      help="Insist on an engine kind (default: detected from the server)."),
         click.option("--data-dir", envvar="SPLADE_ES_DATA_DIR", type=click.Path(file_okay=False),
@@ -59,6 +64,14 @@ def engine_options(command: F) -> F:
         click.option("--insecure", is_flag=True, help="Skip TLS certificate verification (not recommended)."),
     ]
     return _with(options, command)
+
+
+def _remember_sniff(context: click.Context, _: click.Parameter, value: bool) -> None:
+    """``--sniff`` reaches :func:`open_engine` through the context, so no command repeats it."""
+    context.meta[_SNIFF] = value
+
+
+_SNIFF = "splade_es.sniff"
 
 
 def _with(options: list[Callable[[F], F]], command: F) -> F:
@@ -113,24 +126,26 @@ def query_options(command: F) -> F:
     return _with(options, command)
 
 
-def open_engine(url: str | None, engine_kind: str | None, data_dir: str | None, api_key: str | None,
+def open_engine(url: str | tuple[str, ...] | None, engine_kind: str | None, data_dir: str | None, api_key: str | None,
                 username: str | None, password: str | None, ca_certs: str | None, insecure: bool):
     """The engine the options describe; an unreachable one fails here, before any work."""
     return open_engine_with_secrets(url, engine_kind, data_dir, api_key, username, password, ca_certs, insecure)[0]
 
 
-def open_engine_with_secrets(url: str | None, engine_kind: str | None, data_dir: str | None, api_key: str | None,
+def open_engine_with_secrets(url: str | tuple[str, ...] | None, engine_kind: str | None, data_dir: str | None, api_key: str | None,
                              username: str | None, password: str | None, ca_certs: str | None, insecure: bool):
     """:func:`open_engine`, and every credential it was given (a URL's password included), for a
     long-lived command that must mask them in what it sends out."""
-    from splade_es.toolkit.engines.connect import connect, resolve_url
-    from splade_es.toolkit.engines.credentials import Credentials, split_credentials
+    from splade_es.toolkit.engines.connect import connect, resolve_urls, split_all_credentials
+    from splade_es.toolkit.engines.credentials import Credentials
 
     route_warnings()
     api_key, password = _secret("api_key", api_key), _secret("password", password)
     credentials = Credentials(api_key or None, username or None, password or None, ca_certs or None, not insecure)
-    secrets = split_credentials(resolve_url(url) or "", credentials)[1].secrets()
-    return connect(url, engine_kind, data_dir, credentials), secrets
+    secrets = split_all_credentials(resolve_urls(url), credentials)[1].secrets()
+    context = click.get_current_context(silent=True)
+    sniff = bool(context and context.meta.get(_SNIFF))
+    return connect(url, engine_kind, data_dir, credentials, sniff=sniff), secrets
 
 
 def _secret(name: str, value: str | None) -> str | None:
@@ -165,7 +180,10 @@ class _StderrHandler(logging.Handler):
 
 
 def route_warnings() -> None:
-    """Our own warnings (a capped query, a fallback) reach stderr as one ``warning:`` line each."""
+    """Our own warnings (a capped query, a fallback, a node down) reach stderr as one ``warning:`` line each."""
+    from splade_es.toolkit.engines.pool import quiet_client_logs
+
+    quiet_client_logs()
     logger = logging.getLogger("splade_es")
     if not any(isinstance(handler, _StderrHandler) for handler in logger.handlers):
         handler = _StderrHandler()

@@ -49,8 +49,8 @@ from splade_es.toolkit.mappings import FIELD_TYPES, VectorIndexSpec, choose_fiel
               help="Drop document weights below W (also applies to --vectors): shorter posting lists, "
                    "faster queries; measure the nDCG cost first (docs/BENCHMARKS.md).")
 @chunk_options
-@click.option("--shards", type=click.IntRange(min=1), help="Primary shards of a new index (default: the cluster's).")
-@click.option("--replicas", type=click.IntRange(min=0), help="Replicas of a new index (default: the cluster's).")
+@click.option("--shards", type=click.IntRange(min=1), help="Primary shards of a new index (default: the cluster's); an existing index with other shards is refused.")
+@click.option("--replicas", type=click.IntRange(min=0), help="Replicas of a new index (default: the cluster's); an existing index with others is refused.")
 @click.option("--resume", is_flag=True,
               help="Continue an interrupted or incomplete run of the same command: skips what is indexed, "
                    "re-sends what failed for a retryable reason.")

@@ -149,6 +149,10 @@ class Engine(ABC):
         periodic refresh off and restores this afterwards; an engine without it says None."""
         return None
 
+    def shard_layout(self, index: str) -> tuple[int, int] | None:
+        """``(primary shards, replicas)`` of an existing index; None on an engine without shards."""
+        return None
+
     def set_refresh_interval(self, index: str, value: str | None) -> None:
         """Set ``refresh_interval`` (None: back to the cluster's default); a no-op without periodic refresh."""
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 import urllib3
@@ -16,36 +17,103 @@ ENGINE_KINDS = ("opensearch", "elasticsearch", "local")
 _log = logging.getLogger(__name__)
 
 
-def resolve_url(url: str | None) -> str | None:
-    """``--url`` or SPLADE_ES_URL; an empty value counts as unset."""
-    value = url if url is not None else os.environ.get("SPLADE_ES_URL")
-    return value.strip() or None if value else None
+def resolve_urls(url: str | Sequence[str] | None) -> list[str]:
+    """Every node's URL: ``--url`` values (repeatable, each may be a comma-separated list) or
+    SPLADE_ES_URL (comma-separated); empty entries are dropped, so an empty value counts as unset."""
+    values = ([url] if isinstance(url, str) else list(url)) if url else [os.environ.get("SPLADE_ES_URL", "")]
+    return [part.strip() for value in values for part in value.split(",") if part.strip()]
 
 
-def connect(url: str | None = None, engine: str | None = None, data_dir: str | Path | None = None,
-            credentials: Credentials | None = None, timeout: float = 30.0) -> Engine:
-    """Open the engine at ``url`` (kind detected unless ``engine`` says), or the local one."""
+def connect(url: str | Sequence[str] | None = None, engine: str | None = None, data_dir: str | Path | None = None,
+            credentials: Credentials | None = None, timeout: float = 30.0, sniff: bool = False) -> Engine:
+    """Open the engine at ``url`` (kind detected unless ``engine`` says), or the local one.
+
+    Several URLs (a list, or comma-separated) are nodes of one cluster: each is probed, those that
+    do not answer are reported and kept (requests fail over to the others), nodes of another
+    cluster are refused. ``sniff`` adds the nodes the cluster lists.
+    """
     if engine is not None and engine not in ENGINE_KINDS:
         raise EngineError(f"unknown engine {engine!r}: choose {', '.join(ENGINE_KINDS)}")
-    url = resolve_url(url)
-    if engine == "local" or (url is None and engine is None):
+    urls = resolve_urls(url)
+    if engine == "local" or (not urls and engine is None):
         from splade_es.toolkit.engines.local import LocalEngine
 
         return LocalEngine(data_dir)
-    if url is None:
+    if not urls:
         raise EngineError(f"--engine {engine} needs --url (or SPLADE_ES_URL)")
-    url, credentials = split_credentials(url, credentials or Credentials.from_env())
-    check_url(url)
-    kind, version, modules = probe(url, credentials, timeout)
+    urls, credentials = split_all_credentials(urls, credentials or Credentials.from_env())
+    for each in urls:
+        check_url(each)
+    if len({each.split("://")[0] for each in urls}) > 1:
+        raise EngineError(f"--url {', '.join(urls)}: mix http:// and https://; one cluster speaks one of them")
+    kind, version, modules = probe_cluster(urls, credentials, timeout)
     if engine is not None and engine != kind:
-        raise EngineError(f"{url} is {kind} {version}, not {engine}")
+        raise EngineError(f"{', '.join(urls)} is {kind} {version}, not {engine}")
     if kind == "opensearch":
         from splade_es.toolkit.engines.opensearch import OpenSearchEngine
 
-        return OpenSearchEngine(url, credentials, version, modules, timeout)
+        return OpenSearchEngine(urls, credentials, version, modules, timeout, sniff)
     from splade_es.toolkit.engines.elastic import ElasticsearchEngine
 
-    return ElasticsearchEngine(url, credentials, version, modules, timeout)
+    return ElasticsearchEngine(urls, credentials, version, modules, timeout, sniff)
+
+
+def split_all_credentials(urls: list[str], credentials: Credentials) -> tuple[list[str], Credentials]:
+    """Every URL without ``user:password@``, and the credentials for all nodes; URLs that carry
+    different ones are refused (one cluster, one user)."""
+    bare, found = [], {}
+    for each in urls:
+        plain, given = split_credentials(each, credentials)
+        bare.append(plain)
+        if given != credentials:
+            found[(given.username, given.password)] = given
+    if len(found) > 1:
+        raise EngineError("the URLs carry different user:password@ credentials: give one user for every node "
+                          "(--username/--password)")
+    return bare, next(iter(found.values()), credentials)
+
+
+def probe_cluster(urls: list[str], credentials: Credentials, timeout: float) -> tuple[str, str, set[str]]:
+    """:func:`probe` the first node that answers; with several URLs, check that every node that
+    answers belongs to the same cluster, and warn about those that do not answer."""
+    if len(urls) == 1:
+        return probe(urls[0], credentials, timeout)
+    found, down, clusters = None, [], {}
+    for each in urls:
+        try:
+            result = probe(each, credentials, timeout)
+            clusters[each] = cluster_identity(each, credentials, timeout)
+        except EngineUnavailable as exc:
+            down.append(str(exc))
+            continue
+        found = found or result
+    if found is None:
+        raise EngineUnavailable(f"no node answers: {'; '.join(down)}")
+    for message in down:
+        _log.warning("%s; requests go to the other nodes", message)
+    known = {each: identity for each, identity in clusters.items() if identity is not None}
+    if len(set(known.values())) > 1:
+        first, *_ = known
+        other = next(each for each in known if known[each] != known[first])
+        raise EngineError(f"--url {first} and {other} are nodes of different clusters "
+                          f"({_describe(known[first])} vs {_describe(known[other])})")
+    return found
+
+
+def cluster_identity(url: str, credentials: Credentials, timeout: float) -> tuple[str, str] | None:
+    """``(cluster name, cluster uuid)`` from the root endpoint, or None where the credentials may
+    not read it (the nodes are then taken on trust)."""
+    reply = _request(_pool(url, credentials, timeout), "GET", url, "/", credentials)
+    try:
+        body = json.loads(reply.data) if reply.status < 300 else {}
+        name, uuid = str(body["cluster_name"]), str(body["cluster_uuid"])
+    except (ValueError, KeyError, TypeError):
+        return None
+    return None if uuid == "_na_" else (name, uuid)  # "_na_": the node has not joined a cluster yet
+
+
+def _describe(identity: tuple[str, str]) -> str:
+    return f"cluster {identity[0]!r}, uuid {identity[1]}"
 
 
 def check_url(url: str) -> None:

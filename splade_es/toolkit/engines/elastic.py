@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import elastic_transport
@@ -9,6 +10,8 @@ import elasticsearch
 
 from splade_es.toolkit.engines.base import Capabilities, EngineError, EngineUnavailable
 from splade_es.toolkit.engines.credentials import Credentials
+from splade_es.toolkit.engines.pool import (DEAD_NODE_BACKOFF, MAX_DEAD_NODE_BACKOFF, ReportsDeadNodes,
+                                            failover_options)
 from splade_es.toolkit.engines.rest import RestEngine, error_reason, has_rank_features, url_part
 
 _JSON = "application/vnd.elasticsearch+json; compatible-with=8"
@@ -21,19 +24,30 @@ def version_tuple(version: str) -> tuple[int, int]:
     return (int(major), int(minor)) if major.isdigit() and minor.isdigit() else (0, 0)
 
 
+class _Pool(ReportsDeadNodes, elastic_transport.NodePool):
+    pass
+
+
 class ElasticsearchEngine(RestEngine):
     kind = "elasticsearch"
 
-    def __init__(self, url: str, credentials: Credentials, version: str, modules: set[str], timeout: float) -> None:
+    def __init__(self, urls: str | Sequence[str], credentials: Credentials, version: str, modules: set[str],
+                 timeout: float, sniff: bool = False) -> None:
+        urls = [urls] if isinstance(urls, str) else list(urls)
         auth: dict[str, Any] = {}
         if credentials.api_key:
             auth["api_key"] = credentials.api_key
         elif credentials.username:
             auth["basic_auth"] = (credentials.username, credentials.password or "")
-        self.client = elasticsearch.Elasticsearch(url, request_timeout=timeout, max_retries=0, retry_on_status=(),
-                                                  retry_on_timeout=False, **auth, **credentials.tls_options(url))
-        self._url = url
-        super().__init__(url, version, modules)
+        sniffing = {"sniff_on_start": True, "sniff_on_node_failure": True, "sniff_timeout": timeout} if sniff else {}
+        self.client = elasticsearch.Elasticsearch(urls, request_timeout=timeout, **failover_options(urls), **sniffing,
+                                                  node_pool_class=_Pool, dead_node_backoff_factor=DEAD_NODE_BACKOFF,
+                                                  max_dead_node_backoff=MAX_DEAD_NODE_BACKOFF, **auth,
+                                                  **credentials.tls_options(urls[0]))
+        if sniff:  # each request may try every node found (the client passes its own setting per request)
+            self.client = self.client.options(max_retries=len(self.client.transport.node_pool) - 1)
+        self._url = ",".join(urls)
+        super().__init__(self._url, version, modules)
 
     @classmethod
     def detect_capabilities(cls, version: str, modules: set[str], queries: set[str]) -> Capabilities:

@@ -1,14 +1,19 @@
-"""A real single-node OpenSearch / Elasticsearch on this machine, built from Maven Central.
+"""A real OpenSearch / Elasticsearch node, or cluster of nodes, on this machine, built from Maven Central.
 
 No Docker and no vendor download site: both projects publish an "integ-test" zip (a
 real node with the transport modules) as a Maven artifact. OpenSearch's ``rank_features``
 lives in the mapper-extras module, which Maven Central carries as a client jar; we
 install it as a module. The assembled distribution is cached; each node gets its own
 config, data (per version) and log directories, so the distribution is never written to.
+
+A cluster of N nodes runs on 127.0.0.1 from the same distribution: each node has its own
+directories, HTTP and transport ports, the others' transport ports as discovery seeds, and
+(on a fresh cluster) the list of nodes that bootstrap the first election.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import pwd
@@ -22,7 +27,7 @@ import time
 import urllib.error
 import urllib.request
 import zipfile
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from splade_es.errors import SpladeError
@@ -32,6 +37,9 @@ DEFAULT_VERSIONS = {"opensearch": "2.19.6", "elasticsearch": "8.19.9"}
 DEFAULT_PORTS = {"opensearch": 9200, "elasticsearch": 9201}
 DEFAULT_HEAP = "512m"
 _ENV_PREFIX = {"opensearch": "OPENSEARCH", "elasticsearch": "ES"}
+# The setting naming the nodes of a new cluster's first election (OpenSearch 2+ renamed "master").
+_INITIAL_MANAGERS = {"opensearch": "cluster.initial_cluster_manager_nodes",
+                     "elasticsearch": "cluster.initial_master_nodes"}
 _UNPRIVILEGED_USER = "nobody"
 _RECIPE = "2"  # bump when assembly changes, so cached distributions are rebuilt
 # OpenSearch modules the integ-test zip lacks: (Maven artifact, plugin class pattern inside the jar).
@@ -46,8 +54,31 @@ class NodeError(SpladeError):
 
 
 @dataclass
+class Member:
+    """One node of a local cluster: its name, process and ports."""
+
+    name: str
+    pid: int
+    http_port: int
+    transport_port: int | None  # None in a state file written before clusters
+    logs: str
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}"
+
+    @property
+    def alive(self) -> bool:
+        return _alive(self.pid)
+
+
+@dataclass
 class NodeState:
-    """What ``start`` records so that ``status`` and ``stop`` find the node again."""
+    """What ``start`` records so that ``status`` and ``stop`` find the nodes again.
+
+    ``port``, ``pid``, ``url`` and ``logs`` are the first node's, as in single-node state files,
+    which lack ``nodes`` and still load.
+    """
 
     kind: str
     version: str
@@ -56,6 +87,14 @@ class NodeState:
     url: str
     home: str
     logs: str
+    nodes: list[Member] = field(default_factory=list)
+
+    def members(self) -> list[Member]:
+        """Every node; a single-node state file without ``nodes`` describes one."""
+        return self.nodes or [Member("node-0", self.pid, self.port, None, self.logs)]
+
+    def alive(self) -> bool:
+        return any(member.alive for member in self.members())
 
     def save(self, path: Path) -> None:
         path.write_text(json.dumps(asdict(self), indent=2) + "\n")
@@ -63,8 +102,10 @@ class NodeState:
     @classmethod
     def load(cls, path: Path) -> NodeState | None:
         try:
-            return cls(**json.loads(path.read_text()))
-        except (OSError, ValueError, TypeError):
+            fields = json.loads(path.read_text())
+            nodes = [Member(**member) for member in fields.pop("nodes", [])]
+            return cls(**fields, nodes=nodes)
+        except (OSError, ValueError, TypeError, AttributeError):
             return None
 
 
@@ -92,15 +133,17 @@ def minimum_java(kind: str, version: str) -> int:
 
 
 class LocalNode:
-    """One node per engine kind under :func:`engines_root`: ``start``, ``stop``, ``status``."""
+    """One node, or one cluster, per engine kind under :func:`engines_root`: ``start``, ``stop``, ``status``."""
 
-    def __init__(self, kind: str, version: str | None = None, root: Path | None = None, log=None) -> None:
+    def __init__(self, kind: str, version: str | None = None, root: Path | None = None, log=None,
+                 node_dir: Path | None = None) -> None:
+        """``node_dir`` puts the nodes elsewhere while sharing the cached distribution (a test's own cluster)."""
         if kind not in KINDS:
             raise NodeError(f"unknown engine kind {kind!r}: choose {' or '.join(KINDS)}")
         self.kind = kind
         self.version = version or DEFAULT_VERSIONS[kind]
         self.root = root or engines_root()
-        self.node_dir = self.root / "nodes" / kind
+        self.node_dir = node_dir or self.root / "nodes" / kind
         self.state_file = self.node_dir / "node.json"
         self.build_log = self.root / "build.log"
         self._log = log or (lambda message: None)
@@ -156,78 +199,124 @@ class LocalNode:
 
     # ------------------------------------------------------------ lifecycle
     def status(self) -> NodeState | None:
-        """The running node's state, or None when none is running."""
+        """The running cluster's state (some node alive), or None when none is running."""
         state = NodeState.load(self.state_file)
-        if state is None or not _alive(state.pid):
+        if state is None or not state.alive():
             return None
         return state
 
+    @property
+    def cluster_name(self) -> str:
+        """Distinct per node directory, so no node of another cluster on this machine can join this one."""
+        return f"splade-es-{self.kind}-{hashlib.sha1(str(self.node_dir.resolve()).encode()).hexdigest()[:8]}"
+
+    def member_dirs(self, nodes: int) -> list[Path]:
+        """A single node keeps today's directory; the nodes of a cluster each get one below it."""
+        return [self.node_dir] if nodes == 1 else [self.node_dir / f"node-{i}" for i in range(nodes)]
+
     def start(self, port: int | None = None, heap: str = DEFAULT_HEAP, fresh: bool = False,
-              timeout: float = 180.0) -> NodeState:
-        """Start the node (or return the running one) and wait until the cluster is yellow."""
+              timeout: float = 180.0, nodes: int = 1) -> NodeState:
+        """Start ``nodes`` nodes (or return the running ones) and wait until all joined a yellow cluster.
+
+        With ``port`` P the HTTP ports are P..P+nodes-1; 0 (and, for a cluster, no port) picks free ones.
+        If one node fails, the others are stopped and the error names its logs.
+        """
+        if nodes < 1:
+            raise NodeError(f"--nodes must be at least 1, not {nodes}")
         running = self.status()
         if running is not None:
-            if running.version != self.version or (port not in (None, 0, running.port)):
-                raise NodeError(f"{self.kind} {running.version} already runs at {running.url}: stop it first")
+            if (running.version != self.version or port not in (None, 0, running.port)
+                    or len(running.members()) != nodes):
+                raise NodeError(f"{self.kind} {running.version} ({len(running.members())} node(s)) already runs at "
+                                f"{running.url}: stop it first")
             return running
         home = self.assemble()
         java_home = find_java_home(minimum_java(self.kind, self.version))
-        port = DEFAULT_PORTS[self.kind] if port is None else port
-        port = port or _free_port()
-        if not _port_free(port):
-            raise NodeError(f"port {port} on 127.0.0.1 is taken: pick another with --port (0 = any free port)")
-        transport = _free_port()
-        config, data, logs = self._prepare_node_dir(home, heap, fresh)
-        pid_file = self.node_dir / "node.pid"
-        pid_file.unlink(missing_ok=True)
-        prefix = _ENV_PREFIX[self.kind]
-        env = {**os.environ, f"{prefix}_PATH_CONF": str(config), f"{prefix}_JAVA_HOME": str(java_home),
-               f"{prefix}_JAVA_OPTS": f"-Xms{heap} -Xmx{heap}"}
-        env.pop("JAVA_TOOL_OPTIONS", None)
-        settings = {
-            "discovery.type": "single-node", "network.host": "127.0.0.1", "http.port": port,
-            "transport.port": transport, "path.data": data, "path.logs": logs,
-            "cluster.routing.allocation.disk.threshold_enabled": "false",
-        }
-        if self.kind == "elasticsearch":
-            settings["xpack.security.enabled"] = "false"
-        command = [str(home / "bin" / self.kind), "-d", "-p", str(pid_file)]
-        command += [f"-E{key}={value}" for key, value in settings.items()]
-        self._log(f"starting {self.kind} {self.version} on 127.0.0.1:{port} (logs: {logs})")
-        with (logs / "startup.log").open("a") as startup:
-            launched = subprocess.run(command, cwd=self.node_dir, env=env, stdout=startup, stderr=subprocess.STDOUT,
-                                      stdin=subprocess.DEVNULL, check=False, **_drop_root())
-        if launched.returncode != 0:
-            raise NodeError(f"{self.kind} failed to start (exit {launched.returncode}); see {logs}/startup.log and {logs}")
-        pid = _read_pid(pid_file)
-        url = f"http://127.0.0.1:{port}"
-        state = NodeState(self.kind, self.version, port, pid, url, str(home), str(logs))
+        http_ports = _http_ports(self.kind, port, nodes)
+        transport_ports = _free_ports(nodes, exclude=set(http_ports))
+        names = [f"node-{i}" for i in range(nodes)]
+        directories = self.member_dirs(nodes)
+        prepared = [self._prepare_node_dir(home, heap, fresh, directory) for directory in directories]
+        bootstrap = nodes > 1 and not any(any(data.iterdir()) for _, data, _ in prepared)
+        launches = []
+        for i, (directory, (config, data, logs)) in enumerate(zip(directories, prepared)):
+            settings: dict[str, object] = {
+                "node.name": names[i], "network.host": "127.0.0.1", "http.port": http_ports[i],
+                "transport.port": transport_ports[i], "path.data": data, "path.logs": logs,
+                "cluster.routing.allocation.disk.threshold_enabled": "false",
+            }
+            if nodes == 1:
+                settings["discovery.type"] = "single-node"
+            else:
+                settings["cluster.name"] = self.cluster_name
+                settings["discovery.seed_hosts"] = ",".join(f"127.0.0.1:{p}" for j, p in enumerate(transport_ports)
+                                                            if j != i)
+                if bootstrap:  # only a cluster that has never formed may bootstrap (else: a split brain)
+                    settings[_INITIAL_MANAGERS[self.kind]] = ",".join(names)
+            if self.kind == "elasticsearch":
+                settings["xpack.security.enabled"] = "false"
+            self._log(f"starting {self.kind} {self.version} {names[i]} on 127.0.0.1:{http_ports[i]} (logs: {logs})")
+            launches.append(self._launch(home, java_home, heap, directory, config, logs, settings))
+        members = []
+        failed = None
+        for name, directory, (_, _, logs), launch, http_port, transport_port in zip(
+                names, directories, prepared, launches, http_ports, transport_ports):
+            if launch.wait() != 0:
+                failed = failed or NodeError(f"{self.kind} {name} failed to start (exit {launch.returncode}); "
+                                             f"see {logs}/startup.log and {logs}")
+                continue
+            members.append(Member(name, _read_pid(directory / "node.pid"), http_port, transport_port, str(logs)))
+        first = members[0] if members else Member(names[0], 0, http_ports[0], transport_ports[0], str(prepared[0][2]))
+        state = NodeState(self.kind, self.version, first.http_port, first.pid, first.url, str(home), first.logs,
+                          members)
         state.save(self.state_file)
         try:
-            _wait_healthy(url, pid, timeout)
+            if failed:
+                raise failed
+            _wait_healthy(members, timeout)
         except NodeError:
             self.stop()
             raise
         return state
 
+    def _launch(self, home: Path, java_home: Path, heap: str, directory: Path, config: Path, logs: Path,
+                settings: dict[str, object]) -> subprocess.Popen:
+        """Run the engine's launcher in the background (the nodes of a cluster start together: each
+        waits for the others to form the cluster)."""
+        pid_file = directory / "node.pid"
+        pid_file.unlink(missing_ok=True)
+        prefix = _ENV_PREFIX[self.kind]
+        env = {**os.environ, f"{prefix}_PATH_CONF": str(config), f"{prefix}_JAVA_HOME": str(java_home),
+               f"{prefix}_JAVA_OPTS": f"-Xms{heap} -Xmx{heap}"}
+        env.pop("JAVA_TOOL_OPTIONS", None)
+        command = [str(home / "bin" / self.kind), "-d", "-p", str(pid_file)]
+        command += [f"-E{key}={value}" for key, value in settings.items()]
+        with (logs / "startup.log").open("a") as startup:
+            return subprocess.Popen(command, cwd=directory, env=env, stdout=startup, stderr=subprocess.STDOUT,
+                                    stdin=subprocess.DEVNULL, **_drop_root())
+
     def stop(self, timeout: float = 60.0) -> NodeState | None:
-        """Stop the node cleanly (SIGTERM, then SIGKILL after ``timeout``); its logs stay."""
+        """Stop every node cleanly (SIGTERM, then SIGKILL after ``timeout``); their logs stay."""
         state = NodeState.load(self.state_file)
         if state is None:
             return None
-        if _alive(state.pid):
-            os.kill(state.pid, signal.SIGTERM)
-            deadline = time.monotonic() + timeout
-            while _alive(state.pid) and time.monotonic() < deadline:
-                time.sleep(0.2)
-            if _alive(state.pid):
-                os.kill(state.pid, signal.SIGKILL)
+        members = [member for member in state.members() if member.alive]
+        for member in members:
+            os.kill(member.pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        while any(member.alive for member in members) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        for member in members:
+            if member.alive:
+                os.kill(member.pid, signal.SIGKILL)
         self.state_file.unlink(missing_ok=True)
         return state
 
-    def _prepare_node_dir(self, home: Path, heap: str, fresh: bool) -> tuple[Path, Path, Path]:
+    def _prepare_node_dir(self, home: Path, heap: str, fresh: bool,
+                          directory: Path | None = None) -> tuple[Path, Path, Path]:
         # Data per version: a newer engine rewrites it in a format an older one refuses to start on.
-        config, data, logs = (self.node_dir / name for name in ("config", f"data-{self.version}", "logs"))
+        directory = directory or self.node_dir
+        config, data, logs = (directory / name for name in ("config", f"data-{self.version}", "logs"))
         if fresh:
             shutil.rmtree(data, ignore_errors=True)
         shutil.rmtree(config, ignore_errors=True)
@@ -239,7 +328,7 @@ class LocalNode:
         logs.mkdir(parents=True, exist_ok=True)
         if os.geteuid() == 0:
             user = pwd.getpwnam(_UNPRIVILEGED_USER)
-            for path in [self.node_dir, *self.node_dir.rglob("*")]:
+            for path in [directory, *directory.rglob("*")]:
                 os.chown(path, user.pw_uid, user.pw_gid, follow_symlinks=False)
         return config, data, logs
 
@@ -340,23 +429,35 @@ def _read_pid(pid_file: Path, wait: float = 30.0) -> int:
     raise NodeError(f"the node wrote no pid file ({pid_file})")
 
 
-def _wait_healthy(url: str, pid: int, timeout: float) -> None:
+def _wait_healthy(members: list[Member], timeout: float) -> None:
+    """Until the cluster is yellow or green with every node in it; a node that exits ends the wait."""
     deadline = time.monotonic() + timeout
     last = "no answer"
+    query = f"wait_for_status=yellow&wait_for_nodes={len(members)}&timeout=2s"
     while time.monotonic() < deadline:
-        if not _alive(pid):
-            raise NodeError(f"the node exited while starting ({last}); see its logs")
-        try:
-            with urllib.request.urlopen(f"{url}/_cluster/health?wait_for_status=yellow&timeout=2s", timeout=5) as reply:
-                if json.load(reply).get("status") in ("yellow", "green"):
-                    return
-        except (urllib.error.URLError, OSError, ValueError) as exc:
-            last = str(exc)
+        for member in members:
+            if not member.alive:
+                raise NodeError(f"{member.name} exited while starting ({last}); see its logs in {member.logs}")
+        for member in members:
+            try:
+                with urllib.request.urlopen(f"{member.url}/_cluster/health?{query}", timeout=5) as reply:
+                    health = json.load(reply)
+            except (urllib.error.URLError, OSError, ValueError) as exc:
+                last = f"{member.name}: {exc}"
+                continue
+            if health.get("status") in ("yellow", "green") and health.get("number_of_nodes") == len(members):
+                return
+            last = f"status {health.get('status')}, {health.get('number_of_nodes')}/{len(members)} nodes"
+            break
         time.sleep(0.5)
-    raise NodeError(f"the node at {url} was not healthy after {timeout:.0f}s ({last})")
+    where = ", ".join(member.url for member in members)
+    raise NodeError(f"the cluster at {where} was not healthy after {timeout:.0f}s ({last}); "
+                    f"see the logs in {members[0].logs}")
 
 
 def _alive(pid: int) -> bool:
+    if pid <= 0:  # no process recorded (0 would address our own process group)
+        return False
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -374,6 +475,30 @@ def _free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]
+
+
+def _free_ports(count: int, exclude: set[int] = frozenset()) -> list[int]:
+    """``count`` distinct free ports (the system may hand out a just-closed one again)."""
+    ports: list[int] = []
+    while len(ports) < count:
+        port = _free_port()
+        if port not in ports and port not in exclude:
+            ports.append(port)
+    return ports
+
+
+def _http_ports(kind: str, port: int | None, nodes: int) -> list[int]:
+    """One node: ``port`` or the kind's default; a cluster: ``port`` and the next ones; 0 (or a cluster
+    without a port): free ports."""
+    if port is None and nodes == 1:
+        port = DEFAULT_PORTS[kind]
+    if not port:
+        return _free_ports(nodes)
+    ports = list(range(port, port + nodes))
+    taken = [p for p in ports if p > 65535 or not _port_free(p)]
+    if taken:
+        raise NodeError(f"port {taken[0]} on 127.0.0.1 is taken: pick another with --port (0 = any free port)")
+    return ports
 
 
 def _port_free(port: int) -> bool:

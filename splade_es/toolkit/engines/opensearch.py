@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import opensearchpy
@@ -9,18 +10,31 @@ import opensearchpy
 from splade_es.toolkit.engines.base import Capabilities, EngineError, EngineUnavailable
 from splade_es.toolkit.engines.credentials import Credentials
 from splade_es.toolkit.engines.elastic import version_tuple
+from splade_es.toolkit.engines.pool import (DEAD_NODE_BACKOFF, MAX_DEAD_NODE_BACKOFF, ReportsDeadNodes,
+                                            failover_options)
 from splade_es.toolkit.engines.rest import RestEngine, error_reason, has_rank_features
+
+
+class _Pool(ReportsDeadNodes, opensearchpy.ConnectionPool):
+    pass
 
 
 class OpenSearchEngine(RestEngine):
     kind = "opensearch"
 
-    def __init__(self, url: str, credentials: Credentials, version: str, modules: set[str], timeout: float) -> None:
-        self.client = opensearchpy.OpenSearch([url], timeout=timeout, max_retries=0, retry_on_status=(),
-                                              retry_on_timeout=False, headers=credentials.headers(),
-                                              **credentials.tls_options(url))
-        self._url = url
-        super().__init__(url, version, modules)
+    def __init__(self, urls: str | Sequence[str], credentials: Credentials, version: str, modules: set[str],
+                 timeout: float, sniff: bool = False) -> None:
+        urls = [urls] if isinstance(urls, str) else list(urls)
+        sniffing = {"sniff_on_start": True, "sniff_on_connection_fail": True, "sniff_timeout": timeout} if sniff else {}
+        self.client = opensearchpy.OpenSearch(urls, timeout=timeout, **failover_options(urls), **sniffing,
+                                              connection_pool_class=_Pool, dead_timeout=DEAD_NODE_BACKOFF,
+                                              timeout_cutoff=int(MAX_DEAD_NODE_BACKOFF).bit_length() - 1,
+                                              headers=credentials.headers(), **credentials.tls_options(urls[0]))
+        if sniff:  # each request may try every node found
+            pool = self.client.transport.connection_pool
+            self.client.transport.max_retries = len(getattr(pool, "connections", [pool])) - 1
+        self._url = ",".join(urls)
+        super().__init__(self._url, version, modules)
 
     @classmethod
     def detect_capabilities(cls, version: str, modules: set[str], queries: set[str]) -> Capabilities:

@@ -175,6 +175,14 @@ class RestEngine(Engine):
                            params={"filter_path": "*.settings.index.refresh_interval"})
         return next((body["settings"]["index"]["refresh_interval"] for body in (reply or {}).values()), None)
 
+    def shard_layout(self, index: str) -> tuple[int, int] | None:
+        reply = self._send("GET", f"/{url_part(index)}/_settings",
+                           params={"filter_path": "*.settings.index.number_of_shards,*.settings.index.number_of_replicas"})
+        for body in (reply or {}).values():
+            settings = body["settings"]["index"]
+            return int(settings["number_of_shards"]), int(settings["number_of_replicas"])
+        return None
+
     def set_refresh_interval(self, index: str, value: str | None) -> None:
         self._send("PUT", f"/{url_part(index)}/_settings", {"index": {"refresh_interval": value}})
 
