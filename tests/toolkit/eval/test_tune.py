@@ -6,16 +6,14 @@ from __future__ import annotations
 
 import json
 import shutil
-import uuid
 
 import pytest
 from click.testing import CliRunner
 
-from conftest import SHARED_DATA, engine_url
+from conftest import SHARED_DATA, cranfield_indexed
 from splade_es.errors import InputError
 from splade_es.model.config import Pruning
 from splade_es.toolkit.cli import main
-from splade_es.toolkit.engines.connect import connect
 from splade_es.toolkit.eval.tune import Grid, Measured, Setting, copy_name, derive, frontier, recommend
 from splade_es.toolkit.ingest import splade_meta
 from splade_es.toolkit.query.tuned import resolve
@@ -94,30 +92,24 @@ def _invoke(*args: str, code: int = 0):
 
 @pytest.fixture(scope="module", params=["local", "opensearch", "elasticsearch"])
 def cran(request, tmp_path_factory, cranfield_vectors, tiny_mistral_dir):
-    """Cranfield's tiny-model vectors in a fresh index."""
-    tmp = tmp_path_factory.mktemp(f"tune-{request.param}")
-    if request.param == "local":
-        where, engine = ["--data-dir", str(tmp / "local")], connect(None, "local", tmp / "local")
-    else:
-        url = engine_url(request.param)
-        where, engine = ["--url", url], connect(url)
-    index = f"tune-{uuid.uuid4().hex[:8]}"
-    _invoke("ingest", "--index", index, "--vectors", str(cranfield_vectors), "--model", str(tiny_mistral_dir),
-            "--corpus", str(CRANFIELD), *where, "--state-dir", str(tmp / "state"),
-            "--failures", str(tmp / "failures.jsonl"), "--no-progress")
-    yield {"kind": request.param, "where": where, "engine": engine, "index": index, "tmp": tmp}
-    if request.param != "local":
-        engine.delete_index(index)
-    engine.close()
+    yield from cranfield_indexed(request.param, tmp_path_factory.mktemp(f"tune-{request.param}"), cranfield_vectors,
+                                 tiny_mistral_dir, "tune")
+
+
+@pytest.fixture(scope="module")
+def local_cran(tmp_path_factory, cranfield_vectors, tiny_mistral_dir):
+    """Input checks are engine-independent: the local engine covers them."""
+    yield from cranfield_indexed("local", tmp_path_factory.mktemp("tune-input"), cranfield_vectors, tiny_mistral_dir,
+                                 "tune")
 
 
 def test_tune_records_a_setting_that_search_and_eval_then_use(cran):
-    engine, index, where = cran["engine"], cran["index"], cran["where"]
+    engine, index, where = cran["engine"], cran["splade"], cran["where"]
     chart = cran["tmp"] / "frontier.svg"
     report = _invoke("tune", "--dataset", str(CRANFIELD), "--index", index, *where, "--grid", "quick",
-                     "--query-top-k", "4,16", "--warmup", "5", "--chart", str(chart), "--json", "--no-progress")
+                     "--query-top-k", "4", "--warmup", "5", "--chart", str(chart), "--json", "--no-progress")
     settings = report["settings"]
-    assert report["queries"] == 225 and len(settings) == 10
+    assert report["queries"] == 225 and len(settings) == 6  # (128, 128 two-phase 8, 4) x (as is, doc-pruned)
     baseline = settings[0]
     assert (baseline["query_top_k"], baseline["two_phase"], baseline["doc_min_weight"]) == (128, None, None)
     assert report["baseline"] == baseline
@@ -172,7 +164,7 @@ def test_tune_records_a_setting_that_search_and_eval_then_use(cran):
 
 
 def test_kept_copies_hold_the_pruned_vectors_and_no_record_leaves_meta_alone(cran, cranfield_vectors):
-    engine, index, where = cran["engine"], cran["index"], cran["where"]
+    engine, index, where = cran["engine"], cran["splade"], cran["where"]
     before = splade_meta(engine, index)
     report = _invoke("tune", "--dataset", str(CRANFIELD), "--index", index, *where, "--query-top-k", "16",
                      "--two-phase", "0", "--query-min-weight", "0", "--doc-min-weight", "0.5", "--keep-copies",
@@ -189,10 +181,8 @@ def test_kept_copies_hold_the_pruned_vectors_and_no_record_leaves_meta_alone(cra
         engine.delete_index(name)
 
 
-def test_bad_input_is_one_line_and_nothing_is_left_behind(cran, tmp_path):
-    if cran["kind"] != "local":
-        pytest.skip("input checks are engine-independent: the local engine covers them")
-    engine, index, where = cran["engine"], cran["index"], cran["where"]
+def test_bad_input_is_one_line_and_nothing_is_left_behind(local_cran, tmp_path):
+    engine, index, where = local_cran["engine"], local_cran["splade"], local_cran["where"]
     common = [*where, "--grid", "quick", "--no-chart", "--no-progress"]
     missing = _invoke("tune", "--dataset", str(CRANFIELD), "--index", "nope", *common, code=1)
     assert "no index named 'nope'" in missing.output and len(missing.output.strip().splitlines()) == 1
