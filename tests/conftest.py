@@ -157,6 +157,37 @@ def target(request, tmp_path) -> dict:
     engine.close()
 
 
+def cranfield_indexed(kind: str, tmp: Path, cranfield_vectors: Path, model_dir: Path, prefix: str,
+                      text_index: bool = False):
+    """Cranfield loaded through ``splade-es ingest`` on one engine (a generator for module fixtures):
+    the tiny model's vectors, and with ``text_index`` a text-only index too. Yields the CLI
+    arguments that reach the engine (``where``), the open engine and the index names."""
+    from click.testing import CliRunner
+
+    from splade_es.toolkit.cli import main
+    from splade_es.toolkit.engines.connect import connect
+
+    if kind == "local":
+        where, engine = ["--data-dir", str(tmp / "local")], connect(None, "local", tmp / "local")
+    else:
+        url = engine_url(kind)
+        where, engine = ["--url", url], connect(url)
+    names = {"splade": f"{prefix}-{uuid.uuid4().hex[:8]}"}
+    if text_index:
+        names["text"] = f"{prefix}-text-{uuid.uuid4().hex[:8]}"
+    common = ["--corpus", str(SHARED_DATA / "cranfield"), *where, "--state-dir", str(tmp / "state"),
+              "--failures", str(tmp / "failures.jsonl"), "--no-progress"]
+    loads = [["--vectors", str(cranfield_vectors), "--model", str(model_dir)], ["--encoder", "text"]]
+    for name, how in zip(names.values(), loads):
+        result = CliRunner().invoke(main, ["ingest", "--index", name, *how, *common])
+        assert result.exit_code == 0, result.output
+    yield {"kind": kind, "where": where, "engine": engine, "tmp": tmp, **names}
+    if kind != "local":
+        for name in names.values():
+            engine.delete_index(name)
+    engine.close()
+
+
 @pytest.fixture(scope="session")
 def cranfield_vectors(tmp_path_factory, tiny_mistral_dir) -> Path:
     """The tiny model's vectors for all of Cranfield, in `splade-es encode --json` format."""

@@ -59,6 +59,11 @@ def text_fields(document: Document) -> dict[str, str]:
     return {"text": values[0]} if values else {}
 
 
+def top_terms(features: Features, k: int) -> list[str]:
+    """The ``k`` heaviest feature names: the keyword array stored beside a vector."""
+    return sorted(features, key=features.get, reverse=True)[:k]
+
+
 class SpladeLayout(Layout):
     encoder = "splade"
     needs_vectors = True
@@ -93,7 +98,7 @@ class SpladeLayout(Layout):
         """Text fields, the vector, and its top terms as keywords (Kibana can aggregate those)."""
         body: dict[str, Any] = text_fields(document)
         body[self.spec.field] = features
-        body[self.spec.terms_field] = sorted(features, key=features.get, reverse=True)[:self.terms_top_k]
+        body[self.spec.terms_field] = top_terms(features, self.terms_top_k)
         return body
 
 

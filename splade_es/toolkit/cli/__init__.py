@@ -22,6 +22,7 @@ from splade_es.toolkit.cli.pairs import pairs
 from splade_es.toolkit.cli.search import search
 from splade_es.toolkit.cli.serve import serve
 from splade_es.toolkit.cli.train import train
+from splade_es.toolkit.cli.tune import tune_command
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -45,6 +46,7 @@ def main() -> None:
       splade-es idf --model ./bundle --corpus data/cranfield      # inference-free queries
       splade-es explain --model ./bundle "lift of a delta wing"
       splade-es eval --dataset data/cranfield --index cran --method bm25
+      splade-es tune --dataset data/cranfield --index cran     # pruning vs latency frontier
 
     Run 'splade-es COMMAND --help' for a command's options.
     """
@@ -54,6 +56,7 @@ main.add_command(encode)
 main.add_command(engine)
 main.add_command(ingest)
 main.add_command(search)
+main.add_command(tune_command, "tune")
 main.add_command(serve)
 main.add_command(explain)
 main.add_command(kibana)

@@ -109,21 +109,38 @@ def query_options(command: F) -> F:
         click.option("--model", "model_path", envvar="SPLADE_ES_MODEL", metavar="PATH_OR_ID",
                      help="Query model (env SPLADE_ES_MODEL). Default: the model recorded in the index."),
         click.option("--adapter", metavar="PATH_OR_ID", help="A peft LoRA adapter to apply to --model."),
-        click.option("--query-top-k", type=click.IntRange(min=1),
-                     help="Keep the K heaviest query terms (default: the model's)."),
-        click.option("--query-min-weight", type=click.FloatRange(min=0), help="Drop query terms lighter than W."),
+        *_tuned_options(),
         click.option("--query-form", type=click.Choice(FORMS),
                      help="Force a query form (default: the best the engine has)."),
         click.option("--max-clauses", type=click.IntRange(min=1), default=DEFAULT_MAX_CLAUSES, show_default=True,
                      help="Cap on query terms (the engine's boolean clause limit); a longer query keeps its heaviest."),
-        click.option("--two-phase", type=click.IntRange(min=1), metavar="N",
-                     help="Query with the N heaviest terms, then rescore the top --two-phase-window hits with the "
-                          "rest (exact scores in the window, much faster for long queries)."),
-        click.option("--two-phase-window", type=click.IntRange(min=1), default=100, show_default=True,
-                     help="Candidates rescored by the second phase."),
         click.option("--device", help="Where queries are encoded: cpu, cuda, cuda:N."),
     ]
     return _with(options, command)
+
+
+def tuned_query_options(command: F) -> F:
+    """Query pruning and two-phase search, whose defaults come from the index's tuned record
+    (``splade-es tune``) unless ``--no-tuned``: ``search``, ``serve`` and ``eval``."""
+    return _with(_tuned_options(), command)
+
+
+def _tuned_options() -> list[Callable[[F], F]]:
+    return [
+        click.option("--query-top-k", type=click.IntRange(min=1),
+                     help="Keep the K heaviest query terms (default: the index's tuned setting, else the model's)."),
+        click.option("--query-min-weight", type=click.FloatRange(min=0),
+                     help="Drop query terms lighter than W (default: the index's tuned setting, else the model's)."),
+        click.option("--two-phase", type=click.IntRange(min=0), metavar="N",
+                     help="Query with the N heaviest terms, then rescore the top --two-phase-window hits with the "
+                          "rest (exact scores in the window, much faster for long queries); 0 turns it off "
+                          "(default: the index's tuned setting, else off)."),
+        click.option("--two-phase-window", type=click.IntRange(min=1),
+                     help="Candidates rescored by the second phase (default: the index's tuned setting, else 100)."),
+        click.option("--no-tuned", is_flag=True,
+                     help="Ignore the settings 'splade-es tune' recorded in the index: the model's pruning, "
+                          "no two-phase search, unless flags say otherwise."),
+    ]
 
 
 def open_engine(url: str | tuple[str, ...] | None, engine_kind: str | None, data_dir: str | None, api_key: str | None,

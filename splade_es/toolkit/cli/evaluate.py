@@ -6,13 +6,15 @@ import json
 
 import click
 
-from splade_es.toolkit.cli.common import engine_options, friendly_errors, open_engine, quiet_libraries
+from splade_es.toolkit.cli.common import (engine_options, friendly_errors, open_engine, quiet_libraries,
+                                          tuned_query_options)
 from splade_es.toolkit.eval.beir import load_beir
 from splade_es.toolkit.eval.download import dataset_dir
 from splade_es.toolkit.eval.harness import EvalSettings, evaluate_index
 from splade_es.toolkit.eval.methods import METHODS
 from splade_es.toolkit.eval.runner import EvalResult, write_trec_run
 from splade_es.toolkit.query.fusion import MODES
+from splade_es.toolkit.query.tuned import describe
 
 
 def dataset_option(command):
@@ -31,9 +33,9 @@ def dataset_option(command):
               help="Query model for splade/hybrid (default: the model recorded in the index).")
 @click.option("--adapter", metavar="PATH_OR_ID", help="A peft LoRA adapter to apply to --model.")
 @engine_options
+@tuned_query_options
 @click.option("--split", default="test", show_default=True, help="Which qrels/SPLIT.tsv to evaluate.")
 @click.option("--k", "k", type=click.IntRange(min=1), default=1000, show_default=True, help="Documents retrieved per query.")
-@click.option("--query-top-k", type=click.IntRange(min=1), help="Keep the K heaviest terms of each query vector.")
 @click.option("--query-vectors", type=click.Path(exists=True, dir_okay=False),
               help="Precomputed query vectors (splade-es encode --query --json), by query id; no model is loaded.")
 @click.option("--hybrid-mode", type=click.Choice(MODES), default="rrf", show_default=True, help="Fusion of --method hybrid.")
@@ -49,7 +51,8 @@ def dataset_option(command):
 @friendly_errors
 def evaluate(dataset_spec: str, index: str, method: str, model_path: str | None, adapter: str | None,
              url, engine_kind, data_dir, api_key, username, password, ca_certs, insecure,
-             split: str, k: int, query_top_k: int | None, query_vectors: str | None, hybrid_mode: str,
+             query_top_k: int | None, query_min_weight: float | None, two_phase: int | None,
+             two_phase_window: int | None, no_tuned: bool, split: str, k: int, query_vectors: str | None, hybrid_mode: str,
              inference_id: str | None, batch_size: int, check_corpus: bool, run_file: str | None,
              device: str | None, as_json: bool, no_progress: bool) -> None:
     """Run every judged query of a BEIR split through one method and score the ranking.
@@ -57,12 +60,15 @@ def evaluate(dataset_spec: str, index: str, method: str, model_path: str | None,
     All queries go through multi-search in batches. Metrics come from pytrec_eval: nDCG@10
     (the headline), Recall@100, MRR@10 and MAP; as in BEIR, a hit whose id is the query's
     own id is ignored. Latency is the engine's own time per query (p50/p95/p99); QPS is
-    queries over the wall time of the searches; query encoding is timed apart.
+    queries over the wall time of the searches; query encoding is timed apart. Query pruning
+    and two-phase search not set by a flag come from what 'splade-es tune' recorded in the
+    index (--no-tuned: the model's defaults); the summary says which source each came from.
 
     \b
     Examples:
       splade-es eval --dataset data/cranfield --index cran
       splade-es eval --dataset data/cranfield --index cran --method bm25 --json | jq .metrics
+      splade-es eval --dataset data/cranfield --index cran --no-tuned --query-top-k 32
       splade-es eval --dataset beir:scifact --index scifact --run-file scifact.run
       splade-es eval --dataset data/fiqa --index fiqa-elser --method elser --url https://es:9200
     """
@@ -72,8 +78,9 @@ def evaluate(dataset_spec: str, index: str, method: str, model_path: str | None,
     try:
         if check_corpus:
             dataset.unknown_documents()
-        settings = EvalSettings(method, model_path, adapter, query_vectors, query_top_k, k, batch_size, hybrid_mode,
-                                inference_id, device, not no_progress)
+        settings = EvalSettings(method, model_path, adapter, query_vectors, query_top_k, query_min_weight, two_phase,
+                                two_phase_window, not no_tuned, k, batch_size, hybrid_mode, inference_id, device,
+                                not no_progress)
         result = evaluate_index(engine, dataset, index, settings)
     finally:
         engine.close()
@@ -99,6 +106,10 @@ def summary_lines(result: EvalResult, run_file: str | None = None) -> list[str]:
         f"p99 {result.latency_ms['p99']:.1f} ms; {result.qps:.1f} queries/s"
         + (f"; encoding {result.encode_ms:.1f} ms/query" if result.encode_ms is not None else ""),
     ]
+    if result.settings:
+        values = {name: item["value"] for name, item in result.settings.items()}
+        sources = {name: item["source"] for name, item in result.settings.items()}
+        lines.append(f"  settings: {describe(values, sources, result.tuned)}")
     if result.empty_queries:
         lines.append(f"  {result.empty_queries} queries had nothing to search for and score 0")
     if run_file:

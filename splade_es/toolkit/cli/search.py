@@ -34,7 +34,7 @@ from splade_es.toolkit.query.searcher import Searcher, SearchResult
 @friendly_errors
 def search(query: str, index: str, model_path: str | None, adapter: str | None, query_top_k: int | None,
            query_min_weight: float | None, query_form: str | None, max_clauses: int, two_phase: int | None,
-           two_phase_window: int, device: str | None,
+           two_phase_window: int | None, no_tuned: bool, device: str | None,
            url, engine_kind, data_dir, api_key, username, password, ca_certs, insecure,
            k: int, explain: bool, explain_terms: int, hybrid: str | None, hybrid_weight: float,
            filters: tuple[str, ...], track_total_hits: bool, as_json: bool) -> None:
@@ -43,20 +43,24 @@ def search(query: str, index: str, model_path: str | None, adapter: str | None, 
     The query is encoded (and pruned) by the model, so every engine, the local one included,
     scores the same vector: a bool of linear rank_feature clauses on rank_features fields, the
     sparse_vector query (or boosted term clauses) on sparse_vector fields. Terms marked '+'
-    are expansions: the model added them, the query text does not contain them.
+    are expansions: the model added them, the query text does not contain them. Query pruning
+    and two-phase search not set by a flag come from what 'splade-es tune' recorded in the
+    index (--no-tuned: the model's defaults); the output says which source each came from.
 
     \b
     Examples:
       splade-es search --index cran "boundary layer transition"
       splade-es search --index cran --explain --k 5 "heat transfer at hypersonic speed"
       splade-es search --index cran --hybrid rrf --json "shock wave" | jq '.hits[].id'
+      splade-es search --index cran --no-tuned --two-phase 0 "shock wave"   # untuned, one phase
       splade-es search --index docs --filter lang=en --url https://es:9200 "reset a password"
     """
     if not query.strip():
         raise InputError("the query is empty: give some text to search for")
     engine = open_engine(url, engine_kind, data_dir, api_key, username, password, ca_certs, insecure)
     try:
-        searcher = Searcher(engine, index, query_form, max_clauses, two_phase, two_phase_window)
+        searcher = Searcher(engine, index, query_form, max_clauses, two_phase, two_phase_window,
+                            use_tuned=not no_tuned)
         quiet_libraries()
         pipeline = QueryPipeline.open(searcher, model_path, adapter, device, query_top_k, query_min_weight)
         started = time.perf_counter()
@@ -68,7 +72,8 @@ def search(query: str, index: str, model_path: str | None, adapter: str | None, 
         if as_json:
             click.echo(json.dumps(pipeline.report(query, result, vector, encode_ms, origin), ensure_ascii=False))
         else:
-            click.echo("\n".join(_as_text(query, searcher, result, origin, explain_terms, encode_ms)))
+            click.echo("\n".join(_as_text(query, searcher, result, origin, explain_terms, encode_ms,
+                                          pipeline.describe_settings())))
     finally:
         engine.close()
 
@@ -81,13 +86,14 @@ def _term_filter(text: str) -> dict:
 
 
 def _as_text(query: str, searcher: Searcher, result: SearchResult, origin: TermOrigin, shown: int,
-             encode_ms: float) -> list[str]:
+             encode_ms: float, settings: str) -> list[str]:
     info = searcher.engine.info
     how = f"{result.form} query, {result.query_terms} terms" + (f", hybrid {result.hybrid}" if result.hybrid else "")
     took = f", engine {result.took_ms:.0f} ms" if result.took_ms is not None else ""
     total = f", {result.total} matches" if result.total is not None else ""
     lines = [f"{len(result.hits)} hits for {query!r} in {searcher.meta.index} "
-             f"({info.kind} {info.version}; {how}; encoded in {encode_ms:.0f} ms{took}{total})"]
+             f"({info.kind} {info.version}; {how}; encoded in {encode_ms:.0f} ms{took}{total})",
+             f"settings: {settings}"]
     if not result.hits:
         lines.append("  no document shares a term with the query")
     for hit in result.hits:

@@ -256,8 +256,33 @@ def _save(figure, path: Path) -> Path:
     import matplotlib.pyplot as plt
 
     figure.tight_layout()
-    staging = path.with_name(f".{path.name}.tmp.png")
+    staging = path.with_name(f".{path.name}.tmp{path.suffix}")  # the suffix picks the format (PNG, SVG)
     figure.savefig(staging, dpi=120)
     plt.close(figure)
     staging.replace(path)
     return path
+
+
+def frontier_chart(points: Sequence[tuple[str, float, float]], frontier: Sequence[tuple[str, float, float]],
+                   chosen: tuple[str, float, float], title: str, path: Path) -> Path:
+    """nDCG@10 against p50 latency for ``(label, p50 ms, nDCG@10)`` points: every setting, the
+    Pareto frontier drawn as a line, the recommended setting marked (``splade-es tune``)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(figsize=(6.5, 4.2))
+    axes.scatter([p[1] for p in points], [100 * p[2] for p in points], s=14, color="0.6", label="setting")
+    axes.plot([p[1] for p in frontier], [100 * p[2] for p in frontier], "o-", color="tab:blue", ms=5,
+              label="frontier")
+    for label, p50, ndcg in frontier:
+        axes.annotate(label, (p50, 100 * ndcg), fontsize=6, xytext=(3, 3), textcoords="offset points")
+    axes.scatter([chosen[1]], [100 * chosen[2]], s=120, marker="*", color="tab:red", zorder=3,
+                 label=f"recommended: {chosen[0]}")
+    axes.set_xlabel("latency p50 (ms, round trip)")
+    axes.set_ylabel("nDCG@10 × 100")
+    axes.set_title(title, fontsize=9)
+    axes.legend(fontsize=7)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return _save(figure, path)

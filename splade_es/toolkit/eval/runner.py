@@ -41,6 +41,8 @@ class EvalResult:
     index_docs: int | None = None
     index_size_bytes: int | None = None
     run: Run = field(default_factory=dict, repr=False)
+    settings: dict[str, dict[str, Any]] = field(default_factory=dict)  # query settings and their sources (splade)
+    tuned: dict[str, Any] | None = None  # the index's tuned record, when it was in force
 
     def to_dict(self, per_query: bool = True) -> dict[str, Any]:
         """The aggregate first, then the details (``splade-es eval --json``)."""
@@ -51,6 +53,7 @@ class EvalResult:
             "split": self.split, "k": self.k, "skipped_queries": self.skipped_queries,
             "empty_queries": self.empty_queries, "encode_ms": self.encode_ms, "engine": self.engine,
             "index_docs": self.index_docs, "index_size_bytes": self.index_size_bytes,
+            "settings": self.settings,
         }
         if per_query:
             data["per_query"] = {qid: {name: round(value, 6) for name, value in values.items()}

@@ -15,6 +15,7 @@ from splade_es.errors import InputError
 from splade_es.toolkit.inspection.terms import TermOrigin
 from splade_es.toolkit.mappings import config_hash, model_id
 from splade_es.toolkit.query.searcher import Searcher, SearchResult
+from splade_es.toolkit.query.tuned import as_report, describe, resolve
 
 
 class QueryPipeline:
@@ -23,10 +24,24 @@ class QueryPipeline:
     def __init__(self, searcher: Searcher, encoder: Any, model: str, adapter: str | None = None,
                  query_top_k: int | None = None, query_min_weight: float | None = None) -> None:
         """``encoder``: a ``SparseEncoder`` or a ``StaticQueryEncoder``; refused unless it is the
-        model (and config) the index records."""
+        model (and config) the index records. Pruning left unset comes from the searcher's tuned
+        record, else from the model's query pruning."""
         searcher.meta.check_model(model_id(model, adapter), config_hash(encoder.config.to_dict()))
         self.searcher, self.encoder, self.model = searcher, encoder, model
-        self.pruning = encoder.config.pruning(True).override(top_k=query_top_k, min_weight=query_min_weight)
+        default = encoder.config.pruning(True)
+        values, sources = resolve({"query_top_k": query_top_k, "query_min_weight": query_min_weight}, searcher.tuned,
+                                  {"query_top_k": default.top_k, "query_min_weight": default.min_weight})
+        self.pruning = default.override(top_k=values["query_top_k"], min_weight=values["query_min_weight"])
+        self.sources = {**sources, **searcher.sources}
+
+    @property
+    def settings(self) -> dict[str, Any]:
+        """The query settings in force (pruning and two-phase search)."""
+        return {"query_top_k": self.pruning.top_k, "query_min_weight": self.pruning.min_weight, **self.searcher.settings}
+
+    def describe_settings(self) -> str:
+        """The settings and where each came from (flag, the index's tuned record, default)."""
+        return describe(self.settings, self.sources, self.searcher.tuned)
 
     @classmethod
     def open(cls, searcher: Searcher, model: str | None = None, adapter: str | None = None,
@@ -91,6 +106,7 @@ class QueryPipeline:
                 "engine": {"kind": info.kind, "version": info.version},
                 "form": result.form, "hybrid": result.hybrid, "fused_natively": result.fused_natively,
                 "took_ms": result.took_ms, "encode_ms": round(encode_ms, 2), "total": result.total,
+                "settings": as_report(self.settings, self.sources),
                 "query_vector": {term: {"weight": weight, "expansion": not origin.in_text(term)}
                                  for term, weight in vector.items()},
                 "hits": hits}

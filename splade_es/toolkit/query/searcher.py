@@ -18,6 +18,7 @@ from splade_es.toolkit.mappings import analysed_text_fields, recorded_meta, same
 from splade_es.toolkit.query import fusion
 from splade_es.toolkit.query.forms import (DEFAULT_MAX_CLAUSES, bm25_query, capped, choose_form, filtered,
                                           leaf_clauses, rescore, split_heaviest, vector_query)
+from splade_es.toolkit.query.tuned import DEFAULT_WINDOW, resolve
 
 SNIPPET_CHARS = 200
 
@@ -33,6 +34,7 @@ class IndexMeta:
     field_type: str
     text_fields: list[str]
     field_names: frozenset[str]  # every field of the mapping
+    tuned: dict[str, Any] | None = None  # what 'splade-es tune' recorded: default query settings
 
     @classmethod
     def read(cls, engine: Engine, index: str) -> IndexMeta:
@@ -51,8 +53,9 @@ class IndexMeta:
                               + ", ".join(sorted(metas)))
         model, config_hash, vector_field, field_type = distinct.pop()
         properties = next(iter(mappings.values())).get("properties", {})
+        records = [m.get("tuned") for m in metas.values()]
         return cls(index, model, config_hash, vector_field, field_type, analysed_text_fields(mappings),
-                   frozenset(properties))
+                   frozenset(properties), records[0] if all(r == records[0] for r in records) else None)
 
     @property
     def terms_field(self) -> str:
@@ -115,19 +118,30 @@ class Searcher:
 
     def __init__(self, engine: Engine, index: str, form: str | None = None,
                  max_clauses: int = DEFAULT_MAX_CLAUSES, two_phase: int | None = None,
-                 two_phase_window: int = 100, native_fusion: bool = True) -> None:
+                 two_phase_window: int | None = None, native_fusion: bool = True, use_tuned: bool = True) -> None:
         """``two_phase``: query with that many heaviest terms, rescore ``two_phase_window``
-        candidates with the rest (off when None). ``native_fusion``: let the engine fuse hybrid
-        lists where it can (False: always here, e.g. to compare the two)."""
-        if two_phase is not None and (two_phase < 1 or two_phase_window < 1):
-            raise ConfigError("two-phase search needs at least 1 first-phase term and a window of at least 1")
-        self.two_phase, self.two_phase_window = two_phase, two_phase_window
+        candidates (default 100) with the rest; 0 is off. Unset (None), both come from the index's
+        tuned record (``splade-es tune``) unless ``use_tuned`` is False, else two-phase is off.
+        ``native_fusion``: let the engine fuse hybrid lists where it can (False: always here,
+        e.g. to compare the two)."""
         self.engine = engine
         self.meta = IndexMeta.read(engine, index)
+        self.tuned = self.meta.tuned if use_tuned else None
+        values, self.sources = resolve({"two_phase": two_phase, "two_phase_window": two_phase_window}, self.tuned,
+                                       {"two_phase_window": DEFAULT_WINDOW})
+        self.two_phase = values["two_phase"] or None
+        self.two_phase_window = DEFAULT_WINDOW if values["two_phase_window"] is None else values["two_phase_window"]
+        if (self.two_phase is not None and self.two_phase < 0) or self.two_phase_window < 1:
+            raise ConfigError("two-phase search needs at least 1 first-phase term and a window of at least 1")
         where = f"{engine.info.kind} {engine.info.version} at {engine.info.location}"
         self.form = choose_form(engine.info.capabilities, self.meta.field_type, form, where)
         self.max_clauses = max_clauses
         self.native_fusion = native_fusion
+
+    @property
+    def settings(self) -> dict[str, Any]:
+        """Two-phase search as configured (see :attr:`sources` for where each value came from)."""
+        return {"two_phase": self.two_phase, "two_phase_window": self.two_phase_window}
 
     # ---------------------------------------------------------------- bodies
     def clause_budget(self, filters: Sequence[dict[str, Any]] = (), reserved: int = 0) -> int:

@@ -7,13 +7,12 @@ scores the same vectors the same way, the output contract, and the BM25 baseline
 from __future__ import annotations
 
 import json
-import uuid
 
 import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from conftest import SHARED_DATA, engine_url
+from conftest import SHARED_DATA, cranfield_indexed
 from splade_es.toolkit.cli import main
 from splade_es.toolkit.engines.connect import connect
 from splade_es.toolkit.eval.beir import load_beir
@@ -29,37 +28,17 @@ def _invoke(*args: str) -> dict | str:
     return json.loads(result.stdout) if "--json" in args else result.stdout
 
 
-def _indexed(kind: str, tmp, cranfield_vectors, model_dir):
-    """Cranfield indexed twice on one engine: splade vectors of the tiny model, and text only."""
-    if kind == "local":
-        where = ["--data-dir", str(tmp / "local")]
-        engine = connect(None, "local", tmp / "local")
-    else:
-        url = engine_url(kind)
-        where, engine = ["--url", url], connect(url)
-    names = {"splade": f"eval-{uuid.uuid4().hex[:8]}", "text": f"eval-text-{uuid.uuid4().hex[:8]}"}
-    common = ["--corpus", str(CRANFIELD), *where, "--state-dir", str(tmp / "state"),
-              "--failures", str(tmp / "failures.jsonl"), "--no-progress"]
-    _invoke("ingest", "--index", names["splade"], "--vectors", str(cranfield_vectors), "--model", str(model_dir),
-            *common)
-    _invoke("ingest", "--index", names["text"], "--encoder", "text", *common)
-    yield {"kind": kind, "where": where, "engine": engine, "tmp": tmp, **names}
-    if kind != "local":
-        for name in names.values():
-            engine.delete_index(name)
-    engine.close()
-
-
 @pytest.fixture(scope="module", params=["local", "opensearch", "elasticsearch"])
 def cran(request, tmp_path_factory, cranfield_vectors, tiny_mistral_dir):
-    yield from _indexed(request.param, tmp_path_factory.mktemp(f"eval-{request.param}"), cranfield_vectors,
-                        tiny_mistral_dir)
+    yield from cranfield_indexed(request.param, tmp_path_factory.mktemp(f"eval-{request.param}"), cranfield_vectors,
+                                 tiny_mistral_dir, "eval", text_index=True)
 
 
 @pytest.fixture(scope="module")
 def local_cran(tmp_path_factory, cranfield_vectors, tiny_mistral_dir):
     """The CLI surface and input checks: engine-independent, so the local engine alone."""
-    yield from _indexed("local", tmp_path_factory.mktemp("eval-cli"), cranfield_vectors, tiny_mistral_dir)
+    yield from cranfield_indexed("local", tmp_path_factory.mktemp("eval-cli"), cranfield_vectors, tiny_mistral_dir,
+                                 "eval", text_index=True)
 
 
 _LOCAL_NDCG: dict[str, float] = {}

@@ -1,0 +1,428 @@
+"""``splade-es tune``: sweep query pruning, two-phase search and document pruning against the real
+engine, find the nDCG@10 / latency frontier, recommend a setting and record it in the index.
+
+Cost model: the test queries are encoded once, at the widest setting of the sweep; every pruned
+variant is derived from that vector (:meth:`Pruning.apply`: top-k of a wider top-k is the same
+top-k), so the sweep spends engine time, not model time. Document pruning runs on a pruned copy
+of the index rebuilt from its stored vectors (never the index itself), deleted afterwards unless
+kept.
+
+Latency is the client's round trip of one search per query (size 10, no ``_source``), timed the
+same way for every setting after a warm-up: p50 and p99 over the dataset's queries.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import re
+import shlex
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from splade_es.errors import ConfigError, InputError
+from splade_es.model.config import Pruning
+from splade_es.toolkit.engines.base import Engine
+from splade_es.toolkit.eval.beir import BeirDataset
+from splade_es.toolkit.eval.metrics import Run, evaluate
+from splade_es.toolkit.eval.runner import percentiles
+from splade_es.toolkit.ingest import set_splade_meta
+from splade_es.toolkit.layouts import top_terms
+from splade_es.toolkit.query.searcher import Searcher
+from splade_es.toolkit.query.tuned import DEFAULT_WINDOW
+
+K = 10  # nDCG@10 needs ten hits; a search page asks for as many
+TOLERANCE = 0.01  # "within 1 point" of nDCG@10
+GRIDS = ("quick", "default")
+COPY_BATCH = 250
+SAMPLE_DOCS = 200  # documents read to place the default document thresholds
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One point of the sweep. ``query_top_k`` None: no cap; ``two_phase`` None: one phase;
+    ``doc_min_weight`` None: the index as it is."""
+
+    query_top_k: int | None
+    query_min_weight: float = 0.0
+    two_phase: int | None = None
+    two_phase_window: int = DEFAULT_WINDOW
+    doc_min_weight: float | None = None
+
+    @property
+    def label(self) -> str:
+        parts = [f"top-k {self.query_top_k if self.query_top_k is not None else 'all'}"]
+        if self.query_min_weight:
+            parts.append(f"min-w {self.query_min_weight:.3g}")
+        if self.two_phase is not None:
+            parts.append(f"2-phase {self.two_phase}/{self.two_phase_window}")
+        if self.doc_min_weight is not None:
+            parts.append(f"doc-min-w {self.doc_min_weight:.3g}")
+        return ", ".join(parts)
+
+    def query_pruning(self, model_default: Pruning) -> Pruning:
+        return replace(model_default, top_k=self.query_top_k, min_weight=self.query_min_weight)
+
+    def record(self) -> dict[str, Any]:
+        """The query-time part, as ``search``/``eval`` read it from ``_meta.splade_es.tuned``."""
+        return {"query_top_k": self.query_top_k, "query_min_weight": self.query_min_weight,
+                "two_phase": self.two_phase, "two_phase_window": self.two_phase_window}
+
+
+@dataclass
+class Measured:
+    setting: Setting
+    ndcg: float
+    p50_ms: float
+    p99_ms: float
+    index: str  # the index (or pruned copy) searched
+    empty_queries: int = 0  # queries with no term left: no request, nDCG 0
+    mean_terms: float = 0.0  # query terms sent, mean over queries
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self.setting), "label": self.setting.label, "ndcg@10": round(self.ndcg, 6),
+                "p50_ms": self.p50_ms, "p99_ms": self.p99_ms, "index": self.index,
+                "empty_queries": self.empty_queries, "mean_terms": round(self.mean_terms, 2)}
+
+
+# ---------------------------------------------------------------- frontier and recommendation
+def frontier(points: Sequence[Measured]) -> list[Measured]:
+    """The Pareto set on (p50 lower, nDCG higher), fastest first: a point stays unless another is
+    at least as fast and at least as good, and strictly better in one. Of exact duplicates the
+    first (in sweep order) stays."""
+    kept = []
+    for i, p in enumerate(points):
+        dominated = any((q.p50_ms <= p.p50_ms and q.ndcg >= p.ndcg)
+                        and (q.p50_ms < p.p50_ms or q.ndcg > p.ndcg or j < i)
+                        for j, q in enumerate(points) if j != i)
+        if not dominated:
+            kept.append(p)
+    return sorted(kept, key=lambda p: (p.p50_ms, -p.ndcg))
+
+
+def recommend(points: Sequence[Measured], budget_ms: float | None = None, tolerance: float = TOLERANCE) -> Measured:
+    """The fastest setting whose nDCG@10 is within ``tolerance`` of the best; with ``budget_ms``,
+    the best nDCG@10 among settings whose p50 fits it. Ties go to the other criterion, then to
+    the earlier setting of the sweep (the simpler one)."""
+    if not points:
+        raise InputError("nothing was measured")
+    order = {id(p): i for i, p in enumerate(points)}
+    if budget_ms is not None:
+        fits = [p for p in points if p.p50_ms <= budget_ms]
+        if not fits:
+            fastest = min(points, key=lambda p: p.p50_ms)
+            raise InputError(f"no setting meets the {budget_ms:g} ms budget: the fastest ({fastest.setting.label}) "
+                             f"has p50 {fastest.p50_ms:.2f} ms")
+        return min(fits, key=lambda p: (-p.ndcg, p.p50_ms, order[id(p)]))
+    best = max(p.ndcg for p in points)
+    near = [p for p in points if p.ndcg >= best - tolerance - 1e-12]
+    return min(near, key=lambda p: (p.p50_ms, -p.ndcg, order[id(p)]))
+
+
+# ---------------------------------------------------------------- the grid
+@dataclass(frozen=True)
+class Grid:
+    """Values per axis; :meth:`settings` crosses them, leaving out what cannot differ (two-phase
+    with as many first-phase terms as the query keeps, windows of a one-phase search)."""
+
+    query_top_k: tuple[int | None, ...]
+    query_min_weight: tuple[float, ...]
+    two_phase: tuple[int | None, ...]
+    two_phase_window: tuple[int, ...]
+    doc_min_weight: tuple[float | None, ...]
+
+    def settings(self) -> list[Setting]:
+        out = []
+        for doc, top_k, weight, first in itertools.product(self.doc_min_weight, self.query_top_k,
+                                                           self.query_min_weight, self.two_phase):
+            if first is not None and top_k is not None and first >= top_k:
+                continue
+            windows = self.two_phase_window if first is not None else (DEFAULT_WINDOW,)
+            out += [Setting(top_k, weight, first, window, doc) for window in windows]
+        return out
+
+
+def default_grid(name: str, model_top_k: int | None, query_weights: Sequence[float],
+                 doc_weights: Sequence[float]) -> Grid:
+    """``quick`` (a handful of settings: a smoke test, CI) or ``default``. Thresholds are placed
+    on the weights themselves (quantiles of the query and stored document weights), since their
+    scale depends on the model: e.g. the document quantile 0.5 drops about half the postings."""
+    if name not in GRIDS:
+        raise ConfigError(f"unknown grid {name!r}: choose {', '.join(GRIDS)}")
+
+    def cuts(weights: Sequence[float], quantiles: Sequence[float]) -> tuple[float, ...]:
+        return tuple(_round(float(np.quantile(weights, q))) for q in quantiles) if len(weights) else ()
+
+    top_ks = [8, 16, 32, 64] if name == "default" else [16]
+    top_ks = [model_top_k, *sorted((k for k in top_ks if model_top_k is None or k < model_top_k), reverse=True)]
+    if name == "quick":
+        return Grid(tuple(top_ks), (0.0,), (None, 8), (DEFAULT_WINDOW,), (None, *cuts(doc_weights, [0.5])))
+    return Grid(tuple(top_ks), (0.0, *cuts(query_weights, [0.25])), (None, 8, 16), (DEFAULT_WINDOW,),
+                (None, *cuts(doc_weights, [0.25, 0.5])))
+
+
+def _round(value: float) -> float:
+    """Three significant digits: a threshold people can type back as a flag."""
+    return float(f"{value:.3g}")
+
+
+# ---------------------------------------------------------------- document-pruned copies
+@dataclass
+class PrunedCopy:
+    name: str
+    min_weight: float
+    docs: int
+    postings: int  # kept
+    postings_before: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "doc_min_weight": self.min_weight, "docs": self.docs,
+                "postings_kept": self.postings, "postings_before": self.postings_before,
+                "kept_share": round(self.postings / self.postings_before, 4) if self.postings_before else None}
+
+
+def stored_vectors(engine: Engine, index: str, ids: Sequence[str], batch: int = COPY_BATCH
+                   ) -> Iterator[tuple[str, dict[str, Any]]]:
+    """``(id, _source)`` of the documents ``ids`` names that the index holds, ``batch`` at a time
+    (an ``ids`` query: every engine, the local one included, answers it)."""
+    for start in range(0, len(ids), batch):
+        chunk = list(ids[start:start + batch])
+        reply = engine.search(index, {"query": {"ids": {"values": chunk}}, "size": len(chunk),
+                                      "track_total_hits": False})
+        for hit in reply["hits"]["hits"]:
+            yield str(hit["_id"]), hit.get("_source") or {}
+
+
+def copy_name(index: str, min_weight: float) -> str:
+    """``<index>-tune-doc-<w>``: lower case, only characters every engine accepts in a name."""
+    return re.sub(r"[^a-z0-9_.-]", "-", f"{index}-tune-doc-{min_weight:g}".lower())
+
+
+def build_pruned_copy(engine: Engine, index: str, field_name: str, ids: Sequence[str], min_weight: float,
+                      show_progress: bool = False) -> PrunedCopy:
+    """A new index ``copy_name(index, w)`` with the index's mapping and its documents' stored
+    vectors less every weight below ``min_weight`` (what ``ingest --doc-min-weight w`` stores).
+    A leftover copy of an earlier run is replaced; any other index of that name is refused."""
+    name = copy_name(index, min_weight)
+    mappings = engine.mappings(index)
+    concrete, mapping = next(iter(mappings.items()))
+    if engine.exists(name):
+        meta = next(iter(engine.mappings(name).values())).get("_meta", {}).get("splade_es", {})
+        if meta.get("pruned_copy_of") != concrete:
+            raise ConfigError(f"index {name!r} exists and is not a pruned copy of {concrete!r}: delete or rename it")
+        engine.delete_index(name)
+    mapping = copy.deepcopy(mapping)
+    meta = mapping.setdefault("_meta", {}).setdefault("splade_es", {})
+    for stale in ("tuned", "loaded", "epoch"):
+        meta.pop(stale, None)
+    meta["pruned_copy_of"] = concrete
+    meta["pruning"] = {**meta.get("pruning", {}),
+                       "min_weight": max(min_weight, float(meta.get("pruning", {}).get("min_weight") or 0.0))}
+    engine.create_index(name, {"mappings": mapping})
+    pruning = Pruning(min_weight=min_weight)
+    terms_field = f"{field_name}_terms"
+    docs = kept = before = 0
+    batch: list[tuple[str, dict[str, Any]]] = []
+    with tqdm(total=len(ids), unit="doc", desc=f"copy {name}", disable=not show_progress) as bar:
+        for doc_id, source in stored_vectors(engine, index, ids):
+            vector = source.get(field_name) or {}
+            pruned = pruning.apply(vector)
+            body = {**source, field_name: pruned}
+            if terms_field in source:
+                body[terms_field] = top_terms(pruned, len(source[terms_field] or []))
+            batch.append((doc_id, body))
+            docs, kept, before = docs + 1, kept + len(pruned), before + len(vector)
+            if len(batch) >= COPY_BATCH:
+                _bulk(engine, name, batch)
+                bar.update(len(batch))
+                batch = []
+        if batch:
+            _bulk(engine, name, batch)
+            bar.update(len(batch))
+    engine.refresh(name)
+    if engine.count(name) != docs:
+        raise ConfigError(f"the pruned copy {name!r} holds {engine.count(name)} documents, expected {docs}")
+    return PrunedCopy(name, min_weight, docs, kept, before)
+
+
+def _bulk(engine: Engine, index: str, documents: list[tuple[str, dict[str, Any]]]) -> None:
+    failures = engine.bulk(index, documents)
+    if failures:
+        raise ConfigError(f"{index}: the engine refused {len(failures)} documents of the pruned copy, e.g. "
+                          f"{failures[0].id}: {failures[0].reason}")
+
+
+# ---------------------------------------------------------------- measuring
+def derive(vectors: Mapping[str, Mapping[str, float]], pruning: Pruning) -> dict[str, dict[str, float]]:
+    """Each query's vector under ``pruning``, from its wide encoding."""
+    return {qid: pruning.apply(vector) for qid, vector in vectors.items()}
+
+
+def measure(searcher: Searcher, vectors: Mapping[str, Mapping[str, float]], qrels: Mapping[str, Mapping[str, int]],
+            warmup: int = 20, clock: Callable[[], float] = time.perf_counter) -> tuple[float, dict[str, float], int]:
+    """``(nDCG@10, {p50, p99} ms, empty queries)``: one search per query, round trip timed
+    after ``warmup`` untimed searches."""
+    bodies = {qid: {**searcher.sparse_body(vector, K), "_source": False} for qid, vector in vectors.items() if vector}
+    for body in itertools.islice(itertools.cycle(bodies.values()), min(warmup, len(bodies)) if bodies else 0):
+        searcher.engine.search(searcher.meta.index, body)
+    run: Run = {qid: {} for qid in vectors}
+    took = []
+    for qid, body in bodies.items():
+        began = clock()
+        reply = searcher.engine.search(searcher.meta.index, body)
+        took.append((clock() - began) * 1000)
+        run[qid] = {str(hit["_id"]): float(hit["_score"]) for hit in reply["hits"]["hits"]}
+    means, _ = evaluate(qrels, run)
+    latency = percentiles(took)
+    return means["ndcg@10"], {"p50": latency["p50"], "p99": latency["p99"]}, len(vectors) - len(bodies)
+
+
+# ---------------------------------------------------------------- the sweep
+@dataclass
+class TuneReport:
+    dataset: str
+    split: str
+    index: str
+    engine: dict[str, str]
+    queries: int
+    budget_ms: float | None
+    points: list[Measured]
+    frontier: list[Measured]
+    recommended: Measured  # over every setting, doc-pruned ones included
+    for_index: Measured | None  # over the settings this index runs as it is: what is recorded
+    copies: list[PrunedCopy] = field(default_factory=list)
+    kept_copies: bool = False
+    recorded: bool = False
+    reingest: str | None = None  # the command that builds the recommended doc-pruned index
+
+    @property
+    def baseline(self) -> Measured:
+        """The model's own settings on the index as it is (the sweep's first point)."""
+        return self.points[0]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"dataset": self.dataset, "split": self.split, "index": self.index, "engine": self.engine,
+                "queries": self.queries, "budget_ms": self.budget_ms, "k": K,
+                "baseline": self.baseline.to_dict(), "recommended": self.recommended.to_dict(),
+                "for_index": self.for_index.to_dict() if self.for_index else None, "recorded": self.recorded,
+                "reingest": self.reingest,
+                "frontier": [p.setting.label for p in self.frontier],
+                "copies": [{**c.to_dict(), "kept": self.kept_copies} for c in self.copies],
+                "settings": [p.to_dict() for p in self.points]}
+
+
+@dataclass
+class TuneOptions:
+    grid: str = "default"
+    overrides: dict[str, tuple[Any, ...]] = field(default_factory=dict)  # Grid field -> values (the user's lists)
+    budget_ms: float | None = None
+    warmup: int = 20
+    keep_copies: bool = False
+    record: bool = True
+    show_progress: bool = True
+
+
+def check_dataset_matches(engine: Engine, index: str, dataset: BeirDataset) -> None:
+    """One request: the index must hold some judged document, else every score would be 0."""
+    judged = sorted({doc for docs in dataset.qrels.values() for doc, grade in docs.items() if grade > 0})[:500]
+    reply = engine.search(index, {"query": {"ids": {"values": judged}}, "size": 1, "_source": False,
+                                  "track_total_hits": False})
+    if not reply["hits"]["hits"]:
+        raise InputError(f"index {index!r} holds none of the documents judged in {dataset.name} "
+                         f"(qrels/{dataset.split}.tsv, e.g. {judged[0]!r}): tune it on the dataset it was built from")
+
+
+def tune(engine: Engine, index: str, dataset: BeirDataset, pipeline, options: TuneOptions) -> TuneReport:
+    """Encode the queries once, sweep the grid (on pruned copies for document pruning), find the
+    frontier, recommend, and record the recommendation in ``_meta.splade_es.tuned``.
+
+    ``pipeline``: the index's :class:`~splade_es.toolkit.query.pipeline.QueryPipeline`, opened
+    without the index's tuned record (the sweep starts from the model's own settings)."""
+    searcher: Searcher = pipeline.searcher
+    check_dataset_matches(engine, index, dataset)
+    model_default = pipeline.encoder.config.pruning(True)
+    ids = list(dataset.queries)
+    corpus_ids = sorted(dataset.corpus_ids())
+    doc_weights = [w for _, source in stored_vectors(engine, index, corpus_ids[:SAMPLE_DOCS])
+                   for w in (source.get(searcher.meta.field) or {}).values()]
+    # The default query thresholds are placed on the encoded weights, above the model's own
+    # minimum, so the grid without them already tells how wide the one encoding must be.
+    grid = _grid(options, model_default, [], doc_weights)
+    widest = replace(model_default, top_k=None if None in grid.query_top_k else max(grid.query_top_k),
+                     min_weight=min(grid.query_min_weight))
+    encoded = pipeline.encoder.encode_queries([dataset.queries[q] for q in ids], pruning=widest,
+                                              show_progress=options.show_progress)
+    wide = {qid: vector.to_features() for qid, vector in zip(ids, encoded)}
+    query_weights = [w for v in derive(wide, model_default).values() for w in v.values()]
+    settings = _grid(options, model_default, query_weights, doc_weights).settings()
+    copies: dict[float, PrunedCopy] = {}
+    points: list[Measured] = []
+    try:
+        for doc_min_weight in dict.fromkeys(s.doc_min_weight for s in settings):
+            target = index
+            if doc_min_weight is not None:
+                copies[doc_min_weight] = build_pruned_copy(engine, index, searcher.meta.field, corpus_ids,
+                                                           doc_min_weight, options.show_progress)
+                target = copies[doc_min_weight].name
+            group = [s for s in settings if s.doc_min_weight == doc_min_weight]
+            for setting in tqdm(group, unit="setting", desc=f"sweep {target}", disable=not options.show_progress):
+                variant = Searcher(engine, target, searcher.form, searcher.max_clauses, setting.two_phase or 0,
+                                   setting.two_phase_window, use_tuned=False)
+                vectors = derive(wide, setting.query_pruning(model_default))
+                ndcg, latency, empty = measure(variant, vectors, dataset.qrels, options.warmup)
+                terms = float(np.mean([len(v) for v in vectors.values()])) if vectors else 0.0
+                points.append(Measured(setting, ndcg, latency["p50"], latency["p99"], target, empty, terms))
+    finally:
+        if not options.keep_copies:
+            for made in copies.values():
+                engine.delete_index(made.name)
+    recommended = recommend(points, options.budget_ms)
+    try:
+        for_index = recommend([p for p in points if p.setting.doc_min_weight is None], options.budget_ms)
+    except InputError:  # only a doc-pruned index meets the budget: nothing to record for this one
+        for_index = None
+    report = TuneReport(dataset.name, dataset.split, index, {"kind": engine.info.kind, "version": engine.info.version},
+                        len(ids), options.budget_ms, points, frontier(points), recommended, for_index,
+                        list(copies.values()), options.keep_copies)
+    if recommended.setting.doc_min_weight is not None:
+        report.reingest = reingest_command(searcher, dataset, recommended.setting, engine)
+    if options.record and for_index is not None:
+        set_splade_meta(engine, index, "tuned", tuned_record(report, for_index))
+        report.recorded = True
+    return report
+
+
+def _grid(options: TuneOptions, model_default: Pruning, query_weights: Sequence[float],
+          doc_weights: Sequence[float]) -> Grid:
+    """The named grid with the user's lists in place of its axes, the model's own setting (the
+    baseline) first on each axis, so the first setting of the sweep is the baseline."""
+    grid = replace(default_grid(options.grid, model_default.top_k, query_weights, doc_weights), **options.overrides)
+
+    def first(value: Any, values: Sequence[Any]) -> tuple[Any, ...]:
+        return (value, *(v for v in values if v != value))
+
+    return Grid(first(model_default.top_k, grid.query_top_k), first(model_default.min_weight, grid.query_min_weight),
+                first(None, grid.two_phase), grid.two_phase_window, first(None, grid.doc_min_weight))
+
+
+def tuned_record(report: TuneReport, point: Measured) -> dict[str, Any]:
+    """``_meta.splade_es.tuned``: the query settings ``search`` and ``eval`` default to, and what
+    they were measured to give."""
+    baseline = report.baseline
+    return {**point.setting.record(), "dataset": report.dataset, "split": report.split,
+            "date": time.strftime("%Y-%m-%d", time.gmtime()), "ndcg@10": round(point.ndcg, 6),
+            "p50_ms": point.p50_ms, "p99_ms": point.p99_ms, "baseline_ndcg@10": round(baseline.ndcg, 6),
+            "baseline_p50_ms": baseline.p50_ms, "budget_ms": report.budget_ms, "engine": report.engine}
+
+
+def reingest_command(searcher: Searcher, dataset: BeirDataset, setting: Setting, engine: Engine) -> str:
+    """The ``splade-es ingest`` line that builds the index a doc-pruned setting needs."""
+    where = ["--url" if engine.info.kind != "local" else "--data-dir", engine.info.location]
+    return shlex.join(["splade-es", "ingest", "--index", f"{searcher.meta.index}-doc-pruned", "--corpus",
+                       str(dataset.path), "--model", searcher.meta.model, "--doc-min-weight",
+                       f"{setting.doc_min_weight:g}", *where])
