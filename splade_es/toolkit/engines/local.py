@@ -280,8 +280,6 @@ class _IndexData:
     JSON; a grown log rebuilds them. Memory is ~130 bytes per document for the id map plus the
     structures (a vector field: 8 bytes per stored feature)."""
 
-    BLOCK = 20_000  # log lines turned into numpy arrays at a time while a vector field is parsed
-
     def __init__(self, mappings: dict[str, Any], log: Path) -> None:
         self.properties = mappings.get("properties", {})
         self.log = log
@@ -320,27 +318,19 @@ class _IndexData:
                 offset += len(line)
 
     def _parse(self) -> None:
-        """One pass over the log: ids, offsets, and every vector field's matrix."""
+        """One pass over the log for the ids and offsets only: counting or fetching documents (what
+        a load's final check does) must not build score structures."""
         rows: dict[str, int] = {}
-        self.ids, offsets, line_of_row = [], [], []
-        vector_fields = [name for name in self.properties if self.field_type(name) in VECTOR_TYPES]
-        builders = {name: _MatrixBuilder() for name in vector_fields}
-        for line, (_, offset, record) in enumerate(self._lines()):
+        self.ids, offsets = [], []
+        for _, offset, record in self._lines():
             row = rows.setdefault(record["_id"], len(self.ids))
             if row == len(self.ids):
                 self.ids.append(record["_id"])
                 offsets.append(offset)
-                line_of_row.append(line)
             else:  # a later copy replaces the document
-                offsets[row], line_of_row[row] = offset, line
-            for name, builder in builders.items():
-                builder.add(record["_source"].get(name))
+                offsets[row] = offset
         self.offsets = np.asarray(offsets, dtype=np.int64)
         self._save("rows", ids=np.frombuffer(orjson.dumps(self.ids), dtype=np.uint8), offsets=self.offsets)
-        live = np.asarray(line_of_row, dtype=np.int64)
-        for name, builder in builders.items():
-            self._matrices[name] = builder.matrix(live)
-            self._save_matrix(name)
 
     def sources(self) -> Iterator[dict[str, Any]]:
         """Every live document's source, in row order, read from the log one at a time."""
@@ -371,7 +361,7 @@ class _IndexData:
                 builder = _MatrixBuilder()
                 for source in self.sources():
                     builder.add(source.get(field_name))
-                self._matrices[field_name] = builder.matrix(np.arange(self.live))
+                self._matrices[field_name] = builder.matrix()
                 self._save_matrix(field_name)
             else:
                 matrix = sp.csc_matrix((cached["data"], cached["indices"], cached["indptr"]),
@@ -432,8 +422,10 @@ class _IndexData:
 
 
 class _MatrixBuilder:
-    """A vector field's matrix built line by line, in numpy blocks (never one Python object per
-    stored feature)."""
+    """A vector field's matrix built document by document, in numpy blocks (never one Python
+    object per stored feature)."""
+
+    BLOCK = 1 << 20  # stored features turned into numpy arrays at a time
 
     def __init__(self) -> None:
         self.columns: dict[str, int] = {}
@@ -448,25 +440,23 @@ class _MatrixBuilder:
         self._indices += [setdefault(feature, len(columns)) for feature in vector]
         self._values += vector.values()
         self._lengths.append(len(vector))
-        if len(self._indices) >= _IndexData.BLOCK * 64:
+        if len(self._indices) >= self.BLOCK:
             self._flush()
 
     def _flush(self) -> None:
         self._blocks.append((np.asarray(self._indices, dtype=np.int32), np.asarray(self._values, dtype=np.float32)))
         self._indices, self._values = [], []
 
-    def matrix(self, live_lines: np.ndarray) -> tuple[sp.csc_matrix, dict[str, int]]:
-        """Rows ``live_lines`` (the latest line of each document) as a documents x features matrix."""
+    def matrix(self) -> tuple[sp.csc_matrix, dict[str, int]]:
+        """The documents x features matrix of the vectors added, one row each."""
         self._flush()
         indptr = np.zeros(len(self._lengths) + 1, dtype=np.int64)
         np.cumsum(self._lengths, out=indptr[1:])
-        lines = sp.csr_matrix((np.concatenate([v for _, v in self._blocks]),
-                               np.concatenate([i for i, _ in self._blocks]), indptr),
-                              shape=(len(self._lengths), max(len(self.columns), 1)))
+        rows = sp.csr_matrix((np.concatenate([v for _, v in self._blocks]),
+                              np.concatenate([i for i, _ in self._blocks]), indptr),
+                             shape=(len(self._lengths), max(len(self.columns), 1)))
         self._blocks = []
-        if live_lines.size != lines.shape[0] or np.any(live_lines != np.arange(live_lines.size)):
-            lines = lines[live_lines]  # superseded copies of a document are dropped
-        return lines.tocsc(), self.columns
+        return rows.tocsc(), self.columns
 
 
 def _backend(name: str) -> str:
