@@ -42,6 +42,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from tqdm.auto import tqdm
 
 from splade_es.errors import ConfigError, InputError, SpladeError
@@ -342,6 +343,61 @@ class _Watermark:
         return moved
 
 
+class LastPositions:
+    """Each corpus id's last shard position, in 16 bytes per distinct id (a ``dict[str, int]``
+    takes ~130 at ten-character ids): ids are kept as 64-bit BLAKE2b hashes, recent ones in a
+    dict, older ones merged into sorted numpy arrays. Two distinct ids sharing a hash would count
+    as one (a repeated id): at 1M ids the chance is about 3e-8, at 100M about 3e-4."""
+
+    FLUSH = 1 << 16  # ids held in the dict before they are merged into the arrays
+
+    def __init__(self) -> None:
+        self._recent: dict[int, int] = {}
+        self._keys = np.empty(0, dtype=np.uint64)
+        self._positions = np.empty(0, dtype=np.int64)
+
+    @staticmethod
+    def _key(doc_id: str) -> int:
+        return int.from_bytes(hashlib.blake2b(doc_id.encode("utf-8", "surrogatepass"), digest_size=8).digest(), "little")
+
+    def get(self, doc_id: str) -> int | None:
+        key = self._key(doc_id)
+        position = self._recent.get(key)
+        if position is not None:
+            return position
+        at = int(np.searchsorted(self._keys, np.uint64(key)))
+        if at < self._keys.size and int(self._keys[at]) == key:
+            return int(self._positions[at])
+        return None
+
+    def set(self, doc_id: str, position: int) -> None:
+        self._recent[self._key(doc_id)] = position
+        if len(self._recent) >= self.FLUSH:
+            self._flush()
+
+    def __len__(self) -> int:
+        """Distinct ids seen."""
+        self._flush()
+        return int(self._keys.size)
+
+    def _flush(self) -> None:
+        """Merge the recent ids into the sorted arrays (updating known ids in place, inserting the
+        new ones): at most the old and the new arrays are held at once."""
+        if not self._recent:
+            return
+        keys = np.fromiter(self._recent.keys(), np.uint64, len(self._recent))
+        positions = np.fromiter(self._recent.values(), np.int64, len(self._recent))
+        order = np.argsort(keys)
+        keys, positions = keys[order], positions[order]
+        at = np.searchsorted(self._keys, keys)
+        known = at < self._keys.size
+        known[known] = self._keys[at[known]] == keys[known]
+        self._positions[at[known]] = positions[known]
+        self._keys = np.insert(self._keys, at[~known], keys[~known])
+        self._positions = np.insert(self._positions, at[~known], positions[~known])
+        self._recent = {}
+
+
 def shard_of(record: Document | BadRecord, position: int, world_size: int) -> int:
     """A document goes to the rank its id hashes to (so one rank orders every copy of an id);
     a bad record, which may have no id, by its position."""
@@ -463,9 +519,9 @@ class Ingester:
 
     # ---------------------------------------------------------------- run
     def run(self, index: str, records: Iterable[Document | BadRecord], vectors: VectorSource,
-            total: int | None = None, epoch: int | None = None) -> tuple[IngestSummary, set[str]]:
+            total: int | None = None, epoch: int | None = None) -> tuple[IngestSummary, int]:
         """Encode and index this shard's ``records`` (with external versions of ``epoch``, when
-        given); returns what happened and the shard's distinct ids."""
+        given); returns what happened and how many distinct ids the shard holds."""
         options, checkpoint = self.options, self.checkpoint
         summary = IngestSummary(index=index, alias=options.alias)
         if checkpoint.index not in (None, index):  # this rank's last run wrote another index: start over
@@ -475,7 +531,7 @@ class Ingester:
         start = time.monotonic()
         self._watermark = _Watermark(checkpoint.done)
         self._in_flight: dict[str, int] = {}
-        last_position: dict[str, int] = {}
+        last_position = LastPositions()  # the only state that grows with the corpus: 16 bytes per id
         retry_later: list[tuple[int, Document]] = []
         pending: set[Future] = set()
         bar = tqdm(total=total, unit="doc", desc=f"ingest {index}", disable=not options.show_progress,
@@ -490,11 +546,11 @@ class Ingester:
                         self._watermark.settle([position])
                         bar.update(1)
                         continue
-                    if record.id in last_position:
+                    if last_position.get(record.id) is not None:
                         summary.duplicate_ids += 1
                         if len(summary.duplicate_examples) < 10:
                             summary.duplicate_examples.append(record.id)
-                    last_position[record.id] = position
+                    last_position.set(record.id, position)
                     if position in checkpoint.skipped:  # its vector was refused (--skip-bad) by an earlier run
                         bar.update(1)
                         continue
@@ -516,9 +572,9 @@ class Ingester:
                 if block:
                     pending = self._submit(pool, index, block, vectors, summary, pending, bar)
                 # What a previous run failed to index, unless a later record of the same id superseded it.
-                retry = [(p, d) for p, d in retry_later if last_position[d.id] == p]
+                retry = [(p, d) for p, d in retry_later if last_position.get(d.id) == p]
                 for p, d in retry_later:
-                    if last_position[d.id] != p and checkpoint.failed.get(d.id, {}).get("position") == p:
+                    if last_position.get(d.id) != p and checkpoint.failed.get(d.id, {}).get("position") == p:
                         checkpoint.failed.pop(d.id)  # superseded by a later copy, which settles on its own
                 summary.retried = len(retry)
                 for offset in range(0, len(retry), options.encode_batch):
@@ -534,7 +590,7 @@ class Ingester:
             bar.close()
             self._write_failures(summary)
         summary.seconds = time.monotonic() - start
-        return summary, set(last_position)
+        return summary, len(last_position)
 
     def finish(self, summary: IngestSummary) -> IngestSummary:
         """Restore refresh, refresh, count; with an alias, point it at the index only if it is complete."""
@@ -727,7 +783,7 @@ def ingest_corpus(engine: Engine, layout: Layout, records: Iterable[Document | B
         plan = (target, ingester.checkpoint.epoch, ingester.checkpoint.refresh_interval)
     target, epoch, refresh = group.broadcast(plan)
     try:
-        summary, ids = ingester.run(target, shard(records, options.rank, options.world_size), vectors, total, epoch)
+        summary, distinct = ingester.run(target, shard(records, options.rank, options.world_size), vectors, total, epoch)
     except BaseException:
         # Any rank puts back the setting rank 0 switched off, then fails; under torchrun the others are
         # stopped (their checkpoints keep what they settled), so none waits for this one in vain.
@@ -736,7 +792,7 @@ def ingest_corpus(engine: Engine, layout: Layout, records: Iterable[Document | B
         except EngineError as exc:
             _log.warning("%s: could not restore refresh_interval (%s); the next run restores it", target, exc)
         raise
-    summary.expected = len(ids)  # a rank holds every copy of its ids, so the ranks' counts add up
+    summary.expected = distinct  # a rank holds every copy of its ids, so the ranks' counts add up
     summaries = group.gather(summary)
     verdict = None
     if group.ranks.is_main:

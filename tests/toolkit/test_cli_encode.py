@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import subprocess
@@ -154,3 +155,37 @@ def test_long_documents_in_windows_through_encode_and_ingest(runner, tiny_mistra
         assert bad.exit_code != 0 and message in bad.output, bad.output
     query = runner.invoke(main, ["encode", "--model", str(tiny_mistral_dir), "--query", "--chunk-tokens", "8", "x"])
     assert query.exit_code == 2 and "--chunk-tokens is for documents" in query.output
+
+
+def test_input_is_read_a_block_ahead_of_the_encoder_not_whole(runner, tiny_mistral_dir, tmp_path, monkeypatch):
+    """Streaming guard: while encoding, each encoder call finds at most one block read and not yet
+    encoded (the check before the model loads reads the file once on its own), and the output
+    keeps input order."""
+    encode_cli = importlib.import_module("splade_es.toolkit.cli.encode")  # the module, not the command
+
+    source, target = tmp_path / "docs.jsonl", tmp_path / "vectors.jsonl"
+    source.write_text("".join(json.dumps({"id": i, "text": f"wing number {i}"}) + "\n" for i in range(10)))
+    monkeypatch.setattr(encode_cli, "BLOCK", 3)
+    real_reader, real_encode = encode_cli.read_text_records, SparseEncoder.encode_documents
+    reads: list[list[str]] = []  # one list per pass over the file
+    ahead: list[int] = []
+
+    def counting_reader(path):
+        reads.append([])
+        for record in real_reader(path):
+            reads[-1].append(record.id)
+            yield record
+
+    def watching_encode(self, texts, **kwargs):
+        ahead.append(len(reads[-1]) - sum(ahead))  # read but not yet encoded: this call's block
+        assert len(texts) == ahead[-1]
+        return real_encode(self, texts, **kwargs)
+
+    monkeypatch.setattr(encode_cli, "read_text_records", counting_reader)
+    monkeypatch.setattr(SparseEncoder, "encode_documents", watching_encode)
+    result = runner.invoke(main, ["encode", "--model", str(tiny_mistral_dir), "--input", str(source),
+                                  "--output", str(target)])
+    assert result.exit_code == 0, result.output
+    assert ahead == [3, 3, 3, 1] and len(reads) == 2 and len(reads[0]) == 10
+    assert [json.loads(line)["id"] for line in target.read_text().splitlines()] == [str(i) for i in range(10)]
+    assert "wrote 10 vectors" in result.output

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import json
+import random
 import statistics
+import tracemalloc
 
 import pytest
 
 from splade_es.toolkit.engines.base import EngineError
 from splade_es.toolkit.engines.local import LocalEngine
-from splade_es.toolkit.ingest import Ingester, IngestOptions, _Watermark
+from splade_es.io.corpus import Document
+from splade_es.toolkit.ingest import Ingester, IngestOptions, LastPositions, _Watermark, no_vectors
 from splade_es.toolkit.layouts import TextLayout
 
 
@@ -33,6 +36,45 @@ def test_the_watermark_moves_only_over_a_contiguous_settled_prefix():
     assert mark.settle([10]) and mark.value == 11
     assert mark.settle([11]) and mark.value == 14
     assert not mark.settle([3]) and mark.value == 14  # below the mark: already settled
+
+
+def test_last_positions_agree_with_a_dict_across_merges(monkeypatch):
+    monkeypatch.setattr(LastPositions, "FLUSH", 64)  # many merges of the recent dict into the arrays
+    rng = random.Random(3)
+    table, reference = LastPositions(), {}
+    for position in range(5000):
+        doc_id = f"id-{rng.randrange(3000)}"  # about a third of the records repeat an id
+        assert table.get(doc_id) == reference.get(doc_id)
+        table.set(doc_id, position)
+        reference[doc_id] = position
+    assert all(table.get(doc_id) == position for doc_id, position in reference.items())
+    assert table.get("never-seen") is None and len(table) == len(reference)
+
+
+def _peak_bytes_of_a_load(tmp_path, documents: int) -> int:
+    """Peak Python allocations of one shard's load of ``documents`` tiny text documents."""
+    engine = LocalEngine(tmp_path / f"engine-{documents}")
+    options = IngestOptions("memory", state_dir=tmp_path / f"state-{documents}", show_progress=False)
+    ingester = Ingester(engine, TextLayout(), options, {})
+    ingester.prepare_index("memory")
+    records = (Document(f"document-{i:08d}", {"text": "x"}, f"corpus:{i}") for i in range(documents))
+    tracemalloc.start()
+    try:
+        summary, distinct = ingester.run("memory", records, no_vectors)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert summary.indexed == distinct == documents
+    return peak
+
+
+def test_a_load_keeps_tens_of_bytes_per_document_not_the_documents(tmp_path, monkeypatch):
+    """Streaming guard: 20k more documents may cost their id table (16 bytes each, twice while a
+    merge copies it), not a per-id dict or a list of the records (well over 100 bytes each)."""
+    monkeypatch.setattr(LastPositions, "FLUSH", 1024)
+    _peak_bytes_of_a_load(tmp_path, 100)  # lazy imports (tqdm's locks...) happen here, not in the measured runs
+    small, large = _peak_bytes_of_a_load(tmp_path, 5_000), _peak_bytes_of_a_load(tmp_path, 25_000)
+    assert (large - small) / 20_000 < 40, (small, large)
 
 
 def _local_with_docs(tmp_path, n: int) -> tuple[LocalEngine, object]:

@@ -201,3 +201,54 @@ def test_local_best_fields_equals_bm25s_fields_combined(cranfield_local):
 def _cran(engine: LocalEngine, query: dict) -> dict[str, float]:
     hits = engine.search("cran", {"query": query, "size": 1400, "_source": False})["hits"]["hits"]
     return {hit["_id"]: hit["_score"] for hit in hits}
+
+
+# ---------------------------------------------------------------- storage: cache, replaced documents, ranking
+def _vector_index(root, docs: dict[str, dict[str, float]]) -> LocalEngine:
+    engine = LocalEngine(root)
+    engine.create_index("vec", {"mappings": {"properties": {"rf": {"type": "rank_features"}, "tag": {"type": "keyword"}}}})
+    assert engine.bulk("vec", [(doc_id, {"rf": vector, "tag": doc_id}) for doc_id, vector in docs.items()]) == []
+    return engine
+
+
+def _vector_scores(engine: LocalEngine, vector: dict[str, float]) -> dict[str, float]:
+    hits = engine.search("vec", {"query": forms.vector_query(vector, "rf", "rank_feature"), "size": 100})["hits"]["hits"]
+    return {hit["_id"]: hit["_score"] for hit in hits}
+
+
+def test_a_reopened_index_loads_its_cache_and_a_grown_log_is_read_again(tmp_path, monkeypatch):
+    from splade_es.toolkit.engines import local
+
+    docs = {f"d{i}": {"a": 1.0 + i, "b": 0.5 * (i + 1)} for i in range(5)}
+    first = _vector_scores(_vector_index(tmp_path, docs), {"a": 1.0, "b": 2.0})
+    assert first == pytest.approx({d: v["a"] + 2 * v["b"] for d, v in docs.items()})
+
+    def no_json(*_):
+        raise AssertionError("the log was parsed although the cache matches it")
+
+    monkeypatch.setattr(local._IndexData, "_lines", no_json)
+    reopened = LocalEngine(tmp_path)
+    assert _vector_scores(reopened, {"a": 1.0, "b": 2.0}) == first
+    assert reopened.get("vec", "d3") == {"rf": docs["d3"], "tag": "d3"}  # the source, read from the log by offset
+    monkeypatch.undo()
+    assert reopened.bulk("vec", [("d3", {"rf": {"b": 4.0}, "tag": "new"}), ("d9", {"rf": {"a": 0.25}})]) == []
+    grown = _vector_scores(LocalEngine(tmp_path), {"a": 1.0, "b": 2.0})
+    assert grown == pytest.approx({**{d: s for d, s in first.items() if d != "d3"}, "d3": 8.0, "d9": 0.25})
+
+
+def test_a_replaced_document_keeps_only_its_latest_vector(tmp_path):
+    engine = _vector_index(tmp_path, {"x": {"a": 1.0}, "y": {"a": 2.0}})
+    assert engine.bulk("vec", [("x", {"rf": {"c": 3.0}, "tag": "x"})]) == []
+    assert _vector_scores(LocalEngine(tmp_path), {"a": 1.0, "c": 1.0}) == {"y": 2.0, "x": 3.0}
+    assert LocalEngine(tmp_path).count("vec") == 2
+
+
+@pytest.mark.parametrize("count", [0, 1, 7, 50, 400])
+def test_ranking_only_the_top_gives_the_full_sort_order(count):
+    from splade_es.toolkit.engines.local import _ranked
+
+    rng = np.random.default_rng(count)
+    scores = rng.integers(0, 20, 1000).astype(float)  # many ties: the row breaks them
+    rows = np.flatnonzero(rng.random(1000) < 0.4)
+    full = rows[np.lexsort((rows, -scores[rows]))]
+    assert _ranked(rows, scores, count).tolist() == full[:count].tolist()

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator
 from typing import TextIO
 
 import click
@@ -59,9 +60,9 @@ def encode(model_path: str, adapter: str | None, is_query: bool, mode: str | Non
     windows = chunking(chunk_tokens, chunk_overlap)
     if windows and is_query:
         raise click.UsageError("--chunk-tokens is for documents, not --query")
-    records = list(read_text_records(input_path)) if input_path else [TextRecord(str(i), t) for i, t in enumerate(texts)]
-    if not records:
-        raise InputError(f"{input_path}: no records")
+    total = _check_records(input_path) if input_path else len(texts)
+    records: Iterator[TextRecord] = (read_text_records(input_path) if input_path
+                                     else (TextRecord(str(i), t) for i, t in enumerate(texts)))
     quiet_libraries()
     from splade_es.model import SparseEncoder
 
@@ -73,33 +74,59 @@ def encode(model_path: str, adapter: str | None, is_query: bool, mode: str | Non
         encoder.inputs.window_size(chunk_tokens)  # a bad size fails before any work
     if output_path:
         with atomic_text_file(output_path) as handle:
-            _write_json_lines(encoder, records, is_query, pruning, windows, handle, progress=True)
-        click.echo(f"wrote {len(records)} vectors to {output_path}", err=True)
+            written = _write_json_lines(encoder, records, is_query, pruning, windows, handle, total, progress=True)
+            _require_some(written, input_path)  # inside: an empty standard input leaves no file
+        click.echo(f"wrote {written} vectors to {output_path}", err=True)
     elif as_json or input_path:
-        _write_json_lines(encoder, records, is_query, pruning, windows, sys.stdout, progress=bool(input_path))
+        _require_some(_write_json_lines(encoder, records, is_query, pruning, windows, sys.stdout, total,
+                                        progress=bool(input_path)), input_path)
     else:
         _print_table(encoder, records, is_query, pruning, windows)
 
 
-def _encode_blocks(encoder, records: Sequence[TextRecord], is_query: bool, pruning, windows: dict[str, int],
-                   progress: bool):
+def _require_some(written: int, input_path: str | None) -> None:
+    if not written:
+        raise InputError(f"{input_path}: no records")
+
+
+def _check_records(path: str) -> int | None:
+    """Read the input file once, in constant memory, before the model loads: a bad line fails in
+    seconds, not hours into the run; returns the record count (None for standard input, which is
+    read once, as it is encoded)."""
+    if path == "-":
+        return None
+    count = sum(1 for _ in read_text_records(path))
+    if not count:
+        raise InputError(f"{path}: no records")
+    return count
+
+
+def _encode_blocks(encoder, records: Iterable[TextRecord], is_query: bool, pruning, windows: dict[str, int],
+                   total: int | None = None, progress: bool = False):
+    """``(record, vector)`` in input order, reading and encoding ``BLOCK`` records at a time, so
+    memory does not grow with the input."""
     from tqdm.auto import tqdm
 
     encode = encoder.encode_queries if is_query else encoder.encode_documents
-    with tqdm(total=len(records), unit="text", disable=not progress, file=sys.stderr) as bar:
-        for start in range(0, len(records), BLOCK):
-            block = records[start : start + BLOCK]
+    records = iter(records)
+    with tqdm(total=total, unit="text", disable=not progress, file=sys.stderr) as bar:
+        while block := list(itertools.islice(records, BLOCK)):
             yield from zip(block, encode([r.text for r in block], pruning=pruning, show_progress=False, **windows))
             bar.update(len(block))
 
 
-def _write_json_lines(encoder, records, is_query, pruning, windows, handle: TextIO, progress: bool) -> None:
-    for record, vector in _encode_blocks(encoder, records, is_query, pruning, windows, progress):
+def _write_json_lines(encoder, records, is_query, pruning, windows, handle: TextIO, total: int | None,
+                      progress: bool) -> int:
+    """Write one JSON line per record; returns the count."""
+    written = 0
+    for record, vector in _encode_blocks(encoder, records, is_query, pruning, windows, total, progress):
         handle.write(json.dumps({"id": record.id, "features": vector.to_features()}, ensure_ascii=False) + "\n")
+        written += 1
+    return written
 
 
 def _print_table(encoder, records, is_query, pruning, windows) -> None:
-    for record, vector in _encode_blocks(encoder, records, is_query, pruning, windows, progress=False):
+    for record, vector in _encode_blocks(encoder, records, is_query, pruning, windows):
         preview = record.text if len(record.text) <= 60 else record.text[:57] + "..."
         click.secho(f"[{record.id}] {preview!r}  ({len(vector)} features)", bold=True)
         for name, weight in encoder.decode(vector, SHOWN_FEATURES):

@@ -1,8 +1,16 @@
 r"""An embedded engine for users without a cluster: exact dot products and BM25, on disk.
 
-Each index is a directory holding its mapping and an append-only JSON-lines log of
-documents (a later line with the same id replaces the earlier one). Writers take a file
-lock, so several processes (torchrun ranks) can load one index.
+Each index is a directory holding its mapping, its settings (``settings.json``: the sparse
+backend) and an append-only JSON-lines log of documents (a later line with the same id replaces
+the earlier one). Writers take a file lock, so several processes (torchrun ranks) can load one
+index. What a query needs (the ids and each document's place in the log, a vector field's matrix,
+a SEISMIC index) is built from the log once and kept under ``cache/`` with the log size it
+reflects; documents' sources stay on disk until a hit returns them.
+
+Sparse vector queries are exact by default. An index whose backend is ``seismic`` answers a
+query that is nothing but a dot product on one vector field (``sparse_vector``, or ``bool.should``
+of linear ``rank_feature`` clauses, without rescore) with SEISMIC's approximate top k (total
+hits then say ``gte``); every other query, on every index, is evaluated exactly.
 
 It is a strict reference: what it answers, it scores as the engines do, and every other query
 form or option is refused with HTTP 400 naming it. ``rank_feature`` (``linear`` only: the
@@ -17,17 +25,19 @@ stemming (no possessive filter, simpler word splitting than Lucene's tokenizer).
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import json
 import os
 import re
 import shutil
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import orjson
 import scipy.sparse as sp
 
 from splade_es.errors import InputError
@@ -59,7 +69,11 @@ def default_data_dir() -> Path:
 class LocalEngine(Engine):
     """The :class:`Engine` interface over a directory; see the module docstring."""
 
-    def __init__(self, data_dir: str | Path | None = None) -> None:
+    def __init__(self, data_dir: str | Path | None = None, sparse_backend: str | None = None) -> None:
+        """``sparse_backend`` (default: SPLADE_ES_LOCAL_BACKEND, else ``exact``) is recorded in each
+        index this engine creates; ``seismic`` answers sparse vector queries approximately (see
+        :mod:`splade_es.toolkit.engines.seismic`), everything else stays exact."""
+        self.sparse_backend = _backend(sparse_backend or os.environ.get("SPLADE_ES_LOCAL_BACKEND") or "exact")
         self.root = Path(data_dir).expanduser() if data_dir else default_data_dir()
         self.root.mkdir(parents=True, exist_ok=True)
         (self.root / "indices").mkdir(exist_ok=True)
@@ -81,7 +95,22 @@ class LocalEngine(Engine):
             directory = self._dir(name)
             directory.mkdir()
             atomic_write_text(directory / "mappings.json", json.dumps(mappings, indent=2))
+            atomic_write_text(directory / "settings.json", json.dumps({"sparse_backend": self.sparse_backend,
+                                                                       "seismic": {}}))
             (directory / "docs.jsonl").touch()
+
+    def set_sparse_backend(self, name: str, backend: str, **seismic: Any) -> None:
+        """Switch an index's sparse vector queries to ``exact`` or ``seismic`` (with SEISMIC
+        parameters: :data:`~splade_es.toolkit.engines.seismic.PARAMETERS`); kept with the index."""
+        from splade_es.toolkit.engines.seismic import check_parameters
+
+        check_parameters(seismic)
+        with self._lock():
+            if not self._dir(name).is_dir():
+                raise EngineError(f"no such index {name!r}", 404)
+            atomic_write_text(self._dir(name) / "settings.json",
+                              json.dumps({"sparse_backend": _backend(backend), "seismic": seismic}))
+            self._cache.pop(name, None)
 
     def delete_index(self, name: str) -> bool:
         with self._lock():
@@ -159,20 +188,31 @@ class LocalEngine(Engine):
                               f"[{MAX_RESULT_WINDOW}] but was [{size + offset}]", 400)
         includes = _includes(body.get("_source", True))
         candidates: list[tuple[float, str, dict[str, Any]]] = []
+        approximate = False
         for name in self._resolve(index):
             data = self._data(name)
-            scores, matched = _Query(data).evaluate(body.get("query", {"match_all": {}}))
-            rows = np.flatnonzero(matched)
-            total += rows.size
-            order = rows[np.lexsort((rows, -scores[rows]))]
-            if "rescore" in body:
-                order = _rescored(data, scores, order, body["rescore"])
+            vector = None if "rescore" in body else _vector_only(data, body.get("query"))
+            if vector is not None and data.settings["sparse_backend"] == "seismic":
+                order, found = data.seismic(vector[0]).search(vector[1], offset + size)
+                scores = np.zeros(data.live)
+                scores[order] = found
+                total += order.size  # SEISMIC returns its top k, not a count of every match
+                approximate = True
+            else:
+                scores, matched = _Query(data).evaluate(body.get("query", {"match_all": {}}))
+                rows = np.flatnonzero(matched)
+                total += rows.size
+                if "rescore" in body:
+                    order = _rescored(data, scores, rows, body["rescore"], offset + size)
+                else:
+                    order = _ranked(rows, scores, offset + size)
             candidates += [(float(scores[r]), name, data.row(int(r))) for r in order[: offset + size]]
         candidates.sort(key=lambda c: -c[0])
         for score, name, (doc_id, source) in candidates[offset: offset + size]:
             hits.append({"_index": name, "_id": doc_id, "_score": score, "_source": _select(source, includes)})
         took = round((time.perf_counter() - started) * 1000, 3)  # milliseconds, like the engines' "took"
-        return {"took": took, "timed_out": False, "hits": {"total": {"value": total, "relation": "eq"},
+        return {"took": took, "timed_out": False, "hits": {"total": {"value": total,
+                                                                  "relation": "gte" if approximate else "eq"},
                                                         "max_score": hits[0]["_score"] if hits else None, "hits": hits}}
 
     def count(self, index: str) -> int:
@@ -180,7 +220,7 @@ class LocalEngine(Engine):
 
     def stats(self, index: str) -> IndexStats:
         names = self._resolve(index)
-        size = sum(f.stat().st_size for name in names for f in self._dir(name).iterdir())
+        size = sum(f.stat().st_size for name in names for f in self._dir(name).rglob("*") if f.is_file())
         return IndexStats(self.count(index), size, names)
 
     def get(self, index: str, doc_id: str) -> dict[str, Any] | None:
@@ -233,73 +273,237 @@ class LocalEngine(Engine):
 
 
 class _IndexData:
-    """Live documents of one index, with lazily built score matrices."""
+    """Live documents of one index: ids and where each one's latest line starts in the log (a
+    source is read from disk when a hit or a keyword filter needs it), and per field a score
+    structure built on first use. Each structure is also kept under ``cache/`` with the log size
+    it reflects, so a reopened index whose log has not changed loads arrays instead of parsing
+    JSON; a grown log rebuilds them. Memory is ~130 bytes per document for the id map plus the
+    structures (a vector field: 8 bytes per stored feature)."""
 
     def __init__(self, mappings: dict[str, Any], log: Path) -> None:
         self.properties = mappings.get("properties", {})
-        self.rows: dict[str, int] = {}
-        self.sources: list[dict[str, Any]] = []
-        self.ids: list[str] = []
-        with log.open("rb") as handle:
-            content = handle.read()
-        self.log_size = len(content)
-        lines = content.split(b"\n")
-        if lines[-1]:  # a write killed half-way: the next write truncates it, readers ignore it
-            lines[-1] = b""
-        for number, line in enumerate(lines, start=1):
-            if not line:
-                continue
-            try:
-                record = json.loads(line)
-                record["_id"], record["_source"]
-            except (ValueError, KeyError, TypeError) as exc:
-                raise EngineError(f"{log}:{number}: not a stored document ({type(exc).__name__}: {exc}); the "
-                                  "local index is damaged: delete the index and ingest again", 500) from None
-            row = self.rows.get(record["_id"])
-            if row is None:
-                self.rows[record["_id"]] = len(self.ids)
-                self.ids.append(record["_id"])
-                self.sources.append(record["_source"])
-            else:
-                self.sources[row] = record["_source"]
-        self._matrices: dict[str, tuple[sp.csr_matrix, dict[str, int]]] = {}
+        self.log = log
+        self.cache = log.parent / "cache"
+        self.log_size = log.stat().st_size
+        self._matrices: dict[str, tuple[sp.csc_matrix, dict[str, int]]] = {}
         self._bm25: dict[str, BM25] = {}
+        self._seismic: dict[str, Any] = {}
+        settings = log.parent / "settings.json"  # absent in indices of earlier versions: exact
+        self.settings = json.loads(settings.read_text()) if settings.is_file() else {"sparse_backend": "exact"}
+        cached = self._load("rows")
+        if cached is not None:
+            self.ids = orjson.loads(cached["ids"].tobytes())
+            self.offsets = cached["offsets"]
+        else:
+            self._parse()
+        self.rows = {doc_id: row for row, doc_id in enumerate(self.ids)}
+
+    # ---------------------------------------------------------------- the log
+    def _lines(self) -> Iterator[tuple[int, int, dict[str, Any]]]:
+        """``(line number, byte offset, record)`` of every complete line, up to ``log_size``."""
+        offset = 0
+        with self.log.open("rb") as handle:
+            for number, line in enumerate(handle, start=1):
+                if offset + len(line) > self.log_size or not line.endswith(b"\n"):
+                    break  # a write killed half-way (the next write truncates it), or one after our snapshot
+                if line.strip():
+                    try:
+                        record = orjson.loads(line)
+                        record["_id"], record["_source"]
+                    except (ValueError, KeyError, TypeError) as exc:
+                        raise EngineError(f"{self.log}:{number}: not a stored document ({type(exc).__name__}: "
+                                          f"{exc}); the local index is damaged: delete the index and ingest again",
+                                          500) from None
+                    yield number, offset, record
+                offset += len(line)
+
+    def _parse(self) -> None:
+        """One pass over the log for the ids and offsets only: counting or fetching documents (what
+        a load's final check does) must not build score structures."""
+        rows: dict[str, int] = {}
+        self.ids, offsets = [], []
+        for _, offset, record in self._lines():
+            row = rows.setdefault(record["_id"], len(self.ids))
+            if row == len(self.ids):
+                self.ids.append(record["_id"])
+                offsets.append(offset)
+            else:  # a later copy replaces the document
+                offsets[row] = offset
+        self.offsets = np.asarray(offsets, dtype=np.int64)
+        self._save("rows", ids=np.frombuffer(orjson.dumps(self.ids), dtype=np.uint8), offsets=self.offsets)
+
+    def sources(self) -> Iterator[dict[str, Any]]:
+        """Every live document's source, in row order, read from the log one at a time."""
+        with self.log.open("rb") as handle:
+            for offset in self.offsets.tolist():
+                handle.seek(offset)
+                yield orjson.loads(handle.readline())["_source"]
 
     @property
     def live(self) -> int:
         return len(self.ids)
 
     def row(self, row: int) -> tuple[str, dict[str, Any]]:
-        return self.ids[row], self.sources[row]
+        with self.log.open("rb") as handle:
+            handle.seek(int(self.offsets[row]))
+            return self.ids[row], orjson.loads(handle.readline())["_source"]
 
     def field_type(self, name: str) -> str | None:
         return self.properties.get(name, {}).get("type")
 
-    def features(self, field_name: str) -> tuple[sp.csr_matrix, dict[str, int]]:
-        """Documents x features matrix of a vector field, and the feature -> column map."""
+    # ---------------------------------------------------------------- score structures
+    def features(self, field_name: str) -> tuple[sp.csc_matrix, dict[str, int]]:
+        """Documents x features matrix of a vector field (columns: one posting list per feature,
+        float32 weights as the engines store them), and the feature -> column map."""
         if field_name not in self._matrices:
-            columns: dict[str, int] = {}
-            indptr, indices, values = [0], [], []
-            for source in self.sources:
-                for feature, weight in (source.get(field_name) or {}).items():
-                    indices.append(columns.setdefault(feature, len(columns)))
-                    values.append(float(np.float32(weight)))
-                indptr.append(len(indices))
-            matrix = sp.csr_matrix((np.asarray(values, dtype=np.float64), indices, indptr),
-                                   shape=(len(self.sources), max(len(columns), 1)))
-            self._matrices[field_name] = (matrix, columns)
+            cached = self._load(f"vectors-{_safe(field_name)}")
+            if cached is None:
+                builder = _MatrixBuilder()
+                for source in self.sources():
+                    builder.add(source.get(field_name))
+                self._matrices[field_name] = builder.matrix()
+                self._save_matrix(field_name)
+            else:
+                matrix = sp.csc_matrix((cached["data"], cached["indices"], cached["indptr"]),
+                                       shape=tuple(cached["shape"]))
+                columns = {name: column for column, name in enumerate(orjson.loads(cached["columns"].tobytes()))}
+                self._matrices[field_name] = (matrix, columns)
         return self._matrices[field_name]
+
+    def _save_matrix(self, field_name: str) -> None:
+        matrix, columns = self._matrices[field_name]
+        self._save(f"vectors-{_safe(field_name)}", data=matrix.data, indices=matrix.indices, indptr=matrix.indptr,
+                   shape=np.asarray(matrix.shape), columns=np.frombuffer(orjson.dumps(list(columns)), dtype=np.uint8))
+
+    def seismic(self, field_name: str):
+        """The field's SEISMIC index with the index's parameters: loaded from the cache when it was
+        built from this log with these build parameters, else built (and cached)."""
+        from splade_es.toolkit.engines.seismic import BUILD_PARAMETERS, U16_COMPONENTS, SeismicField, check_parameters
+
+        if field_name not in self._seismic:
+            parameters = check_parameters(self.settings.get("seismic", {}))
+            build = orjson.dumps({k: parameters[k] for k in BUILD_PARAMETERS})
+            name = f"seismic-{_safe(field_name)}"
+            cached = self._load(name)
+            if cached is not None and cached["build"].tobytes() == build:
+                self._seismic[field_name] = SeismicField.load(self.cache / name, bool(cached["large"]), parameters)
+            else:
+                matrix, _ = self.features(field_name)
+                self._seismic[field_name] = SeismicField.build(matrix, field_name, parameters)
+                self.cache.mkdir(exist_ok=True)
+                self._seismic[field_name].save(self.cache / name)
+                self._save(name, build=np.frombuffer(build, dtype=np.uint8),
+                           large=np.bool_(matrix.shape[1] > U16_COMPONENTS))
+        return self._seismic[field_name]
 
     def bm25(self, field_name: str) -> BM25:
         if field_name not in self._bm25:
-            self._bm25[field_name] = BM25([_text(s.get(field_name)) for s in self.sources])
+            self._bm25[field_name] = BM25(_text(s.get(field_name)) for s in self.sources())
         return self._bm25[field_name]
+
+    # ---------------------------------------------------------------- the cache directory
+    def _load(self, name: str) -> Any:
+        """A cached structure's arrays, or None when absent, stale (another log size) or unreadable."""
+        path = self.cache / f"{name}.npz"
+        try:
+            arrays = np.load(path)
+            if int(arrays["log_size"]) == self.log_size:
+                return {key: arrays[key] for key in arrays.files}
+        except (OSError, ValueError, KeyError):
+            pass
+        return None
+
+    def _save(self, name: str, **arrays: np.ndarray) -> None:
+        """Written to a temporary name and renamed, so a reader never sees half a file."""
+        self.cache.mkdir(exist_ok=True)
+        temporary = self.cache / f".{name}.{os.getpid()}.npz"
+        np.savez(temporary, log_size=np.int64(self.log_size), **arrays)
+        os.replace(temporary, self.cache / f"{name}.npz")
+
+
+class _MatrixBuilder:
+    """A vector field's matrix built document by document, in numpy blocks (never one Python
+    object per stored feature)."""
+
+    BLOCK = 1 << 20  # stored features turned into numpy arrays at a time
+
+    def __init__(self) -> None:
+        self.columns: dict[str, int] = {}
+        self._blocks: list[tuple[np.ndarray, np.ndarray]] = []
+        self._indices: list[int] = []
+        self._values: list[float] = []
+        self._lengths: list[int] = []
+
+    def add(self, vector: dict[str, float] | None) -> None:
+        vector = vector or {}
+        setdefault, columns = self.columns.setdefault, self.columns
+        self._indices += [setdefault(feature, len(columns)) for feature in vector]
+        self._values += vector.values()
+        self._lengths.append(len(vector))
+        if len(self._indices) >= self.BLOCK:
+            self._flush()
+
+    def _flush(self) -> None:
+        self._blocks.append((np.asarray(self._indices, dtype=np.int32), np.asarray(self._values, dtype=np.float32)))
+        self._indices, self._values = [], []
+
+    def matrix(self) -> tuple[sp.csc_matrix, dict[str, int]]:
+        """The documents x features matrix of the vectors added, one row each."""
+        self._flush()
+        indptr = np.zeros(len(self._lengths) + 1, dtype=np.int64)
+        np.cumsum(self._lengths, out=indptr[1:])
+        rows = sp.csr_matrix((np.concatenate([v for _, v in self._blocks]),
+                              np.concatenate([i for i, _ in self._blocks]), indptr),
+                             shape=(len(self._lengths), max(len(self.columns), 1)))
+        self._blocks = []
+        return rows.tocsc(), self.columns
+
+
+def _backend(name: str) -> str:
+    if name not in ("exact", "seismic"):
+        raise EngineError(f"unknown local sparse backend {name!r}: choose exact or seismic", 400)
+    return name
+
+
+def _vector_only(data: _IndexData, query: Any) -> tuple[str, dict[int, float]] | None:
+    """``(field, {column: weight})`` when ``query`` is nothing but a sparse dot product on one
+    vector field (``sparse_vector`` without pruning, or ``bool.should`` of linear ``rank_feature``
+    clauses): the only queries an approximate backend may answer. Anything else, malformed
+    forms included, is None and goes to the exact evaluator (which names what is wrong)."""
+    if not isinstance(query, dict) or len(query) != 1:
+        return None
+    (kind, spec), = query.items()
+    if kind == "sparse_vector" and isinstance(spec, dict) and set(spec) == {"field", "query_vector", "prune"}:
+        field_name, weights = spec["field"], spec["query_vector"]
+        if spec["prune"] is not False or data.field_type(field_name) != "sparse_vector" or not isinstance(weights, dict):
+            return None
+    elif kind == "bool" and isinstance(spec, dict) and set(spec) == {"should"} and isinstance(spec["should"], list):
+        merged = _one_vector(spec["should"])
+        if merged is None or data.field_type(merged[0]) != "rank_features":
+            return None
+        field_name, weights = merged
+    else:
+        return None
+    if not all(isinstance(w, (int, float)) and not isinstance(w, bool) and np.isfinite(w) for w in weights.values()):
+        return None
+    _, columns = data.features(field_name)
+    query_columns: dict[int, float] = {}
+    for feature, weight in weights.items():
+        if str(feature) in columns:
+            column = columns[str(feature)]
+            query_columns[column] = query_columns.get(column, 0.0) + float(weight)
+    return field_name, query_columns
+
+
+def _safe(field_name: str) -> str:
+    """A field name as part of a file name."""
+    return hashlib.sha1(field_name.encode("utf-8")).hexdigest()[:16]
 
 
 class BM25:
     """Okapi BM25 over one text field (Lucene's formula and defaults)."""
 
-    def __init__(self, texts: list[str], k1: float = 1.2, b: float = 0.75) -> None:
+    def __init__(self, texts: Iterable[str], k1: float = 1.2, b: float = 0.75) -> None:
         self.k1, self.b = k1, b
         self.terms: dict[str, int] = {}
         indptr, indices, counts = [0], [], []
@@ -315,7 +519,7 @@ class BM25:
             counts += bag.values()
             indptr.append(len(indices))
         self.tf = sp.csc_matrix(sp.csr_matrix((np.asarray(counts, dtype=np.float64), indices, indptr),
-                                              shape=(len(texts), max(len(self.terms), 1))))
+                                              shape=(len(lengths), max(len(self.terms), 1))))
         self.lengths = np.asarray(lengths, dtype=np.float64)
         self.has_field = self.lengths > 0
         self.avg = self.lengths[self.has_field].mean() if self.has_field.any() else 1.0
@@ -471,7 +675,7 @@ class _Query:
             matched = self._bm25(kind, field_name).containing(wanted)
         elif field_type == "keyword":
             matched = np.array([bool(wanted & {_term_text(v) for v in _as_list(s.get(field_name))})
-                                for s in self.data.sources], dtype=bool)
+                                for s in self.data.sources()], dtype=bool)
         elif field_type is None:  # the engines match nothing on a field the mapping lacks
             matched = np.zeros(self.n, dtype=bool)
         else:
@@ -519,13 +723,17 @@ class _Query:
         if self.data.field_type(field_name) not in VECTOR_TYPES:
             raise EngineError(f"{field_name!r} is not a rank_features / sparse_vector field", 400)
         matrix, columns = self.data.features(field_name)
-        query = np.zeros(matrix.shape[1])
-        known = [(columns[f], w) for f, w in weights.items() if f in columns]
-        for column, weight in known:
-            query[column] += weight
-        scores = matrix @ query
-        present = matrix[:, [c for c, _ in known]].getnnz(axis=1) > 0 if known else np.zeros(self.n, dtype=bool)
-        return np.asarray(scores).ravel(), np.asarray(present).ravel()
+        merged: dict[int, float] = {}
+        for feature, weight in weights.items():
+            if feature in columns:
+                merged[columns[feature]] = merged.get(columns[feature], 0.0) + weight
+        scores, present = np.zeros(self.n), np.zeros(self.n, dtype=bool)
+        for column, weight in merged.items():  # one posting list per query feature, float64 sums
+            start, end = matrix.indptr[column], matrix.indptr[column + 1]
+            rows = matrix.indices[start:end]
+            scores[rows] += matrix.data[start:end].astype(np.float64) * weight
+            present[rows] = True
+        return scores, present
 
 
 _RANK_FEATURE_FUNCTIONS = ("saturation", "log", "sigmoid")
@@ -620,9 +828,22 @@ def _one_vector(clauses: list[Any]) -> tuple[str, dict[str, float]] | None:
     return (field_name, weights) if field_name else None
 
 
-def _rescored(data: _IndexData, scores: np.ndarray, order: np.ndarray, spec: Any) -> np.ndarray:
+def _ranked(rows: np.ndarray, scores: np.ndarray, count: int) -> np.ndarray:
+    """The first ``count`` of ``rows`` by score (descending), ties by row: what a full sort gives,
+    sorting only the rows that can be among them."""
+    if count == 0:
+        return rows[:0]
+    if count < rows.size:
+        values = scores[rows]
+        threshold = np.partition(values, rows.size - count)[rows.size - count]  # the count-th largest
+        rows = rows[values >= threshold]
+    return rows[np.lexsort((rows, -scores[rows]))][:count]
+
+
+def _rescored(data: _IndexData, scores: np.ndarray, rows: np.ndarray, spec: Any, count: int) -> np.ndarray:
     """The engines' ``rescore`` (score_mode total): the top ``window_size`` rows get
-    ``query_weight x score + rescore_query_weight x rescore score`` and are re-sorted in place."""
+    ``query_weight x score + rescore_query_weight x rescore score`` and are re-sorted in place;
+    returns the first ``count`` rows."""
     if not isinstance(spec, dict):
         raise EngineError("the local engine models one rescore (an object), not a list of them", 400)
     _only("rescore", spec, {"window_size", "query"}, required=("query",))
@@ -633,12 +854,14 @@ def _rescored(data: _IndexData, scores: np.ndarray, order: np.ndarray, spec: Any
           required=("rescore_query",))
     if rescore.get("score_mode", "total") != "total":
         raise EngineError("the local engine supports rescore score_mode total only", 400)
-    window = order[: _count("window_size", spec.get("window_size", 10))]
+    window_size = _count("window_size", spec.get("window_size", 10))
+    order = _ranked(rows, scores, max(window_size, count))
+    window = order[:window_size]
     extra, matched = _Query(data).evaluate(rescore["rescore_query"])
     scores[window] = (_number("rescore", "query_weight", rescore.get("query_weight", 1.0)) * scores[window]
                       + _number("rescore", "rescore_query_weight", rescore.get("rescore_query_weight", 1.0))
                       * np.where(matched[window], extra[window], 0.0))
-    return np.concatenate([window[np.lexsort((window, -scores[window]))], order[len(window):]])
+    return np.concatenate([window[np.lexsort((window, -scores[window]))], order[len(window):]])[:count]
 
 
 def _count(name: str, value: Any) -> int:

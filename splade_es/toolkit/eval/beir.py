@@ -30,17 +30,20 @@ class BeirDataset:
     qrels: Qrels
     skipped_queries: int = 0  # queries of queries.jsonl without a judgment in this split
 
-    _corpus_ids: set[str] | None = field(default=None, repr=False)
+    _judged_in_corpus: set[str] | None = field(default=None, repr=False)
 
-    def corpus_ids(self) -> set[str]:
-        """Every document id of the corpus (read once)."""
-        if self._corpus_ids is None:
-            self._corpus_ids = {record.id for record in read_corpus(self.corpus) if isinstance(record, Document)}
-        return self._corpus_ids
+    def judged_in_corpus(self) -> set[str]:
+        """The judged document ids the corpus holds (the corpus streamed once; only judged ids are
+        kept, so memory follows the judgments, not the corpus)."""
+        if self._judged_in_corpus is None:
+            judged = {doc_id for docs in self.qrels.values() for doc_id in docs}
+            self._judged_in_corpus = {record.id for record in read_corpus(self.corpus)
+                                      if isinstance(record, Document) and record.id in judged}
+        return self._judged_in_corpus
 
     def unknown_documents(self) -> dict[str, list[str]]:
         """``{query id: [judged document ids the corpus lacks]}``; logs one warning when any."""
-        ids = self.corpus_ids()
+        ids = self.judged_in_corpus()
         unknown = {qid: sorted(d for d in docs if d not in ids) for qid, docs in self.qrels.items()}
         unknown = {qid: docs for qid, docs in unknown.items() if docs}
         if unknown:

@@ -1,0 +1,255 @@
+"""A seeded corpus generator for scale benchmarks: text for BM25 plus sparse vectors whose
+statistics follow a real encoded collection.
+
+Two steps:
+
+``fit`` reads what a model wrote for a real collection (``splade-es encode --json`` document and
+query vectors, the BEIR corpus and judgments) and keeps a small stats JSON: the features per
+document and per query (quantiles), each term's document frequency by frequency rank (at
+log-spaced ranks), the weight distribution per document-frequency decile (a FLOPS-trained model
+gives frequent terms small weights, so weight and frequency are not independent), how much of a
+query a relevant document holds, and the text's Zipf exponent and lengths.
+
+``generate`` samples N documents and Q queries from that JSON with a seed and streams them to a
+BEIR directory (``corpus.jsonl``, ``queries.jsonl``, ``qrels/test.tsv``) plus ``vectors.jsonl``
+and ``query-vectors.jsonl`` (``splade-es encode --json`` lines), one block of documents at a time:
+1M documents never sit in memory. Feature ``t<r>`` is the term of document-frequency rank ``r``;
+word ``w<r>`` the text word of Zipf rank ``r``. Each query is written from one source document (its
+one judged answer): the fitted share of its features from that document, the rest drawn by document
+frequency; its text is words of that document plus background words.
+
+    splade-es encode --model M --input docs.jsonl --output doc-vectors.jsonl
+    splade-es encode --model M --query --input queries.jsonl --output query-vectors.jsonl
+    python benchmarks/scale_corpus.py fit --doc-vectors doc-vectors.jsonl --query-vectors query-vectors.jsonl \\
+        --beir ../shared/data/cranfield --doc-top-k 128 --query-top-k 32 \\
+        --out benchmarks/results/scale_stats_cranfield_minilm.json
+    python benchmarks/scale_corpus.py generate --stats benchmarks/results/scale_stats_cranfield_minilm.json \\
+        --docs 1000000 --queries 500 --seed 0 --out /tmp/scale-1m
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import orjson
+
+QUANTILES = np.linspace(0, 1, 101)
+BUCKETS = 10  # document-frequency deciles of the weight distributions
+RANK_POINTS = 200  # log-spaced ranks kept of the document-frequency curve
+BLOCK = 10_000  # documents generated and written at a time
+OVERSAMPLE = 1.4  # draws per wanted feature before duplicates are dropped
+
+
+def _vectors(path: Path, top_k: int | None) -> Iterator[tuple[str, dict[str, float]]]:
+    """``(id, features)`` of an encode output, each cut to its ``top_k`` heaviest features
+    (static pruning, as ``ingest --doc-top-k`` / ``encode --top-k`` would cut them)."""
+    with path.open("rb") as handle:
+        for line in handle:
+            if line.strip():
+                record = orjson.loads(line)
+                features = record["features"]
+                if top_k is not None:
+                    features = dict(sorted(features.items(), key=lambda item: -item[1])[:top_k])
+                yield str(record["id"]), features
+
+
+def _quantiles(values: list[float] | np.ndarray) -> list[float]:
+    return [round(float(v), 6) for v in np.quantile(np.asarray(values, dtype=np.float64), QUANTILES)]
+
+
+def _bucket_of(ranks: np.ndarray, vocabulary: int) -> np.ndarray:
+    """Decile of log-rank: bucket 0 holds the most frequent terms."""
+    return np.minimum((np.log1p(ranks) / np.log1p(vocabulary) * BUCKETS).astype(int), BUCKETS - 1)
+
+
+def _weights_by_bucket(vectors: list[dict[str, float]], rank: dict[str, int], vocabulary: int) -> list[list[float]]:
+    terms = [t for v in vectors for t in v if t in rank]
+    weights = np.array([v[t] for v in vectors for t in v if t in rank], dtype=np.float64)
+    buckets = _bucket_of(np.array([rank[t] for t in terms]), vocabulary)
+    everything = _quantiles(weights)
+    return [_quantiles(weights[buckets == b]) if (buckets == b).sum() >= 20 else everything for b in range(BUCKETS)]
+
+
+def _words(text: str) -> list[str]:
+    return re.findall(r"\w+", text.lower())
+
+
+def fit(doc_vectors: Path, query_vectors: Path, beir: Path, doc_top_k: int | None = None,
+        query_top_k: int | None = None) -> dict:
+    """The stats JSON of one encoded collection (see the module docstring)."""
+    docs = dict(_vectors(doc_vectors, doc_top_k))
+    queries = dict(_vectors(query_vectors, query_top_k))
+    df = collections.Counter(t for v in docs.values() for t in v)
+    ordered = [t for t, _ in df.most_common()]
+    rank = {t: r for r, t in enumerate(ordered)}
+    vocabulary = len(ordered)
+    points = np.unique(np.geomspace(1, vocabulary, RANK_POINTS).astype(int)) - 1
+    overlap = []
+    with (beir / "qrels" / "test.tsv").open() as handle:
+        next(handle)
+        best: dict[str, tuple[int, str]] = {}
+        for line in handle:
+            qid, did, grade = line.split()[:3]
+            if qid in queries and did in docs and int(grade) > best.get(qid, (0, ""))[0]:
+                best[qid] = (int(grade), did)
+    for qid, (_, did) in best.items():
+        if queries[qid]:
+            overlap.append(sum(t in docs[did] for t in queries[qid]) / len(queries[qid]))
+    word_counts: collections.Counter[str] = collections.Counter()
+    doc_words, query_words = [], []
+    for name, lengths in (("corpus.jsonl", doc_words), ("queries.jsonl", query_words)):
+        with (beir / name).open("rb") as handle:
+            for line in handle:
+                record = orjson.loads(line)
+                words = _words(f"{record.get('title', '')} {record.get('text', '')}")
+                lengths.append(len(words))
+                if name == "corpus.jsonl":
+                    word_counts.update(words)
+    frequencies = np.array(sorted(word_counts.values(), reverse=True), dtype=np.float64)
+    head = np.arange(1, min(1000, frequencies.size) + 1)
+    zipf_s = -np.polyfit(np.log(head), np.log(frequencies[: head.size]), 1)[0]
+    return {
+        "source": {"doc_vectors": doc_vectors.name, "query_vectors": query_vectors.name, "beir": beir.name,
+                   "docs": len(docs), "queries": len(queries), "judged_queries": len(overlap),
+                   "doc_top_k": doc_top_k, "query_top_k": query_top_k},
+        "vocabulary": vocabulary,
+        "doc_features": _quantiles([len(v) for v in docs.values()]),
+        "query_features": _quantiles([len(v) for v in queries.values()]),
+        "df_ranks": [int(r) for r in points],
+        "df_fraction": [round(df[ordered[r]] / len(docs), 8) for r in points],
+        "doc_weights_by_df_decile": _weights_by_bucket(list(docs.values()), rank, vocabulary),
+        "query_weights_by_df_decile": _weights_by_bucket(list(queries.values()), rank, vocabulary),
+        "query_overlap": round(float(np.mean(overlap)), 4) if overlap else 0.5,
+        "text": {"zipf_s": round(float(zipf_s), 4), "vocabulary": len(word_counts),
+                 "doc_words": _quantiles(doc_words), "query_words": _quantiles(query_words)},
+    }
+
+
+class Sampler:
+    """Draws documents and queries from a stats JSON (``fit``'s output) with one seeded generator."""
+
+    def __init__(self, stats: dict, seed: int) -> None:
+        self.rng = np.random.default_rng(seed)
+        self.vocabulary = int(stats["vocabulary"])
+        ranks = np.arange(self.vocabulary)
+        # Document frequency at every rank, interpolated log-log between the kept points.
+        fraction = np.exp(np.interp(np.log1p(ranks), np.log1p(stats["df_ranks"]), np.log(stats["df_fraction"])))
+        self.term_cdf = np.cumsum(fraction) / fraction.sum()
+        self.bucket = _bucket_of(ranks, self.vocabulary)
+        self.stats = stats
+        text = stats["text"]
+        self.words = int(text["vocabulary"])
+        word_p = 1.0 / np.arange(1, self.words + 1) ** text["zipf_s"]
+        self.word_cdf = np.cumsum(word_p) / word_p.sum()
+
+    def lengths(self, quantiles: list[float], n: int, low: int = 1) -> np.ndarray:
+        return np.maximum(np.round(np.interp(self.rng.random(n), QUANTILES, quantiles)).astype(int), low)
+
+    def weights(self, terms: np.ndarray, by_decile: list[list[float]]) -> np.ndarray:
+        """One weight per term, from the weight quantiles of its document-frequency decile."""
+        table = np.asarray(by_decile)
+        chance = self.rng.random(terms.size)
+        weights = np.empty(terms.size)
+        for bucket in np.unique(self.bucket[terms]):
+            mine = self.bucket[terms] == bucket
+            weights[mine] = np.interp(chance[mine], QUANTILES, table[bucket])
+        return np.maximum(np.round(weights, 4), 1e-4)
+
+    def terms(self, count: int) -> np.ndarray:
+        """``count`` distinct terms drawn by document frequency (sorted ranks)."""
+        drawn = np.unique(np.searchsorted(self.term_cdf, self.rng.random(int(count * OVERSAMPLE) + 4)))
+        drawn = np.minimum(drawn, self.vocabulary - 1)
+        return np.sort(self.rng.permutation(drawn)[:count])
+
+    def text(self, count: int) -> np.ndarray:
+        return np.minimum(np.searchsorted(self.word_cdf, self.rng.random(count)), self.words - 1)
+
+
+def _features(terms: np.ndarray, weights: np.ndarray) -> dict[str, float]:
+    return {f"t{t}": float(w) for t, w in zip(terms.tolist(), weights.tolist())}
+
+
+def _sentence(words: np.ndarray) -> str:
+    return " ".join(f"w{w}" for w in words.tolist())
+
+
+def generate(stats: dict, docs: int, queries: int, seed: int, out: Path) -> dict:
+    """Write the corpus, its vectors, queries, their vectors and judgments under ``out``, streaming."""
+    sampler = Sampler(stats, seed)
+    sources = np.sort(sampler.rng.choice(docs, size=min(queries, docs), replace=False))
+    wanted = set(sources.tolist())
+    kept: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # source documents' terms and words, for the queries
+    (out / "qrels").mkdir(parents=True, exist_ok=True)
+    nnz = 0
+    with (out / "corpus.jsonl").open("wb") as corpus, (out / "vectors.jsonl").open("wb") as vectors:
+        for start in range(0, docs, BLOCK):
+            count = min(BLOCK, docs - start)
+            lengths = sampler.lengths(stats["doc_features"], count)
+            word_counts = sampler.lengths(stats["text"]["doc_words"], count)
+            corpus_lines, vector_lines = [], []
+            for offset in range(count):
+                position = start + offset
+                terms = sampler.terms(int(lengths[offset]))
+                words = sampler.text(int(word_counts[offset]))
+                nnz += terms.size
+                if position in wanted:
+                    kept[position] = (terms, words)
+                corpus_lines.append(orjson.dumps({"_id": f"d{position}", "title": "", "text": _sentence(words)}))
+                vector_lines.append(orjson.dumps({"id": f"d{position}", "features": _features(
+                    terms, sampler.weights(terms, stats["doc_weights_by_df_decile"]))}))
+            corpus.write(b"\n".join(corpus_lines) + b"\n")
+            vectors.write(b"\n".join(vector_lines) + b"\n")
+    lengths = sampler.lengths(stats["query_features"], sources.size)
+    word_counts = sampler.lengths(stats["text"]["query_words"], sources.size)
+    with ((out / "queries.jsonl").open("wb") as text_out, (out / "query-vectors.jsonl").open("wb") as vector_out,
+          (out / "qrels" / "test.tsv").open("w") as qrels):
+        qrels.write("query-id\tcorpus-id\tscore\n")
+        for i, source in enumerate(sources.tolist()):
+            terms, words = kept[source]
+            own = int(round(stats["query_overlap"] * lengths[i]))
+            chosen = np.union1d(sampler.rng.permutation(terms)[:own], sampler.terms(int(lengths[i]) - own))
+            text = np.concatenate([sampler.rng.permutation(words)[: max(1, int(word_counts[i]) // 2)],
+                                   sampler.text(int(word_counts[i]) - int(word_counts[i]) // 2)])
+            text_out.write(orjson.dumps({"_id": f"q{i}", "text": _sentence(text)}) + b"\n")
+            vector_out.write(orjson.dumps({"id": f"q{i}", "features": _features(
+                chosen, sampler.weights(chosen, stats["query_weights_by_df_decile"]))}) + b"\n")
+            qrels.write(f"q{i}\td{source}\t1\n")
+    return {"docs": docs, "queries": int(sources.size), "seed": seed, "mean_doc_features": round(nnz / docs, 2),
+            "out": str(out)}
+
+
+def run() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    fitting = commands.add_parser("fit", help="stats JSON from an encoded collection")
+    fitting.add_argument("--doc-vectors", type=Path, required=True, help="splade-es encode --json of the documents")
+    fitting.add_argument("--query-vectors", type=Path, required=True, help="splade-es encode --query --json output")
+    fitting.add_argument("--beir", type=Path, required=True, help="the BEIR directory they came from (text, qrels)")
+    fitting.add_argument("--doc-top-k", type=int, help="keep each document's K heaviest features (static pruning)")
+    fitting.add_argument("--query-top-k", type=int, help="keep each query's K heaviest features")
+    fitting.add_argument("--out", type=Path, required=True)
+    generating = commands.add_parser("generate", help="a seeded corpus from a stats JSON")
+    generating.add_argument("--stats", type=Path, required=True)
+    generating.add_argument("--docs", type=int, required=True)
+    generating.add_argument("--queries", type=int, default=500)
+    generating.add_argument("--seed", type=int, default=0)
+    generating.add_argument("--out", type=Path, required=True, help="directory to write (created)")
+    args = parser.parse_args()
+    if args.command == "fit":
+        stats = fit(args.doc_vectors, args.query_vectors, args.beir, args.doc_top_k, args.query_top_k)
+        args.out.write_text(json.dumps(stats, indent=1) + "\n")
+        print(f"wrote {args.out}")
+    else:
+        if args.docs < 1 or args.queries < 1:
+            parser.error("--docs and --queries must be positive")
+        print(json.dumps(generate(json.loads(args.stats.read_text()), args.docs, args.queries, args.seed, args.out)))
+
+
+if __name__ == "__main__":
+    run()
