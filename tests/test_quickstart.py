@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -47,6 +48,13 @@ def test_quickstart_runs_every_step_on_a_tiny_model(tmp_path, tiny_bert_dir):
         assert label in out, label
     assert out.count("better") >= 3
     assert evals["hybrid-rrf"]["metrics"] != evals["hybrid-linear"]["metrics"]
+    # The queries are encoded once (step 7) and the three model rows read those vectors.
+    assert all(evals[name]["encode_ms"] is None for name in ("splade", "hybrid-rrf", "hybrid-linear"))
+    assert len((work / "query-vectors.jsonl").read_text().splitlines()) == judged
+    # Each step's wall time, in order, at the end.
+    timings = out.split("Time per step:")[1].split("Next steps")[0].strip().splitlines()
+    assert len(timings) == 7 and all(re.fullmatch(r"\s*\d+m\d\ds  \S.*", line) for line in timings), timings
+    assert "Training 3 steps" in timings[3] and "Evaluating on every judged test query" in timings[6]
     assert "Next steps" in out and str(work / "run" / "bundle") in out
     assert (work / "run" / "bundle" / "splade_config.json").is_file()
     # A second run rebuilds its own directory.
