@@ -26,6 +26,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from splade_es.errors import ConfigError, InputError
+from splade_es.io.corpus import Document, read_corpus
 from splade_es.model.config import Pruning
 from splade_es.toolkit.engines.base import Engine
 from splade_es.toolkit.eval.beir import BeirDataset
@@ -347,7 +348,8 @@ def tune(engine: Engine, index: str, dataset: BeirDataset, pipeline, options: Tu
     check_dataset_matches(engine, index, dataset)
     model_default = pipeline.encoder.config.pruning(True)
     ids = list(dataset.queries)
-    corpus_ids = sorted(dataset.corpus_ids())
+    # Every id, to copy the index for document pruning (the copy is of the whole corpus anyway).
+    corpus_ids = sorted(record.id for record in read_corpus(dataset.corpus) if isinstance(record, Document))
     doc_weights = [w for _, source in stored_vectors(engine, index, corpus_ids[:SAMPLE_DOCS])
                    for w in (source.get(searcher.meta.field) or {}).values()]
     # The default query thresholds are placed on the encoded weights, above the model's own
