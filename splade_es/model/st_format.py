@@ -373,8 +373,8 @@ def add_static_queries(root: Path, static) -> None:
         remove_entry(root / WEIGHTS_NAME)  # where earlier releases put it; the library never read it
         return
     if layout.document_dir != root:
-        raise ModelLoadError(f"{root}: a Router whose query route is its document route cannot take a table in "
-                             "place: write a new bundle with --output")
+        raise ModelLoadError(f"{root}: only a masked LM saved at the bundle's root, or a Router with a static query "
+                             "route, takes a table in place: write a new bundle with --output")
     staging = Path(tempfile.mkdtemp(prefix=f".{root.name}.", dir=root.parent))
     try:
         stay = {MODULES_NAME, ST_CONFIG_NAME, CONFIG_NAME, WEIGHTS_NAME, README_NAME, layout.pooling_dir.name}

@@ -20,13 +20,12 @@ encode every query alike.
 
 from __future__ import annotations
 
+import logging
+import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 from itertools import islice
 from pathlib import Path
-
-import logging
-import os
 
 import torch
 
