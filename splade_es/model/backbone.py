@@ -218,14 +218,14 @@ def resolve_source(path: str, adapter: str | None) -> Source:
 def _hub_source(repo_id: str, adapter: str | None) -> Source:
     """A hub repository: full weights, or (no ``config.json`` but ``adapter_config.json``) an
     adapter bundle whose base comes from ``splade_config.json`` or the adapter's config."""
-    config = _hub_config(repo_id)
-    if adapter is not None or _hub_file(repo_id, "config.json") is not None:
+    config = hub_config(repo_id)
+    if adapter is not None or hub_file(repo_id, "config.json") is not None:
         return Source(repo_id, adapter, repo_id, config)
-    adapter_config = _hub_file(repo_id, "adapter_config.json")
+    adapter_config = hub_file(repo_id, "adapter_config.json")
     if adapter_config is None:  # unreachable, or neither: loading the weights reports it
         return Source(repo_id, adapter, repo_id, config)
     base = (config.backbone if config and config.backbone else None) or _adapter_base(adapter_config.parent)
-    tokenizer = repo_id if _hub_file(repo_id, "tokenizer_config.json") is not None else base
+    tokenizer = repo_id if hub_file(repo_id, "tokenizer_config.json") is not None else base
     return Source(base, repo_id, tokenizer, config)
 
 
@@ -244,7 +244,7 @@ def _adapter_base(directory: Path) -> str:
     return base
 
 
-def _hub_file(repo_id: str, filename: str) -> Path | None:
+def hub_file(repo_id: str, filename: str) -> Path | None:
     """``filename`` of a hub repository, downloaded (or cached); None only when the repository
     or file does not exist or the hub cannot be reached (offline): any other error is raised."""
     from huggingface_hub import hf_hub_download
@@ -268,10 +268,10 @@ def cached_hub_file(repo_id: str, filename: str) -> Path | None:
     return Path(path) if isinstance(path, str) else None
 
 
-def _hub_config(repo_id: str) -> SpladeConfig | None:
+def hub_config(repo_id: str) -> SpladeConfig | None:
     """A hub repo's splade_config.json; None when it has none or the hub is unreachable
     (loading the weights next then reports the real problem). A malformed one is an error."""
-    path = _hub_file(repo_id, CONFIG_NAME)
+    path = hub_file(repo_id, CONFIG_NAME)
     return None if path is None else SpladeConfig.load(path.parent)
 
 

@@ -107,7 +107,8 @@ class SparseEncoder:
         if config.static_queries:
             from splade_es.model.static import static_source
 
-            found = static_source(str(layout.root) if layout is not None else source.adapter or source.base)
+            # The table lives with the config that says static: the bundle given, not an adapter added to it.
+            found = static_source(str(layout.root) if layout is not None else str(path_or_hub_id))
             if found is None:
                 raise ModelLoadError(f"'{path_or_hub_id}': query_encoder is 'static' but no weight table was found")
             static = StaticQueryEncoder.load(found)
@@ -134,14 +135,8 @@ class SparseEncoder:
             if not target.exists():
                 os.replace(staging, target)
                 return target
-            written = {item.name for item in staging.iterdir()}
-            for pattern in _MODEL_FILES:  # stale weights/configs would change what loads
-                for stale in target.glob(pattern):
-                    if stale.name not in written:
-                        st_format.remove_entry(stale)
-            for item in staging.iterdir():
-                st_format.remove_entry(target / item.name)  # os.replace cannot replace a directory
-                os.replace(item, target / item.name)
+            # Stale weights/configs would change what loads.
+            st_format.commit_staged(staging, target, [stale for pattern in _MODEL_FILES for stale in target.glob(pattern)])
         finally:
             shutil.rmtree(staging, ignore_errors=True)
         return target

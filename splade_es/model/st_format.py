@@ -18,18 +18,23 @@ with the 5.x names, which every sentence-transformers release from 5.0 on reads.
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import tempfile
+from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from splade_es.errors import ModelLoadError
 from splade_es.model.config import CONFIG_NAME, SpladeConfig
+from splade_es.model.static import WEIGHTS_NAME, read_weights, write_weights
 
 MODULES_NAME = "modules.json"
 ST_CONFIG_NAME = "config_sentence_transformers.json"
 SBERT_CONFIG_NAME = "sentence_bert_config.json"
 ROUTER_CONFIG_NAME = "router_config.json"
+README_NAME = "README.md"  # the model card: stays at the root whatever the layout
 STATIC_WEIGHTS_NAME = "model.safetensors"  # SparseStaticEmbedding's file; its tensor is "weight"
 _PACKAGE = "sentence_transformers."
 _TRANSFORMERS = ("MLMTransformer", "Transformer")
@@ -46,15 +51,28 @@ QUERY_DIR, DOCUMENT_DIR, DOCUMENT_POOLING_DIR = ("query_0_SparseStaticEmbedding"
                                                  "document_1_SpladePooling")
 # Settings that come from the sentence-transformers files; splade_config.json may not contradict them.
 _ST_KEYS = ("mode", "max_length", "lowercase", "pooling", "activation")
+# sentence_bert_config.json keys splade-es follows (5.x and 6.x); unpad_inputs changes speed only.
+_SBERT_KEYS = frozenset({"transformer_task", "max_seq_length", "do_lower_case", "query_length", "document_length",
+                         "processing_kwargs", "modality_config", "module_output_name", "query_expansion",
+                         "unpad_inputs"})
+# Keys whose only value splade-es reproduces: a fill-mask model's own logits, no query expansion.
+_SBERT_FIXED = {"modality_config": {"text": {"method": "forward", "method_output_name": "logits"}},
+                "module_output_name": "token_embeddings", "query_expansion": None}
+# SpladePooling's config; the dimension (5.x: word_embedding_dimension) is the vocabulary's, and
+# chunk_size bounds memory only.
+_POOLING_KEYS = frozenset({"pooling_strategy", "activation_function", "embedding_dimension",
+                           "word_embedding_dimension", "chunk_size"})
 
 
 @dataclass(frozen=True)
 class StLayout:
     """What a SparseEncoder directory (``root``) holds: the masked LM's directory (weights and
-    tokenizer), the settings, and for a static query route the directory of its tokenizer and weights."""
+    tokenizer) and its SpladePooling's, the settings, and for a static query route the directory
+    of its tokenizer and weights."""
 
     root: Path
     document_dir: Path
+    pooling_dir: Path
     config: SpladeConfig
     static_dir: Path | None
 
@@ -74,8 +92,8 @@ def read_layout(root: str | Path) -> StLayout:
                for m in sorted(modules, key=lambda m: m.get("idx", 0))]
     if [kind for _, kind in entries] == ["Router"]:
         return _read_router(root, root / entries[0][0])
-    document_dir, settings = _read_mlm_route(root, entries, root / MODULES_NAME)
-    return StLayout(root, document_dir, _merge(root, settings, static=False), None)
+    document_dir, pooling_dir, settings = _read_mlm_route(root, entries, root / MODULES_NAME, serves_queries=True)
+    return StLayout(root, document_dir, pooling_dir, _merge(root, settings, static=False), None)
 
 
 def _read_router(root: Path, router_dir: Path) -> StLayout:
@@ -91,10 +109,11 @@ def _read_router(root: Path, router_dir: Path) -> StLayout:
         if not names:
             raise ModelLoadError(f"{where}: no {route!r} route (splade-es reads query/document routers)")
         routes[route] = [(name, _kind(types.get(name, "?"), where)) for name in names]
-    document_dir, settings = _read_mlm_route(router_dir, routes["document"], where)
     query = routes["query"]
+    document_dir, pooling_dir, settings = _read_mlm_route(router_dir, routes["document"], where,
+                                                          serves_queries=query == routes["document"])
     if query == routes["document"]:
-        return StLayout(root, document_dir, _merge(root, settings, static=False), None)
+        return StLayout(root, document_dir, pooling_dir, _merge(root, settings, static=False), None)
     if [kind for _, kind in query] != ["SparseStaticEmbedding"]:
         raise ModelLoadError(f"{where}: the query route {[k for _, k in query]} is not supported (splade-es reads a "
                              "SparseStaticEmbedding query route, or the document route shared by both)")
@@ -105,33 +124,91 @@ def _read_router(root: Path, router_dir: Path) -> StLayout:
                              "not supported: save it with sentence-transformers first (it writes model.safetensors)")
     if not (static_dir / STATIC_WEIGHTS_NAME).is_file():
         raise ModelLoadError(f"{static_dir}: the SparseStaticEmbedding has no {STATIC_WEIGHTS_NAME}")
-    return StLayout(root, document_dir, _merge(root, settings, static=True), static_dir)
+    return StLayout(root, document_dir, pooling_dir, _merge(root, settings, static=True), static_dir)
 
 
-def _read_mlm_route(base: Path, entries: list[tuple[str, str]], where: Path) -> tuple[Path, dict[str, Any]]:
-    """A masked LM followed by SpladePooling: its directory and the settings they fix."""
+def _read_mlm_route(base: Path, entries: list[tuple[str, str]], where: Path,
+                    serves_queries: bool) -> tuple[Path, Path, dict[str, Any]]:
+    """A masked LM followed by SpladePooling: their directories and the settings they fix.
+    ``serves_queries``: queries go through this route too (no static query route)."""
     kinds = [kind for _, kind in entries]
     if len(kinds) != 2 or kinds[0] not in _TRANSFORMERS or kinds[1] != "SpladePooling":
         raise ModelLoadError(f"{where}: modules {kinds} are not supported (splade-es reads a masked-LM Transformer "
                              "followed by SpladePooling)")
     model_dir, pooling_dir = base / entries[0][0], base / entries[1][0]
-    sbert = _read_json(model_dir / SBERT_CONFIG_NAME) if (model_dir / SBERT_CONFIG_NAME).is_file() else {}
-    task = sbert.get("transformer_task", "fill-mask" if kinds[0] == "MLMTransformer" else "feature-extraction")
-    if task != "fill-mask":
-        raise ModelLoadError(f"{model_dir / SBERT_CONFIG_NAME}: transformer_task {task!r} gives no vocabulary logits "
-                             "(SPLADE needs 'fill-mask')")
-    pooling = _read_json(pooling_dir / "config.json") if (pooling_dir / "config.json").is_file() else {}
+    max_length, lowercase = _read_sbert(model_dir, kinds[0], serves_queries)
+    path = pooling_dir / "config.json"
+    pooling = _read_json(path) if path.is_file() else {}
+    _reject_unknown_keys(path, pooling, _POOLING_KEYS)
     strategy = pooling.get("pooling_strategy", "max")
     activation = pooling.get("activation_function", "relu")
     if strategy not in ("max", "sum") or activation not in ("relu", "log1p_relu"):
-        raise ModelLoadError(f"{pooling_dir / 'config.json'}: pooling_strategy {strategy!r} / activation_function "
+        raise ModelLoadError(f"{path}: pooling_strategy {strategy!r} / activation_function "
                              f"{activation!r} are not supported (max or sum; relu or log1p_relu)")
     chunk = pooling.get("chunk_size")
     if chunk is not None and not isinstance(chunk, int):  # memory only: splade-es always chunks the head
-        raise ModelLoadError(f"{pooling_dir / 'config.json'}: chunk_size must be an integer or null, got {chunk!r}")
-    settings = {"mode": "mlm", "max_length": _max_length(model_dir, sbert), "lowercase": bool(sbert.get("do_lower_case", False)),
-                "pooling": strategy, "activation": activation}
-    return model_dir, settings
+        raise ModelLoadError(f"{path}: chunk_size must be an integer or null, got {chunk!r}")
+    settings = {"mode": "mlm", "max_length": max_length, "lowercase": lowercase, "pooling": strategy,
+                "activation": activation}
+    return model_dir, pooling_dir, settings
+
+
+def _read_sbert(model_dir: Path, kind: str, serves_queries: bool) -> tuple[int, bool]:
+    """``max_length`` and ``lowercase`` from a masked LM's sentence_bert_config.json. Every key
+    is either followed exactly or refused in one line naming it: a setting read past would give
+    other vectors than the library's (a shorter ``document_length`` alone moved them by 0.18)."""
+    path = model_dir / SBERT_CONFIG_NAME
+    sbert = _read_json(path) if path.is_file() else {}
+    _reject_unknown_keys(path, sbert, _SBERT_KEYS)
+    task = sbert.get("transformer_task", "fill-mask" if kind == "MLMTransformer" else "feature-extraction")
+    if task != "fill-mask":
+        raise ModelLoadError(f"{path}: transformer_task {task!r} gives no vocabulary logits (SPLADE needs 'fill-mask')")
+    for key, allowed in _SBERT_FIXED.items():
+        if sbert.get(key, allowed) != allowed:
+            raise ModelLoadError(f"{path}: {key} {sbert[key]!r} is not supported (splade-es reproduces {allowed!r})")
+    lowercase = sbert.get("do_lower_case", False)
+    if not isinstance(lowercase, bool):
+        raise ModelLoadError(f"{path}: do_lower_case must be true or false, got {lowercase!r}")
+    lengths = _task_lengths(path, sbert, _max_length(model_dir, sbert))
+    if serves_queries and lengths["query"] != lengths["document"]:
+        raise ModelLoadError(f"{path}: queries are cut at {lengths['query']} tokens and documents at "
+                             f"{lengths['document']} (query_length / document_length): splade-es cuts both at one "
+                             "max_length")
+    return lengths["document"], lowercase
+
+
+def _task_lengths(path: Path, sbert: dict[str, Any], default: int) -> dict[str, int]:
+    """Tokens kept for queries and documents, as the library's Transformer truncates them:
+    ``processing_kwargs`` text ``max_length``, else ``query_length`` / ``document_length``, else
+    the tokenizer's limit. Any other processing keyword is refused."""
+    processing = sbert.get("processing_kwargs") or {}
+    if not isinstance(processing, dict) or not all(isinstance(v, dict) for v in processing.values()):
+        raise ModelLoadError(f"{path}: processing_kwargs must map modalities to objects, got {processing!r}")
+    others = sorted(f"{group}.{key}" for group, values in processing.items() for key in values
+                    if (group, key) != ("text", "max_length"))
+    if others:
+        raise ModelLoadError(f"{path}: processing_kwargs {', '.join(others)} not supported (splade-es follows only "
+                             "text.max_length)")
+    text = processing.get("text", {})
+    lengths = {}
+    for task in ("query", "document"):
+        # The text max_length wins over the task's even when null (then the tokenizer's limit applies).
+        key, value = (("processing_kwargs.text.max_length", text["max_length"]) if "max_length" in text
+                      else (f"{task}_length", sbert.get(f"{task}_length")))
+        value = default if value is None else value
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ModelLoadError(f"{path}: {key} must be a positive integer, got {value!r}")
+        lengths[task] = value
+    return lengths
+
+
+def _reject_unknown_keys(path: Path, data: Any, known: frozenset[str]) -> None:
+    if not isinstance(data, dict):
+        raise ModelLoadError(f"{path}: expected a JSON object")
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ModelLoadError(f"{path}: unknown key(s) {', '.join(unknown)} (splade-es cannot tell whether they change "
+                             "vectors)")
 
 
 def _max_length(model_dir: Path, sbert: dict[str, Any]) -> int:
@@ -224,30 +301,32 @@ def write_layout(directory: Path, model, tokenizer, config: SpladeConfig, static
         modules = [{"idx": 0, "name": "0", "path": "", "type": WRITE_TYPES["MLMTransformer"]},
                    {"idx": 1, "name": "1", "path": "1_SpladePooling", "type": WRITE_TYPES["SpladePooling"]}]
     else:
-        import torch
-        from safetensors.torch import save_file
-
         _write_mlm(directory / DOCUMENT_DIR, model, tokenizer, config)
         _write_json(directory / DOCUMENT_POOLING_DIR / "config.json", pooling)
-        query_dir = directory / QUERY_DIR
-        static.tokenizer.save_pretrained(query_dir)
-        _set_tokenizer_max_length(query_dir, static.max_length)
-        # SparseStaticEmbedding holds one weight per tokenizer entry; ids past it never occur in a query.
-        table = static.weights.detach().float().clamp(min=0).cpu()
-        size = len(static.tokenizer.get_vocab())
-        table = torch.cat([table, torch.zeros(max(0, size - table.shape[0]))])[:size]
-        save_file({"weight": table.contiguous()}, str(query_dir / STATIC_WEIGHTS_NAME))
-        _write_json(query_dir / "config.json", {"frozen": False})
-        _write_json(directory / ROUTER_CONFIG_NAME, {
-            "types": {QUERY_DIR: WRITE_TYPES["SparseStaticEmbedding"], DOCUMENT_DIR: WRITE_TYPES["MLMTransformer"],
-                      DOCUMENT_POOLING_DIR: WRITE_TYPES["SpladePooling"]},
-            "structure": {"query": [QUERY_DIR], "document": [DOCUMENT_DIR, DOCUMENT_POOLING_DIR]},
-            "parameters": {"default_route": "document", "allow_empty_key": True}})
-        modules = [{"idx": 0, "name": "0", "path": "", "type": WRITE_TYPES["Router"]}]
+        _write_router(directory, static)
+        modules = _ROUTER_MODULES
     _write_json(directory / MODULES_NAME, modules)
     _write_json(directory / ST_CONFIG_NAME, {"model_type": "SparseEncoder", "prompts": {"query": "", "document": ""},
                                              "default_prompt_name": None, "similarity_fn_name": "dot"})
     config.save(directory)
+
+
+_ROUTER_MODULES = [{"idx": 0, "name": "0", "path": "", "type": WRITE_TYPES["Router"]}]
+
+
+def _write_router(directory: Path, static) -> None:
+    """The Router's config and its query route, a SparseStaticEmbedding that encodes as ``static``
+    does; the document route's modules go to DOCUMENT_DIR and DOCUMENT_POOLING_DIR."""
+    query_dir = directory / QUERY_DIR
+    static.tokenizer.save_pretrained(query_dir)
+    _fit_query_tokenizer(query_dir, static.max_length, static.lowercase)
+    write_weights(query_dir / STATIC_WEIGHTS_NAME, static.table(len(static.tokenizer.get_vocab())))
+    _write_json(query_dir / "config.json", {"frozen": False})
+    _write_json(directory / ROUTER_CONFIG_NAME, {
+        "types": {QUERY_DIR: WRITE_TYPES["SparseStaticEmbedding"], DOCUMENT_DIR: WRITE_TYPES["MLMTransformer"],
+                  DOCUMENT_POOLING_DIR: WRITE_TYPES["SpladePooling"]},
+        "structure": {"query": [QUERY_DIR], "document": [DOCUMENT_DIR, DOCUMENT_POOLING_DIR]},
+        "parameters": {"default_route": "document", "allow_empty_key": True}})
 
 
 def _write_mlm(directory: Path, model, tokenizer, config: SpladeConfig) -> None:
@@ -256,17 +335,86 @@ def _write_mlm(directory: Path, model, tokenizer, config: SpladeConfig) -> None:
     _write_json(directory / SBERT_CONFIG_NAME, {"max_seq_length": config.max_length, "do_lower_case": config.lowercase})
 
 
-def _set_tokenizer_max_length(directory: Path, max_length: int) -> None:
-    """SparseStaticEmbedding truncates at the tokenizer's ``model_max_length``: make it ours."""
+def _fit_query_tokenizer(directory: Path, max_length: int, lowercase: bool) -> None:
+    """SparseStaticEmbedding calls its tokenizer as saved: it truncates at ``model_max_length`` and
+    reads no ``do_lower_case``, so our query length, and our lower-casing as a ``Lowercase``
+    normaliser in tokenizer.json (loaded as written, not rebuilt from the tokenizer class's options)."""
     path = directory / "tokenizer_config.json"
     data = _read_json(path)
     data["model_max_length"] = max_length
+    if lowercase:
+        fast = directory / "tokenizer.json"
+        if not fast.is_file():
+            raise ModelLoadError(f"{directory}: lower-cased static queries need a fast tokenizer (tokenizer.json) to "
+                                 "carry the lower-casing into the sentence-transformers query route")
+        backend = _read_json(fast)
+        backend["normalizer"] = {"type": "Sequence",
+                                 "normalizers": [{"type": "Lowercase"}, *filter(None, [backend.get("normalizer")])]}
+        _write_json(fast, backend)
+        data["tokenizer_class"] = "PreTrainedTokenizerFast"
     _write_json(path, data)
 
 
 def _write_json(path: Path, data: Any) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
+# ------------------------------------------------------------------ static queries in place
+def add_static_queries(root: Path, static) -> None:
+    """Give the SparseEncoder directory ``root`` ``static``'s query table in place, as the library
+    reads it too: a Router's SparseStaticEmbedding gets the table in its own file; a masked LM with
+    SpladePooling becomes the Router :func:`write_layout` writes, its files moved unchanged into the
+    document route. Built beside the bundle and swapped in, so a failure leaves the bundle as it was."""
+    layout = read_layout(root)
+    if layout.static_dir is not None:
+        table = layout.static_dir / STATIC_WEIGHTS_NAME
+        write_weights(table, static.table(int(read_weights(table).shape[0])))
+        remove_entry(root / WEIGHTS_NAME)  # where earlier releases put it; the library never read it
+        return
+    if layout.document_dir != root:
+        raise ModelLoadError(f"{root}: only a masked LM saved at the bundle's root, or a Router with a static query "
+                             "route, takes a table in place: write a new bundle with --output")
+    staging = Path(tempfile.mkdtemp(prefix=f".{root.name}.", dir=root.parent))
+    try:
+        stay = {MODULES_NAME, ST_CONFIG_NAME, CONFIG_NAME, WEIGHTS_NAME, README_NAME, layout.pooling_dir.name}
+        moved = [item for item in root.iterdir() if item.name not in stay and not item.name.startswith(".")]
+        for item in moved:
+            _link(item, staging / DOCUMENT_DIR / item.name)
+        _link(layout.pooling_dir, staging / DOCUMENT_POOLING_DIR)
+        _write_router(staging, static)
+        _write_json(staging / MODULES_NAME, _ROUTER_MODULES)
+        replace(layout.config, query_encoder="static").save(staging)
+        commit_staged(staging, root, [*moved, layout.pooling_dir, root / WEIGHTS_NAME])
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _link(source: Path, target: Path) -> None:
+    """``source`` at ``target`` too: hard links (no bytes copied), a copy where links are refused."""
+    def link(src: str, dst: str) -> None:
+        try:
+            os.link(src, dst)
+        except OSError:
+            shutil.copy2(src, dst)
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if source.is_dir():
+        shutil.copytree(source, target, copy_function=link)
+    else:
+        link(str(source), str(target))
+
+
+def commit_staged(staging: Path, target: Path, stale: Iterable[Path]) -> None:
+    """Move everything in ``staging`` into ``target``, ``modules.json`` last (what sentence-transformers
+    loads follows it), then remove the ``stale`` entries nothing replaced."""
+    written = {item.name for item in staging.iterdir()}
+    for item in sorted(staging.iterdir(), key=lambda item: item.name == MODULES_NAME):
+        remove_entry(target / item.name)  # os.replace cannot replace a directory
+        os.replace(item, target / item.name)
+    for path in stale:
+        if path.name not in written:
+            remove_entry(path)
 
 
 # Everything a layout may have written at a bundle's root; replaced together when saving over one.

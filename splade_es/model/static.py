@@ -10,10 +10,18 @@ A bundle says ``"query_encoder": "static"`` in ``splade_config.json`` and keeps 
 it in ``query_weights.safetensors`` (tensor ``weight``), or, in a sentence-transformers Router
 directory, in its SparseStaticEmbedding module. The table comes from corpus IDF
 (:func:`idf_weights`, ``splade-es idf``) or from training.
+
+Casing: in splade-es's own format queries are lower-cased when the bundle's ``lowercase`` is set,
+as its documents are. A SparseStaticEmbedding calls its own tokenizer as saved (it reads no
+``do_lower_case``), so a query route read from a Router is never lower-cased by splade-es, and a
+Router splade-es writes carries the lower-casing inside the query tokenizer: both libraries
+encode every query alike.
 """
 
 from __future__ import annotations
 
+import logging
+import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 from itertools import islice
@@ -29,20 +37,25 @@ from splade_es.model.vectors import SparseVector, empty_vector, prune_rows
 
 WEIGHTS_NAME = "query_weights.safetensors"
 _ROWS = 256  # queries turned into dense rows at once (rows x vocab floats)
+logger = logging.getLogger(__name__)
 
 
 class StaticQueryEncoder:
     """Query vectors from a ``[vocab]`` weight table: the tokenizer is the only model."""
 
-    def __init__(self, tokenizer, weights: torch.Tensor, config: SpladeConfig, max_length: int | None = None) -> None:
+    def __init__(self, tokenizer, weights: torch.Tensor, config: SpladeConfig, max_length: int | None = None,
+                 lowercase: bool | None = None) -> None:
+        """``lowercase``: whether splade-es lower-cases queries before ``tokenizer`` (default: the
+        config's; False for a SparseStaticEmbedding's tokenizer, which decides casing itself)."""
         if weights.dim() != 1:
             raise ModelLoadError(f"static query weights must be one value per vocabulary id, got shape {tuple(weights.shape)}")
         self.tokenizer = tokenizer
         self.config = config
         # Query tokens kept: the bundle's max_length, or a SparseStaticEmbedding's model_max_length.
         self.max_length = max_length or config.max_length
+        self.lowercase = config.lowercase if lowercase is None else lowercase
         self.weights: torch.Tensor = weights.detach().float().cpu()  # the trainer makes it a Parameter
-        self.inputs = InputBuilder(tokenizer, config)
+        self.inputs = InputBuilder(tokenizer, replace(config, lowercase=self.lowercase))
         self.namer = FeatureNamer.from_tokenizer(tokenizer, self.vocab_size)
         special = sorted({i for i in tokenizer.all_special_ids if i < self.vocab_size})
         self._special_ids = torch.tensor(special, dtype=torch.long)
@@ -59,7 +72,7 @@ class StaticQueryEncoder:
                                  f"has only {vocab_size}")
         padded = torch.zeros(vocab_size, dtype=torch.float32)
         padded[: self.vocab_size] = self.weights
-        return StaticQueryEncoder(self.tokenizer, padded, self.config, self.max_length)
+        return StaticQueryEncoder(self.tokenizer, padded, self.config, self.max_length, self.lowercase)
 
     @classmethod
     def load(cls, source: StaticSource) -> StaticQueryEncoder:
@@ -69,8 +82,9 @@ class StaticQueryEncoder:
             tokenizer = AutoTokenizer.from_pretrained(str(source.tokenizer))
         except Exception as exc:  # noqa: BLE001 - transformers raises many types here
             raise ModelLoadError(f"could not load tokenizer from '{source.tokenizer}': {str(exc).splitlines()[0]}") from None
-        max_length = tokenizer.model_max_length if source.module_length else None
-        return cls(tokenizer, read_weights(source.weights), source.config, max_length)
+        if source.module:
+            return cls(tokenizer, read_weights(source.weights), source.config, tokenizer.model_max_length, False)
+        return cls(tokenizer, read_weights(source.weights), source.config)
 
     def token_ids(self, text: str) -> list[int]:
         """The query's distinct token ids (specials still in), truncated at ``max_length`` tokens."""
@@ -87,6 +101,12 @@ class StaticQueryEncoder:
             presence[row, ids] = 1.0
         presence[:, self._special_ids.to(presence.device)] = 0.0
         return presence * table
+
+    def table(self, size: int) -> torch.Tensor:
+        """The weights a query token gets, as ``size`` values (cut or zero-padded): negatives and
+        special ids 0, so a library reading the table unchanged gives the same vectors."""
+        table = torch.relu(self.weights).index_fill(0, self._special_ids, 0.0)
+        return torch.cat([table, torch.zeros(max(0, size - table.shape[0]))])[:size]
 
     def encode_queries(self, texts: str | Sequence[str], pruning: Pruning | None = None,
                        show_progress: bool | None = None) -> SparseVector | list[SparseVector]:
@@ -107,9 +127,16 @@ class StaticQueryEncoder:
         return set(self.namer.names(self.inputs.tokenize(text)))
 
     def save(self, directory: str | Path) -> Path:
-        """Write the table and mark the bundle's ``splade_config.json`` as static."""
+        """Write the table and mark the bundle's ``splade_config.json`` as static; a
+        sentence-transformers directory gets it as the library reads it (see
+        :func:`~splade_es.model.st_format.add_static_queries`)."""
+        from splade_es.model import st_format
+
         directory = Path(directory)
-        write_weights(directory / WEIGHTS_NAME, self.weights)
+        if st_format.is_st_directory(directory):
+            st_format.add_static_queries(directory, self)
+            return directory
+        write_weights(directory / WEIGHTS_NAME, self.table(self.vocab_size))
         replace(self.config, query_encoder="static").save(directory)
         return directory
 
@@ -131,9 +158,12 @@ def read_weights(path: Path) -> torch.Tensor:
 
 
 def write_weights(path: Path, weights: torch.Tensor) -> None:
+    """Write the table (negatives as 0) to a temporary file renamed over ``path``: never half a table."""
     from safetensors.torch import save_file
 
-    save_file({"weight": weights.detach().float().clamp(min=0).contiguous().cpu()}, str(path))
+    partial = path.with_name(f".{path.name}.partial")
+    save_file({"weight": weights.detach().float().clamp(min=0).contiguous().cpu()}, str(partial))
+    os.replace(partial, path)
 
 
 def idf_weights(token_lists: Iterable[Sequence[int]], vocab_size: int) -> tuple[torch.Tensor, int]:
@@ -153,40 +183,68 @@ def idf_weights(token_lists: Iterable[Sequence[int]], vocab_size: int) -> tuple[
 
 @dataclass(frozen=True)
 class StaticSource:
-    """Where a static-query bundle keeps its table and query tokenizer; ``module_length``: the
-    tokenizer is a SparseStaticEmbedding's, whose ``model_max_length`` truncates queries."""
+    """Where a static-query bundle keeps its table and query tokenizer; ``module``: they are a
+    SparseStaticEmbedding's, whose tokenizer truncates at its ``model_max_length`` and decides casing."""
 
     config: SpladeConfig
     weights: Path
     tokenizer: str | Path
-    module_length: bool = False
+    module: bool = False
 
 
 def static_source(path: str) -> StaticSource | None:
-    """A local static-query bundle's files (ours, or a sentence-transformers Router), found
-    without loading any model; None for any other bundle or a hub id."""
+    """A static-query bundle's files (ours, or a sentence-transformers Router; a directory or a hub
+    id), found without loading any model; None for any other bundle."""
+    from splade_es.model import backbone as bb
     from splade_es.model import st_format
 
     root = Path(path).expanduser()
     if not root.is_dir():
-        return None
+        return _hub_source(path) if not root.exists() and bb.is_hub_id(path) else None
     if st_format.is_st_directory(root):
         layout = st_format.read_layout(root)
         if not layout.config.static_queries:
             return None
-        if (root / WEIGHTS_NAME).is_file() or layout.static_dir is None:  # a table written beside it wins
-            return StaticSource(layout.config, root / WEIGHTS_NAME, layout.document_dir)
+        if layout.static_dir is None:
+            raise ModelLoadError(f"{root / CONFIG_NAME}: query_encoder is 'static' but {st_format.MODULES_NAME} sends "
+                                 "queries through the masked LM (sentence-transformers would): run 'splade-es idf' on "
+                                 "it again, which rewrites it as a Router with a static query route")
+        if (root / WEIGHTS_NAME).is_file():
+            raise ModelLoadError(f"{root / WEIGHTS_NAME}: a Router keeps its table in {layout.static_dir.name}, which "
+                                 "sentence-transformers reads: run 'splade-es idf' on it again, or delete this file")
         return StaticSource(layout.config, layout.static_dir / st_format.STATIC_WEIGHTS_NAME, layout.static_dir, True)
     config = SpladeConfig.load(root)
     if config is None or not config.static_queries:
         return None
     tokenizer_dir = root if any((root / name).is_file() for name in ("tokenizer.json", "tokenizer_config.json",
                                                                       "tokenizer.model", "vocab.txt")) else None
-    if tokenizer_dir is None:
-        if not config.backbone:
-            raise ModelLoadError(f"{root / CONFIG_NAME}: a static-query bundle needs its tokenizer files or a backbone")
-        tokenizer_dir = config.backbone
-    return StaticSource(config, root / WEIGHTS_NAME, tokenizer_dir)
+    return StaticSource(config, root / WEIGHTS_NAME, tokenizer_dir or _backbone_tokenizer(config, root / CONFIG_NAME))
+
+
+def _hub_source(repo_id: str) -> StaticSource | None:
+    """:func:`static_source` of a hub repository, fetched (or read from the cache) the way the
+    model's loading fetches it: a SparseEncoder's snapshot, else only our bundle's config, table
+    and tokenizer (never the weights)."""
+    from splade_es.model import backbone as bb
+    from splade_es.model import st_format
+
+    snapshot = st_format.hub_directory(repo_id)
+    if snapshot is not None:
+        return static_source(str(snapshot))
+    config = bb.hub_config(repo_id)
+    if config is None or not config.static_queries:
+        return None
+    weights = bb.hub_file(repo_id, WEIGHTS_NAME)
+    if weights is None:
+        raise ModelLoadError(f"'{repo_id}': query_encoder is 'static' but the repository has no {WEIGHTS_NAME}")
+    has_tokenizer = bb.hub_file(repo_id, "tokenizer_config.json") is not None
+    return StaticSource(config, weights, repo_id if has_tokenizer else _backbone_tokenizer(config, repo_id))
+
+
+def _backbone_tokenizer(config: SpladeConfig, where: object) -> str:
+    if not config.backbone:
+        raise ModelLoadError(f"{where}: a static-query bundle needs its tokenizer files or a backbone")
+    return config.backbone
 
 
 def idf_table(tokenizer, config: SpladeConfig, texts: Iterable[str], vocab_size: int,
@@ -231,10 +289,14 @@ def corpus_idf(path: str, texts: Iterable[str], batch_size: int = 512) -> tuple[
 
 
 def load_query_encoder(path: str, adapter: str | None = None, device: str | None = None):
-    """What encodes queries for ``path``: the weight table alone for a static-query bundle
-    (no backbone is loaded), else the full :class:`~splade_es.model.encoder.SparseEncoder`."""
-    source = static_source(path) if adapter is None else None
+    """What encodes queries for ``path``: the weight table alone for a static-query bundle (no
+    backbone is loaded, nor ``adapter``, which changes only how documents are encoded), else the
+    full :class:`~splade_es.model.encoder.SparseEncoder`."""
+    source = static_source(path)
     if source is not None:
+        if adapter is not None:
+            logger.debug("%s: static queries come from its weight table; adapter %s is not loaded (it changes "
+                         "only the document encoder)", path, adapter)
         return StaticQueryEncoder.load(source)
     from splade_es.model.encoder import SparseEncoder
 

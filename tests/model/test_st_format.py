@@ -11,8 +11,10 @@ those ids are zeroed on the library's side before comparing.
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -51,8 +53,9 @@ def ours_dense(vectors) -> np.ndarray:
 
 
 def to_old_names(directory) -> None:
-    """Rewrite a checkpoint as sentence-transformers 5.x wrote it: 5.x type names, and
-    max_seq_length / do_lower_case in sentence_bert_config.json."""
+    """Rewrite a checkpoint as sentence-transformers 5.x wrote it: 5.x type names,
+    max_seq_length / do_lower_case in sentence_bert_config.json, and SpladePooling's dimension
+    as word_embedding_dimension."""
     for name in ("modules.json", "router_config.json"):
         path = directory / name
         if path.is_file():
@@ -63,31 +66,45 @@ def to_old_names(directory) -> None:
     for config in directory.rglob("sentence_bert_config.json"):
         tokenizer = json.loads((config.parent / "tokenizer_config.json").read_text())
         config.write_text(json.dumps({"max_seq_length": tokenizer["model_max_length"], "do_lower_case": False}))
+    vocab_size = next(config["vocab_size"] for config in map(json.loads, map(Path.read_text, directory.rglob("config.json")))
+                      if "vocab_size" in config)
+    for pooling in directory.rglob("*SpladePooling/config.json"):
+        config = json.loads(pooling.read_text())
+        del config["embedding_dimension"]
+        pooling.write_text(json.dumps({**config, "word_embedding_dimension": vocab_size}))
 
 
-def save_st_mlm(tiny_bert_dir, out, pooling="max", activation="relu", max_seq_length=16):
+def save_st_mlm(tiny_bert_dir, out, pooling="max", activation="relu", max_seq_length=16, **transformer):
     model = StSparseEncoder(modules=[Transformer(str(tiny_bert_dir), transformer_task="fill-mask",
-                                                 max_seq_length=max_seq_length),
+                                                 max_seq_length=max_seq_length, **transformer),
                                      SpladePooling(pooling_strategy=pooling, activation_function=activation)])
     model.save(str(out))
     return out
 
 
-def save_st_router(tiny_bert_dir, out, max_seq_length=16):
+def save_st_router(tiny_bert_dir, out, max_seq_length=16, **transformer):
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_bert_dir)
     weights = torch.rand(len(tokenizer), generator=torch.Generator().manual_seed(3)) * 2
     router = Router.for_query_document(
         query_modules=[SparseStaticEmbedding(tokenizer=tokenizer, weight=weights)],
-        document_modules=[Transformer(str(tiny_bert_dir), transformer_task="fill-mask", max_seq_length=max_seq_length),
+        document_modules=[Transformer(str(tiny_bert_dir), transformer_task="fill-mask", max_seq_length=max_seq_length,
+                                      **transformer),
                           SpladePooling("max")])
     StSparseEncoder(modules=[router], similarity_fn_name="dot").save(str(out))
     return out
 
 
-def assert_same_vectors(ours: SparseEncoder, st_path, texts=TEXTS) -> None:
+def assert_same_vectors(ours, st_path, texts=TEXTS) -> None:
+    """``ours``: a SparseEncoder, or a StaticQueryEncoder (then queries only)."""
     library = StSparseEncoder(str(st_path), device="cpu")
+    if isinstance(ours, StaticQueryEncoder):
+        expected = st_dense(library.encode_query(texts, convert_to_tensor=True), ours.tokenizer.all_special_ids,
+                            ours.vocab_size)
+        assert np.count_nonzero(expected) > 5
+        np.testing.assert_allclose(ours_dense(ours.encode_queries(texts, pruning=ALL)), expected, atol=1e-5, rtol=0)
+        return
     special = set(ours.tokenizer.all_special_ids)
     expected_docs = st_dense(library.encode_document(texts, convert_to_tensor=True), special, ours.vocab_size)
     expected_queries = st_dense(library.encode_query(texts, convert_to_tensor=True), special, ours.vocab_size)
@@ -219,3 +236,114 @@ def test_a_hub_id_of_a_sparse_encoder_loads_its_snapshot(tiny_bert_dir, tmp_path
     ours = SparseEncoder.from_pretrained("someone/doc-only-sparse", device="cpu")
     assert ("someone/doc-only-sparse", "modules.json") in asked and ours.config.static_queries
     assert_same_vectors(ours, snapshot)
+
+
+@pytest.mark.parametrize("layout,transformer,max_length", [
+    ("router", {"document_length": 6}, 6),  # the document route's length; queries never reach it
+    ("router", {"document_length": 6, "query_length": 9}, 6),
+    ("mlm", {"document_length": 6, "query_length": 6}, 6),
+    ("mlm", {"document_length": 5, "query_length": 9, "processing_kwargs": {"text": {"max_length": 7}}}, 7),
+])
+def test_document_and_query_lengths_cut_like_the_library(tiny_bert_dir, tmp_path, layout, transformer, max_length):
+    save = save_st_router if layout == "router" else save_st_mlm
+    path = save(tiny_bert_dir, tmp_path / "st", **transformer)
+    assert set(transformer) <= set(json.loads(next(path.rglob("sentence_bert_config.json")).read_text()))
+    ours = SparseEncoder.from_pretrained(str(path), device="cpu")
+    assert ours.config.max_length == max_length
+    assert_same_vectors(ours, path)  # the short texts fit every length here, the long one is cut
+
+
+@pytest.mark.parametrize("edit,names", [
+    ({"document_length": 6}, "query_length / document_length"),  # queries would keep 16 tokens, documents 6
+    ({"processing_kwargs": {"text": {"truncation": False}}}, "processing_kwargs text.truncation"),
+    ({"processing_kwargs": {"common": {"max_length": 8}}}, "processing_kwargs common.max_length"),
+    ({"query_expansion": {"strategy": "fixed", "length": 32}}, "query_expansion"),
+    ({"modality_config": {"text": {"method": "forward", "method_output_name": "hidden_states"}}}, "modality_config"),
+    ({"tokenizer_args": {"model_max_length": 8}}, "unknown key(s) tokenizer_args"),
+    ({"do_lower_case": "yes"}, "do_lower_case"),
+    ({"document_length": 0, "query_length": 0}, "query_length must be a positive integer"),
+])
+def test_a_setting_splade_es_cannot_follow_is_refused_by_file_and_key(tiny_bert_dir, tmp_path, edit, names):
+    path = save_st_mlm(tiny_bert_dir, tmp_path / "st")
+    config = path / "sentence_bert_config.json"
+    config.write_text(json.dumps({**json.loads(config.read_text()), **edit}))
+    with pytest.raises(ModelLoadError, match=re.escape(names)) as error:
+        SparseEncoder.from_pretrained(str(path), device="cpu")
+    assert str(error.value).startswith(str(config)) and "\n" not in str(error.value)
+
+
+def test_an_unknown_pooling_key_is_refused(tiny_bert_dir, tmp_path):
+    path = save_st_mlm(tiny_bert_dir, tmp_path / "st")
+    pooling = path / "1_SpladePooling" / "config.json"
+    pooling.write_text(json.dumps({**json.loads(pooling.read_text()), "temperature": 2.0}))
+    with pytest.raises(ModelLoadError, match=re.escape(f"{pooling}: unknown key(s) temperature")):
+        SparseEncoder.from_pretrained(str(path), device="cpu")
+
+
+def cased_copy(tiny_bert_dir, out):
+    """The tiny model with a tokenizer that keeps case (upper-case words are [UNK] to it)."""
+    from transformers import BertTokenizer
+
+    shutil.copytree(tiny_bert_dir, out)
+    BertTokenizer(str(out / "vocab.txt"), do_lower_case=False).save_pretrained(out)
+    return out
+
+
+CASED_TEXTS = ["FLOW over the Wing", "the boundary LAYER", "Shock wave"]
+
+
+def test_static_queries_are_cased_as_the_library_cases_them(tiny_bert_dir, tmp_path):
+    """Reading: the documents are lower-cased (do_lower_case) but the SparseStaticEmbedding's own
+    tokenizer keeps case, so the library's query misses 'FLOW'; splade-es must miss it too."""
+    cased = cased_copy(tiny_bert_dir, tmp_path / "cased")
+    path = save_st_router(cased, tmp_path / "st")
+    to_old_names(path)
+    (path / "document_0_Transformer" / "sentence_bert_config.json").write_text(
+        json.dumps({"max_seq_length": 16, "do_lower_case": True}))
+    ours = SparseEncoder.from_pretrained(str(path), device="cpu")
+    assert ours.config.lowercase and not ours.static_queries.lowercase
+    assert "flow" not in ours.encode_queries("FLOW", pruning=ALL).to_features()
+    assert "flow" in ours.encode_documents("FLOW", pruning=ALL).to_features()
+    assert_same_vectors(ours, path, CASED_TEXTS)
+
+
+def test_a_written_router_lower_cases_queries_in_the_library_too(tiny_bert_dir, tmp_path):
+    """Writing: a lower-casing splade-es bundle's query route lower-cases in the library as well."""
+    cased = cased_copy(tiny_bert_dir, tmp_path / "cased")
+    ours = SparseEncoder.from_pretrained(str(cased), device="cpu")
+    ours.config = replace(ours.config, lowercase=True)
+    weights = torch.rand(ours.vocab_size, generator=torch.Generator().manual_seed(5)) + 0.1
+    ours.use_static_queries(StaticQueryEncoder(ours.tokenizer, weights, ours.config))
+    assert {"flow", "wing"} <= set(ours.encode_queries("FLOW WING", pruning=ALL).to_features())
+    bundle = ours.save_pretrained(tmp_path / "bundle")
+    assert_same_vectors(ours, bundle, CASED_TEXTS)
+    again = SparseEncoder.from_pretrained(str(bundle), device="cpu")
+    assert again.config == ours.config
+    assert_same_vectors(again, bundle, CASED_TEXTS)
+
+
+def test_special_ids_weigh_nothing_in_a_written_table(tiny_bert_dir, tmp_path):
+    """The library looks a query's [UNK] up in the table: it must find 0 there, as splade-es drops it."""
+    ours = SparseEncoder.from_pretrained(str(tiny_bert_dir), device="cpu")
+    ours.use_static_queries(StaticQueryEncoder(ours.tokenizer, torch.ones(ours.vocab_size), ours.config))
+    bundle = ours.save_pretrained(tmp_path / "bundle")
+    library = StSparseEncoder(str(bundle), device="cpu")
+    vector = library.encode_query(["flow € wing"], convert_to_tensor=True).to_dense()[0]
+    assert ours.tokenizer.tokenize("flow € wing") == ["flow", "[UNK]", "wing"]
+    assert torch.count_nonzero(vector) == 2 and float(vector[ours.tokenizer.unk_token_id]) == 0
+
+
+def test_a_hub_id_of_a_doc_only_router_answers_queries_without_the_backbone(tiny_bert_dir, tmp_path, monkeypatch):
+    import huggingface_hub
+
+    from splade_es.model.static import load_query_encoder
+
+    snapshot = save_st_router(tiny_bert_dir, tmp_path / "snapshot")
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", lambda repo, name: str(snapshot / name))
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", lambda repo: str(snapshot))
+    for loader in ("splade_es.model.backbone.load_model", "transformers.AutoModelForMaskedLM.from_pretrained"):
+        monkeypatch.setattr(loader, lambda *args, **kwargs: pytest.fail("the backbone was loaded"))
+    queries = load_query_encoder("someone/doc-only-sparse")
+    monkeypatch.undo()  # the library's own load below needs its model
+    assert isinstance(queries, StaticQueryEncoder)
+    assert_same_vectors(queries, snapshot)

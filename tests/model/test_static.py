@@ -91,3 +91,51 @@ def test_a_static_bundle_without_its_table_is_one_clear_line(tiny_mistral_dir, t
     (bundle / WEIGHTS_NAME).unlink()
     with pytest.raises(ModelLoadError, match=f"{WEIGHTS_NAME}: missing"):
         load_query_encoder(str(bundle))
+
+
+QUERY = "lift of the wing"
+
+
+@pytest.fixture(scope="module")
+def static_echo(tiny_mistral_dir, lora_adapter_dir, tmp_path_factory):
+    """A static decoder bundle (our format), and its query vector loaded with and without the adapter
+    (built before a test's ``no_backbone`` applies: module fixtures come first)."""
+    full = SparseEncoder.from_pretrained(str(tiny_mistral_dir), device="cpu")
+    full.use_static_queries(corpus_idf(str(tiny_mistral_dir), iter(["the wing", "lift of a cone"]))[0])
+    bundle = full.save_pretrained(tmp_path_factory.mktemp("static-echo") / "bundle")
+    adapted = SparseEncoder.from_pretrained(str(bundle), adapter=str(lora_adapter_dir), device="cpu")
+    assert adapted.backbone.is_peft
+    return bundle, full.encode_queries(QUERY).to_dict(), adapted.encode_queries(QUERY).to_dict()
+
+
+def test_a_static_bundle_given_as_a_hub_id_never_loads_its_backbone(static_echo, monkeypatch, no_backbone):
+    """Our format on the hub: the config, table and tokenizer are fetched alone. No hub here: the
+    download calls answer from a local snapshot and the tokenizer's repo id maps onto it."""
+    import huggingface_hub
+    from huggingface_hub.utils import EntryNotFoundError
+    from transformers import AutoTokenizer
+
+    snapshot, expected, _ = static_echo
+    fetched = []
+
+    def download(repo_id, filename, **kwargs):
+        if repo_id != "someone/static-echo" or not (snapshot / filename).is_file():
+            raise EntryNotFoundError(f"{repo_id}/{filename}")
+        fetched.append(filename)
+        return str(snapshot / filename)
+
+    tokenizer = AutoTokenizer.from_pretrained
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", download)
+    monkeypatch.setattr(AutoTokenizer, "from_pretrained", lambda name, **kw: tokenizer(
+        str(snapshot) if name == "someone/static-echo" else name, **kw))
+    queries = load_query_encoder("someone/static-echo")
+    assert isinstance(queries, StaticQueryEncoder) and WEIGHTS_NAME in fetched and "model.safetensors" not in fetched
+    assert queries.encode_queries(QUERY).to_dict() == expected
+
+
+def test_an_adapter_does_not_stop_static_queries(static_echo, lora_adapter_dir, no_backbone):
+    """The adapter changes documents only: the table answers, as the full model with the adapter does."""
+    bundle, expected, adapted = static_echo
+    queries = load_query_encoder(str(bundle), adapter=str(lora_adapter_dir))
+    assert isinstance(queries, StaticQueryEncoder)
+    assert queries.encode_queries(QUERY).to_dict() == expected == adapted

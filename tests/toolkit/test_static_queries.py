@@ -5,16 +5,24 @@ from __future__ import annotations
 
 import json
 import uuid
+from dataclasses import replace
 
 import numpy as np
 import pytest
+import torch
 from click.testing import CliRunner
 
-from splade_es.model import SparseEncoder
-from splade_es.model.static import StaticQueryEncoder, load_query_encoder
+from splade_es.errors import ModelLoadError
+from splade_es.io.corpus import read_corpus, resolve_corpus
+
+from splade_es.model import SparseEncoder, st_format
+from splade_es.model.config import SpladeConfig
+from splade_es.model.static import (WEIGHTS_NAME, StaticQueryEncoder, corpus_idf, load_query_encoder, read_weights,
+                                    write_weights)
 from splade_es.toolkit.cli import main
 from splade_es.toolkit.engines.connect import connect
 from tests.conftest import SHARED_DATA, engine_url
+from tests.model.test_st_format import assert_same_vectors, save_st_router
 
 SUBSET_DOCS = 300  # the first Cranfield documents: enough for exact rankings, fast to encode and index
 QUERIES = ["boundary layer transition on a flat plate", "heat transfer at supersonic speed", "lift of a wing body"]
@@ -47,7 +55,6 @@ def bundle(tmp_path_factory, tiny_bert_dir):
 
 @pytest.fixture(scope="module")
 def doc_vectors(bundle, cranfield) -> dict[str, dict[str, float]]:
-    from splade_es.io.corpus import read_corpus, resolve_corpus
 
     documents = list(read_corpus(resolve_corpus(cranfield, None, None)))
     encoder = SparseEncoder.from_pretrained(str(bundle), device="cpu")
@@ -135,3 +142,62 @@ def test_idf_bad_corpus_is_one_line_with_file_and_line(bundle, tmp_path):
     result = CliRunner().invoke(main, ["idf", "--model", str(bundle), "--corpus", str(corpus), "--output",
                                        str(tmp_path / "out")])
     assert result.exit_code == 1 and f"{corpus}:2" in result.output and not (tmp_path / "out").exists()
+
+
+def test_idf_in_place_keeps_a_bundle_the_library_reads_alike(static_bundle):
+    """The masked LM + SpladePooling bundle became a Router: sentence-transformers' encode_query
+    uses the table too, and the documents (whose vectors the index holds) did not change."""
+    modules = json.loads((static_bundle / "modules.json").read_text())
+    assert [m["type"].rsplit(".", 1)[-1] for m in modules] == ["Router"] and not (static_bundle / WEIGHTS_NAME).exists()
+    static = load_query_encoder(str(static_bundle))
+    assert isinstance(static, StaticQueryEncoder)
+    assert_same_vectors(static, static_bundle, QUERIES)
+
+
+def test_idf_in_place_documents_are_unchanged(static_bundle, doc_vectors, cranfield):
+    documents = list(read_corpus(resolve_corpus(cranfield, None, None)))[:20]
+    encoder = SparseEncoder.from_pretrained(str(static_bundle), device="cpu")
+    assert [v.to_features() for v in encoder.encode_documents([d.text for d in documents])] == \
+        [doc_vectors[d.id] for d in documents]
+    assert_same_vectors(encoder, static_bundle, QUERIES)
+
+
+def test_idf_in_place_on_a_router_writes_into_its_static_module(tiny_bert_dir, cranfield, tmp_path):
+    router = save_st_router(tiny_bert_dir, tmp_path / "router")
+    table = router / "query_0_SparseStaticEmbedding" / st_format.STATIC_WEIGHTS_NAME
+    (router / WEIGHTS_NAME).write_bytes(b"left by an earlier release")
+    before = read_weights(table)
+    _ok(CliRunner().invoke(main, ["idf", "--model", str(router), "--corpus", str(cranfield)]))
+    expected = corpus_idf(str(router), (d.text for d in read_corpus(resolve_corpus(cranfield, None, None))))[0]
+    after = read_weights(table)
+    assert after.shape == before.shape and not (router / WEIGHTS_NAME).exists()
+    assert float((after - expected.table(after.shape[0])).abs().max()) < 1e-6 and after[0] == 0  # [PAD]
+    static = load_query_encoder(str(router))
+    assert isinstance(static, StaticQueryEncoder)
+    assert_same_vectors(static, router, QUERIES)
+
+
+def test_idf_in_place_that_fails_leaves_the_bundle_as_it_was(tiny_bert_dir, cranfield, tmp_path, monkeypatch):
+    bundle = SparseEncoder.from_pretrained(str(tiny_bert_dir), device="cpu").save_pretrained(tmp_path / "bundle")
+    files = {p.relative_to(bundle): p.read_bytes() for p in bundle.rglob("*") if p.is_file()}
+
+    def disk_full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(st_format, "_write_router", disk_full)
+    result = CliRunner().invoke(main, ["idf", "--model", str(bundle), "--corpus", str(cranfield)])
+    assert result.exit_code != 0
+    assert {p.relative_to(bundle): p.read_bytes() for p in bundle.rglob("*") if p.is_file()} == files
+    assert [p.name for p in tmp_path.iterdir()] == ["bundle"], "no staging directory left behind"
+
+
+def test_a_bundle_static_by_config_only_is_refused_until_idf_rewrites_it(tiny_bert_dir, cranfield, tmp_path):
+    """What 'idf' in place used to write: the library ran the masked LM on queries, splade-es the table."""
+    bundle = SparseEncoder.from_pretrained(str(tiny_bert_dir), device="cpu").save_pretrained(tmp_path / "bundle")
+    write_weights(bundle / WEIGHTS_NAME, torch.ones(64))
+    replace(SpladeConfig.load(bundle), query_encoder="static").save(bundle)
+    with pytest.raises(ModelLoadError, match="run 'splade-es idf' on it again") as error:
+        load_query_encoder(str(bundle))
+    assert "\n" not in str(error.value)
+    _ok(CliRunner().invoke(main, ["idf", "--model", str(bundle), "--corpus", str(cranfield)]))
+    assert isinstance(load_query_encoder(str(bundle)), StaticQueryEncoder)

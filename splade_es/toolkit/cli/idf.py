@@ -29,8 +29,12 @@ def idf(model_path: str, corpus: str, id_field: str | None, text_fields: str | N
     0.5)) (BM25's IDF over the N documents; df counts the documents holding the token), then
     the bundle's query pruning. Documents are still encoded by the model, so the index is
     unchanged: an index built with this bundle keeps answering it. 'splade-es search' and
-    'eval' then load only the tokenizer and the table. In place the bundle gets
-    query_weights.safetensors and "query_encoder": "static" in splade_config.json.
+    'eval' then load only the tokenizer and the table. In place, a splade-es bundle gets
+    query_weights.safetensors and "query_encoder": "static" in splade_config.json; a
+    sentence-transformers directory stays one that sentence-transformers reads alike: a
+    masked LM + SpladePooling becomes a Router whose query route is a SparseStaticEmbedding
+    (its files move unchanged into the document route), a Router's SparseStaticEmbedding gets
+    the table. The bundle is rewritten only once the corpus has been read.
 
     \b
     Examples:
@@ -45,8 +49,7 @@ def idf(model_path: str, corpus: str, id_field: str | None, text_fields: str | N
     texts = (record.text for record in read_corpus(source) if isinstance(record, Document))
     static, documents = corpus_idf(model_path, texts)
     if output is None:
-        static.save(model_path)
-        written = model_path
+        written = str(static.save(model_path))
     else:
         encoder = load_encoder(model_path, device="cpu")
         encoder.use_static_queries(static)
