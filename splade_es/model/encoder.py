@@ -129,7 +129,8 @@ class SparseEncoder:
         """
         target = Path(directory).expanduser()
         target.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+        # Inside an existing bundle (the same file system as what it replaces), beside a new one.
+        staging = Path(tempfile.mkdtemp(prefix=".splade-es-staging.", dir=target if target.is_dir() else target.parent))
         try:
             self._write(staging)
             if not target.exists():

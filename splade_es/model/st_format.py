@@ -17,6 +17,7 @@ with the 5.x names, which every sentence-transformers release from 5.0 on reads.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -375,17 +376,25 @@ def add_static_queries(root: Path, static) -> None:
     if layout.document_dir != root:
         raise ModelLoadError(f"{root}: only a masked LM saved at the bundle's root, or a Router with a static query "
                              "route, takes a table in place: write a new bundle with --output")
-    staging = Path(tempfile.mkdtemp(prefix=f".{root.name}.", dir=root.parent))
+    # Staged inside the bundle (a hidden folder): the same file system, so links and renames work
+    # even when the bundle is a mount of its own.
+    staging = Path(tempfile.mkdtemp(prefix=".splade-es-staging.", dir=root))
     try:
         stay = {MODULES_NAME, ST_CONFIG_NAME, CONFIG_NAME, WEIGHTS_NAME, README_NAME, layout.pooling_dir.name}
-        moved = [item for item in root.iterdir() if item.name not in stay and not item.name.startswith(".")]
+        # Router entries left at the root by a rewrite that died part-way are replaced, never moved.
+        leftovers = [root / name for name in _ROUTER_ENTRIES if name not in stay]
+        moved = [item for item in root.iterdir()
+                 if item.name not in stay and item.name not in _ROUTER_ENTRIES and not item.name.startswith(".")]
         for item in moved:
             _link(item, staging / DOCUMENT_DIR / item.name)
         _link(layout.pooling_dir, staging / DOCUMENT_POOLING_DIR)
         _write_router(staging, static)
         _write_json(staging / MODULES_NAME, _ROUTER_MODULES)
         replace(layout.config, query_encoder="static").save(staging)
-        commit_staged(staging, root, [*moved, layout.pooling_dir, root / WEIGHTS_NAME])
+        commit_staged(staging, root, [*moved, *leftovers, layout.pooling_dir, root / WEIGHTS_NAME])
+    except OSError as exc:
+        raise ModelLoadError(f"{root}: could not rewrite the bundle in place ({exc.strerror or exc}); "
+                             "write a new bundle with --output") from None
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 
@@ -407,16 +416,22 @@ def _link(source: Path, target: Path) -> None:
 
 def commit_staged(staging: Path, target: Path, stale: Iterable[Path]) -> None:
     """Move everything in ``staging`` into ``target``, ``modules.json`` last (what sentence-transformers
-    loads follows it), then remove the ``stale`` entries nothing replaced."""
+    loads follows it), then remove the ``stale`` entries nothing replaced. A file is replaced in one
+    rename (no moment without it); a directory is removed first, which ``os.replace`` requires."""
+    if os.stat(staging).st_dev != os.stat(target).st_dev:
+        raise OSError(errno.EXDEV, f"{staging} and {target} are on different file systems")
     written = {item.name for item in staging.iterdir()}
     for item in sorted(staging.iterdir(), key=lambda item: item.name == MODULES_NAME):
-        remove_entry(target / item.name)  # os.replace cannot replace a directory
+        if item.is_dir() or (target / item.name).is_dir():
+            remove_entry(target / item.name)
         os.replace(item, target / item.name)
     for path in stale:
         if path.name not in written:
             remove_entry(path)
 
 
+# What a Router adds at a bundle's root besides modules.json and the configs.
+_ROUTER_ENTRIES = (ROUTER_CONFIG_NAME, QUERY_DIR, DOCUMENT_DIR, DOCUMENT_POOLING_DIR)
 # Everything a layout may have written at a bundle's root; replaced together when saving over one.
 LAYOUT_ENTRIES = (MODULES_NAME, ST_CONFIG_NAME, SBERT_CONFIG_NAME, ROUTER_CONFIG_NAME, "1_SpladePooling", QUERY_DIR,
                   DOCUMENT_DIR, DOCUMENT_POOLING_DIR)

@@ -4,8 +4,10 @@ with the same exact query forms on every engine (Elasticsearch has no doc-only m
 from __future__ import annotations
 
 import json
+import os
 import uuid
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -189,6 +191,33 @@ def test_idf_in_place_that_fails_leaves_the_bundle_as_it_was(tiny_bert_dir, cran
     assert result.exit_code != 0
     assert {p.relative_to(bundle): p.read_bytes() for p in bundle.rglob("*") if p.is_file()} == files
     assert [p.name for p in tmp_path.iterdir()] == ["bundle"], "no staging directory left behind"
+
+
+def test_idf_in_place_that_dies_mid_commit_is_refused_then_repaired_by_a_rerun(tiny_bert_dir, cranfield, tmp_path,
+                                                                                 monkeypatch):
+    """A rewrite that stops after the Router's entries and splade_config.json are in, before modules.json:
+    loading refuses in one line (never silently the wrong queries); rerunning idf gives the library's
+    vectors, with the half-written Router entries replaced rather than nested in the document route."""
+    bundle = SparseEncoder.from_pretrained(str(tiny_bert_dir), device="cpu").save_pretrained(tmp_path / "bundle")
+    real_replace = os.replace
+
+    def dies_at_modules(source, target):
+        if Path(target).name == "modules.json":
+            raise OSError(5, "Input/output error")
+        real_replace(source, target)
+
+    monkeypatch.setattr(st_format.os, "replace", dies_at_modules)
+    died = CliRunner().invoke(main, ["idf", "--model", str(bundle), "--corpus", str(cranfield)])
+    assert died.exit_code == 1 and "could not rewrite the bundle in place (Input/output error)" in died.output
+    assert "Traceback" not in died.output and len(died.output.strip().splitlines()) == 1
+    assert (bundle / "router_config.json").exists() and not any(p.name.startswith(".") for p in bundle.iterdir())
+    with pytest.raises(ModelLoadError, match="run 'splade-es idf' on it again"):
+        load_query_encoder(str(bundle))
+    monkeypatch.setattr(st_format.os, "replace", real_replace)
+    _ok(CliRunner().invoke(main, ["idf", "--model", str(bundle), "--corpus", str(cranfield)]))
+    assert_same_vectors(load_query_encoder(str(bundle)), bundle, QUERIES)
+    nested = [p for p in (bundle / st_format.DOCUMENT_DIR).iterdir() if p.name in st_format._ROUTER_ENTRIES]
+    assert not nested, nested
 
 
 def test_a_bundle_static_by_config_only_is_refused_until_idf_rewrites_it(tiny_bert_dir, cranfield, tmp_path):
