@@ -17,7 +17,7 @@ from splade_es.trainer.static_queries import training_documents
 from trainer.conftest import tiny_config
 
 
-@pytest.mark.parametrize("mode", ["mlm", "echo"])
+@pytest.mark.parametrize("mode", ["mlm", "echo", "causal", "bidirectional"])
 def test_the_query_table_trains_from_idf_with_flops_on_documents_only(tmp_path, tiny_bert_dir, tiny_mistral_dir,
                                                                        cranfield_pairs, mode):
     backbone = tiny_bert_dir if mode == "mlm" else tiny_mistral_dir
