@@ -137,12 +137,17 @@ def test_a_503_goes_to_the_next_node(nodes):
     assert nodes[0].counts <= 2 and nodes[1].counts + nodes[2].counts == 6
 
 
-def test_one_url_keeps_no_client_retry(nodes):
+def test_one_url_keeps_no_client_retry_and_the_pool_stays_silent(nodes, caplog):
     engine = connect(nodes[0].url)
     nodes[0].status = 503
-    with pytest.raises(EngineError) as failure:
+    with caplog.at_level(logging.WARNING, logger="splade_es"), pytest.raises(EngineError) as failure:
         engine.count("docs")
     assert failure.value.status == 503 and nodes[0].counts == 1
+    nodes[0].status = 200
+    with caplog.at_level(logging.WARNING, logger="splade_es"):
+        _count(engine, 2)
+    # No "other nodes" to send it to: the caller's one-line error is the whole story.
+    assert not [r.getMessage() for r in caplog.records if r.name == "splade_es"]
 
 
 def test_a_node_down_at_the_start_is_reported_and_kept(nodes, caplog):

@@ -32,7 +32,8 @@ def failover_options(urls: Sequence[str]) -> dict[str, Any]:
 
 class ReportsDeadNodes:
     """A node pool mixin: one warning when a node starts failing, one when it answers again,
-    instead of the clients' per-request tracebacks."""
+    instead of the clients' per-request tracebacks. With a single node there is nowhere else to
+    go: the caller's own error says what failed, so the pool stays silent."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -45,7 +46,7 @@ class ReportsDeadNodes:
         with self._lock:
             first = name not in self._down
             self._down.add(name)
-        if first:
+        if first and self._nodes() > 1:
             _log.warning("%s failed: its requests go to the other nodes (it is tried again after %.0fs, "
                          "then less often)", name, DEAD_NODE_BACKOFF)
 
@@ -55,7 +56,13 @@ class ReportsDeadNodes:
         if name in self._down:
             with self._lock:
                 self._down.discard(name)
-            _log.warning("%s answers again", name)
+            if self._nodes() > 1:
+                _log.warning("%s answers again", name)
+
+    def _nodes(self) -> int:
+        """How many nodes the pool holds (sniffed ones included): elastic-transport's ``all()``,
+        opensearch-py's ``orig_connections``."""
+        return len(self.all()) if hasattr(self, "all") else len(getattr(self, "orig_connections", ()))
 
 
 def node_url(node: Any) -> str:
