@@ -25,13 +25,13 @@ from pathlib import Path
 from splade_es.io.corpus import read_corpus, resolve_corpus
 from splade_es.toolkit.engines.connect import connect
 from splade_es.toolkit.engines.node import LocalNode
+from splade_cli import CLI
 
 RESULTS = Path(__file__).parent / "results"
 
 
 def _cli(*args: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "splade_es.toolkit.cli", *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen([*CLI, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
 def main() -> None:
