@@ -187,10 +187,10 @@ class LocalEngine(Engine):
             raise EngineError(f"Result window is too large, from + size must be less than or equal to "
                               f"[{MAX_RESULT_WINDOW}] but was [{size + offset}]", 400)
         includes = _includes(body.get("_source", True))
-        candidates: list[tuple[float, str, dict[str, Any]]] = []
-        approximate = False
+        candidates: list[tuple[float, str, int]] = []
+        approximate, opened = False, {}
         for name in self._resolve(index):
-            data = self._data(name)
+            data = opened[name] = self._data(name)  # the same snapshot scores and returns the hits
             vector = None if "rescore" in body else _vector_only(data, body.get("query"))
             if vector is not None and data.settings["sparse_backend"] == "seismic":
                 order, found = data.seismic(vector[0]).search(vector[1], offset + size)
@@ -206,10 +206,12 @@ class LocalEngine(Engine):
                     order = _rescored(data, scores, rows, body["rescore"], offset + size)
                 else:
                     order = _ranked(rows, scores, offset + size)
-            candidates += [(float(scores[r]), name, data.row(int(r))) for r in order[: offset + size]]
+            candidates += [(float(scores[r]), name, int(r)) for r in order[: offset + size]]
         candidates.sort(key=lambda c: -c[0])
-        for score, name, (doc_id, source) in candidates[offset: offset + size]:
-            hits.append({"_index": name, "_id": doc_id, "_score": score, "_source": _select(source, includes)})
+        for score, name, row in candidates[offset: offset + size]:  # only returned hits touch the log
+            data = opened[name]
+            source = _select(data.row(row)[1], includes) if includes != [] else None
+            hits.append({"_index": name, "_id": data.ids[row], "_score": score, "_source": source})
         took = round((time.perf_counter() - started) * 1000, 3)  # milliseconds, like the engines' "took"
         return {"took": took, "timed_out": False, "hits": {"total": {"value": total,
                                                                   "relation": "gte" if approximate else "eq"},
