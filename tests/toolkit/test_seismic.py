@@ -120,3 +120,30 @@ def test_bad_backend_settings_are_refused(tmp_path, backend, parameters, message
         engine.set_sparse_backend("vec", backend, **parameters)
     assert str(caught.value) == message or str(caught.value).startswith(message)
     assert caught.value.status == 400
+
+
+def test_a_field_past_65536_features_builds_the_u32_index_and_stays_exact(tmp_path):
+    """More distinct features than SeismicIndex's u16 component ids: the LV (u32) index is built,
+    saved, loaded, and at exhaustive settings answers the exact top k, ids above 65,535 included."""
+    import scipy.sparse as sp
+
+    rng = np.random.default_rng(3)
+    docs, columns = 300, seismic_backend.U16_COMPONENTS + 4_464
+    rows = np.repeat(np.arange(docs), 20)
+    cols = np.concatenate([rng.choice(np.arange(columns - 2_000, columns) if d % 2 else np.arange(columns),
+                                      size=20, replace=False) for d in range(docs)])
+    matrix = sp.csc_matrix((rng.integers(1, 257, rows.size) / 64, (rows, cols)), shape=(docs, columns))
+    parameters = seismic_backend.check_parameters(EXHAUSTIVE)
+    built = seismic_backend.SeismicField.build(matrix, "rf", parameters)
+    assert type(built.index).__name__ == "SeismicIndexLV"
+    built.save(tmp_path / "rf")
+    loaded = seismic_backend.SeismicField.load(tmp_path / "rf", True, parameters)
+    dense = matrix.toarray()
+    for _ in range(20):
+        query_cols = rng.choice(np.unique(cols[cols >= seismic_backend.U16_COMPONENTS]), size=6, replace=False)
+        query = {int(c): float(rng.integers(1, 9)) / 8 for c in query_cols}
+        exact = dense[:, list(query)] @ np.array(list(query.values()))
+        want = np.sort(exact)[::-1][:10]
+        found, scores = loaded.search(query, 10)
+        assert scores == pytest.approx(want[want > 0][:len(scores)], abs=1e-9) and len(scores) == (want > 0).sum()
+        assert np.allclose(exact[found], scores)
