@@ -274,3 +274,27 @@ def test_only_the_returned_hits_read_the_log_and_no_source_reads_none(tmp_path, 
     bare = engine.search("both", {"query": query, "size": 1000, "_source": False})["hits"]["hits"]
     assert len(bare) == 60 and reads == [] and all(hit["_source"] is None for hit in bare)
     assert [hit["_id"] for hit in bare[:3]] == ["d29", "e29", "d28"]
+
+
+def test_bm25_statistics_are_cached_with_the_index_and_rebuilt_when_the_log_grows(tmp_path, monkeypatch):
+    """A new process scores text from cached arrays, not by analysing every source again; the
+    scores are the same, and a grown log is read again."""
+    from splade_es.toolkit.engines import local
+
+    engine = LocalEngine(tmp_path)
+    engine.create_index("txt", {"mappings": {"properties": {"text": ENGLISH}}})
+    assert engine.bulk("txt", [(d, {"text": doc["text"]}) for d, doc in DOCS.items()] + [("e", {"text": ""})]) == []
+    query = {"match": {"text": "wing of the boundary layer"}}
+    first = engine.search("txt", {"query": query})["hits"]["hits"]
+
+    def no_sources(*_):
+        raise AssertionError("the sources were analysed again although the cache matches the log")
+
+    monkeypatch.setattr(local._IndexData, "sources", no_sources)
+    again = LocalEngine(tmp_path).search("txt", {"query": query})["hits"]["hits"]
+    assert [(h["_id"], h["_score"]) for h in again] == [(h["_id"], h["_score"]) for h in first]
+    assert [h["_id"] for h in first] == ["c", "a"]
+    monkeypatch.undo()
+    assert engine.bulk("txt", [("f", {"text": "boundary layer of a wing, the wing"})]) == []
+    grown = LocalEngine(tmp_path).search("txt", {"query": query})["hits"]["hits"]
+    assert grown[0]["_id"] == "f" and len(grown) == 3

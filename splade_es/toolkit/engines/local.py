@@ -399,8 +399,16 @@ class _IndexData:
         return self._seismic[field_name]
 
     def bm25(self, field_name: str) -> BM25:
+        """The field's BM25 statistics: cached like a vector matrix, since analysing every text
+        again would cost each new process minutes at a million documents."""
         if field_name not in self._bm25:
-            self._bm25[field_name] = BM25(_text(s.get(field_name)) for s in self.sources())
+            name = f"bm25-{_safe(field_name)}"
+            cached = self._load(name)
+            if cached is None:
+                self._bm25[field_name] = BM25(_text(s.get(field_name)) for s in self.sources())
+                self._save(name, **self._bm25[field_name].arrays())
+            else:
+                self._bm25[field_name] = BM25.from_arrays(cached)
         return self._bm25[field_name]
 
     # ---------------------------------------------------------------- the cache directory
@@ -505,9 +513,10 @@ def _safe(field_name: str) -> str:
 class BM25:
     """Okapi BM25 over one text field (Lucene's formula and defaults)."""
 
-    def __init__(self, texts: Iterable[str], k1: float = 1.2, b: float = 0.75) -> None:
-        self.k1, self.b = k1, b
-        self.terms: dict[str, int] = {}
+    K1, B = 1.2, 0.75
+
+    def __init__(self, texts: Iterable[str]) -> None:
+        terms: dict[str, int] = {}
         indptr, indices, counts = [0], [], []
         lengths = []
         for text in texts:
@@ -515,18 +524,38 @@ class BM25:
             lengths.append(len(tokens))
             bag: dict[int, int] = {}
             for token in tokens:
-                column = self.terms.setdefault(token, len(self.terms))
+                column = terms.setdefault(token, len(terms))
                 bag[column] = bag.get(column, 0) + 1
             indices += bag.keys()
             counts += bag.values()
             indptr.append(len(indices))
-        self.tf = sp.csc_matrix(sp.csr_matrix((np.asarray(counts, dtype=np.float64), indices, indptr),
-                                              shape=(len(lengths), max(len(self.terms), 1))))
-        self.lengths = np.asarray(lengths, dtype=np.float64)
+        tf = sp.csc_matrix(sp.csr_matrix((np.asarray(counts, dtype=np.float64), indices, indptr),
+                                         shape=(len(lengths), max(len(terms), 1))))
+        self._set(terms, tf, np.asarray(lengths, dtype=np.float64))
+
+    def _set(self, terms: dict[str, int], tf: sp.csc_matrix, lengths: np.ndarray) -> None:
+        self.terms, self.tf, self.lengths = terms, tf, lengths
         self.has_field = self.lengths > 0
         self.avg = self.lengths[self.has_field].mean() if self.has_field.any() else 1.0
         self.df = np.diff(self.tf.indptr)
         self.docs = int(self.has_field.sum())
+        self.norm = self.K1 * (1 - self.B + self.B * self.lengths / self.avg)  # per document, not per query
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        """What :meth:`from_arrays` needs, as arrays for the index's cache."""
+        return {"tf": self.tf.data.astype(np.int32), "indices": self.tf.indices, "indptr": self.tf.indptr,
+                "lengths": self.lengths.astype(np.int32),
+                "terms": np.frombuffer(orjson.dumps(list(self.terms)), dtype=np.uint8)}
+
+    @classmethod
+    def from_arrays(cls, arrays: dict[str, np.ndarray]) -> BM25:
+        bm25 = cls.__new__(cls)
+        terms = {term: column for column, term in enumerate(orjson.loads(arrays["terms"].tobytes()))}
+        lengths = arrays["lengths"].astype(np.float64)
+        tf = sp.csc_matrix((arrays["tf"].astype(np.float64), arrays["indices"], arrays["indptr"]),
+                           shape=(lengths.shape[0], max(len(terms), 1)))
+        bm25._set(terms, tf, lengths)
+        return bm25
 
     def score(self, text: str) -> np.ndarray:
         """A ``match`` query: the text analysed, one BM25 clause per token."""
@@ -534,8 +563,7 @@ class BM25:
 
     def score_terms(self, terms: Sequence[str]) -> np.ndarray:
         """BM25 summed over already analysed ``terms`` (a ``term`` query is not analysed)."""
-        scores = np.zeros(self.lengths.shape[0])
-        norm = self.k1 * (1 - self.b + self.b * self.lengths / self.avg)
+        scores, norm = np.zeros(self.lengths.shape[0]), self.norm
         for term in terms:
             column = self.terms.get(term)
             if column is None:
