@@ -185,3 +185,20 @@ def check_compatible(mappings: dict[str, dict[str, Any]], spec: VectorIndexSpec,
             )
         if recorded.get("field") != spec.field:
             raise ConfigError(f"index {index!r} stores vectors in {recorded.get('field')!r}, not {spec.field!r}")
+        changed = _changed_encoding(recorded.get("pruning") or {}, spec.pruning or {})
+        if changed:
+            raise ConfigError(f"index {index!r} holds vectors written with other encoder settings ({changed}): "
+                              "its documents and its record would disagree; write to a new index, or use --alias "
+                              "for a versioned reindex")
+
+
+ENCODING_KEYS = ("top_k", "min_weight", "max_ratio", "chunk_tokens", "chunk_overlap")
+
+
+def _changed_encoding(recorded: dict[str, Any], wanted: dict[str, Any]) -> str:
+    """How two model runs' document pruning and chunking differ ('' when alike). Precomputed
+    vectors (``--vectors``) carry no such promise, so they are not compared."""
+    if "precomputed" in recorded or "precomputed" in wanted:
+        return ""
+    return ", ".join(f"{key} {recorded.get(key)} -> {wanted.get(key)}" for key in ENCODING_KEYS
+                     if recorded.get(key) != wanted.get(key))

@@ -147,12 +147,24 @@ def test_long_documents_in_windows_through_encode_and_ingest(runner, tiny_mistra
     assert pruning["chunk_tokens"] == 24 and pruning["chunk_overlap"] == 6
     other = runner.invoke(main, [*common, "--chunk-tokens", "32", "--resume"])
     assert other.exit_code == 1 and "cannot resume: the layout changed" in other.output
+    for args, change in (([], "chunk_tokens 24 -> None"), (["--chunk-tokens", "24", "--chunk-overlap", "6",
+                                                            "--doc-top-k", "5"], "top_k ")):
+        rewrite = runner.invoke(main, [*common, *args])  # a fresh run into the index: its record would lie
+        assert rewrite.exit_code == 1 and "other encoder settings" in rewrite.output and change in rewrite.output
+    assert engine.get("long", "0")["splade"] == stored
+    again = runner.invoke(main, [*common, "--chunk-tokens", "24", "--chunk-overlap", "6"])
+    assert again.exit_code == 0, again.output
 
     for args, message in ((["--chunk-overlap", "4"], "--chunk-overlap goes with --chunk-tokens"),
                           (["--chunk-tokens", "999"], "chunk_tokens must be 1..256"),
-                          (["--chunk-tokens", "8", "--chunk-overlap", "8"], "chunk_overlap must be 0..7")):
+                          (["--chunk-tokens", "8", "--chunk-overlap", "8"],
+                           "--chunk-overlap 8 must be less than --chunk-tokens 8")):
         bad = runner.invoke(main, ["encode", "--model", str(tiny_mistral_dir), *args, texts[0]])
         assert bad.exit_code != 0 and message in bad.output, bad.output
+    for args in (["--chunk-tokens", "4", "--chunk-overlap", "4"], ["--chunk-tokens", "999"]):
+        bad = runner.invoke(main, [*common[:2], "bad-chunks", *common[3:], *args])
+        assert bad.exit_code != 0 and "chunk" in bad.output, bad.output
+        assert not engine.exists("bad-chunks"), f"{args}: the index was created before the refusal"
     query = runner.invoke(main, ["encode", "--model", str(tiny_mistral_dir), "--query", "--chunk-tokens", "8", "x"])
     assert query.exit_code == 2 and "--chunk-tokens is for documents" in query.output
 

@@ -98,6 +98,9 @@ def chunking(chunk_tokens: int | None, chunk_overlap: int) -> dict[str, int]:
         if chunk_overlap:
             raise click.UsageError("--chunk-overlap goes with --chunk-tokens")
         return {}
+    if chunk_overlap >= chunk_tokens:  # checked here, before a model loads or an index is created
+        raise click.UsageError(f"--chunk-overlap {chunk_overlap} must be less than --chunk-tokens {chunk_tokens}: "
+                               "neighbouring windows share fewer tokens than a window holds")
     return {"chunk_tokens": chunk_tokens, "chunk_overlap": chunk_overlap}
 
 
