@@ -80,7 +80,9 @@ def markdown(results: Sequence[EvalResult], context: dict[str, Any], charts: Seq
     datasets, methods, cell = _grid(results)
     lines = [f"# splade-es benchmark — {time.strftime('%Y-%m-%d', time.gmtime(context.get('time', time.time())))}",
              "",
-             f"Engine: {context.get('engine', '?')}. Model: {context.get('model') or '—'}. Split: "
+             f"Engine: {context.get('engine', '?')}. "
+             + (f"Model: {context['model']}. " if context.get("model") else "")  # compare --report knows none
+             + f"Split: "
              f"{context.get('split', 'test')}. Retrieval depth k = {context.get('k', 1000)}.",
              "",
              "## nDCG@10 (× 100)",

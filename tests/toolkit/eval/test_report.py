@@ -104,3 +104,8 @@ def test_compare_writes_the_report_for_results_evaluated_elsewhere(tmp_path):
     assert [r["method"] for r in saved["results"]] == labels
     assert saved["results"][2]["metrics"] == pytest.approx(_result("s", "m", linear).metrics)
     assert (tmp_path / "report" / dataset_chart_name("scifact")).read_bytes()[:8] == PNG
+    import re
+
+    linked = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", text)
+    assert linked and all((tmp_path / "report" / name).read_bytes()[:8] == PNG for name in linked)
+    assert "Model:" not in text, "compare knows no model: the report says nothing rather than a dash"
