@@ -14,7 +14,7 @@ from splade_es.toolkit.cli.evaluate import dataset_option
 from splade_es.toolkit.eval.beir import load_beir
 from splade_es.toolkit.eval.download import dataset_dir
 from splade_es.toolkit.eval.harness import check_index
-from splade_es.toolkit.eval.report import frontier_chart
+from splade_es.toolkit.eval.report import check_chart_path, frontier_chart
 from splade_es.toolkit.eval.tune import GRIDS, Measured, TuneOptions, TuneReport, tune
 
 
@@ -66,7 +66,8 @@ def _values(kind: type, off: bool = False):
 @click.option("--keep-copies", is_flag=True, help="Keep the document-pruned copies (named INDEX-tune-doc-W).")
 @click.option("--no-record", is_flag=True, help="Only report: leave the index's _meta untouched.")
 @click.option("--chart", type=click.Path(dir_okay=False), metavar="FILE.png|FILE.svg",
-              help="Where to draw nDCG@10 against p50 (default: tune-INDEX.png here).")
+              help="Where to draw nDCG@10 against p50 (default: tune-INDEX.png here); the extension picks the "
+                   "format (png, svg, pdf, ...) and is checked, with the folder, before the sweep.")
 @click.option("--no-chart", is_flag=True, help="Draw no chart.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object (every setting, frontier, recommendation).")
 @click.option("--no-progress", is_flag=True, help="No progress bars.")
@@ -96,6 +97,9 @@ def tune_command(dataset_spec: str, index: str, url, engine_kind, data_dir, api_
       splade-es tune --dataset data/fiqa --index fiqa --query-top-k 8,16,32 --two-phase 0,8 --doc-min-weight 0
     """
     quiet_libraries()
+    chart_path = None if no_chart else Path(chart or f"tune-{index}.png")
+    if chart_path is not None:
+        check_chart_path(chart_path)  # before the sweep: a bad path must not cost a whole run
     dataset = load_beir(dataset_dir(dataset_spec, show_progress=not no_progress), split)
     overrides = {name: values for name, values in (("query_top_k", query_top_k), ("query_min_weight", query_min_weight),
                                                    ("two_phase", two_phase), ("two_phase_window", two_phase_window),
@@ -112,7 +116,6 @@ def tune_command(dataset_spec: str, index: str, url, engine_kind, data_dir, api_
         report = tune(engine, index, dataset, pipeline, options)
     finally:
         engine.close()
-    chart_path = None if no_chart else Path(chart or f"tune-{index}.png")
     if chart_path is not None:
         frontier_chart([_point(p) for p in report.points], [_point(p) for p in report.frontier],
                        _point(report.recommended), f"{report.dataset} ({report.split}) on {index}, "

@@ -201,3 +201,17 @@ def test_bad_input_is_one_line_and_nothing_is_left_behind(local_cran, tmp_path):
     assert not engine.exists(copy_name(index, 0.5)) and splade_meta(engine, index) == before
     bad_list = _invoke("tune", "--dataset", str(CRANFIELD), "--index", index, *common, "--query-top-k", "8,x", code=2)
     assert "not a comma-separated list of int values" in bad_list.output
+
+
+def test_a_chart_path_that_cannot_be_written_is_refused_before_the_sweep(local_cran, tmp_path):
+    engine, index, where = local_cran["engine"], local_cran["splade"], local_cran["where"]
+    before = splade_meta(engine, index)
+    common = ["--dataset", str(CRANFIELD), "--index", index, *where, "--grid", "quick", "--query-top-k", "4",
+              "--json", "--no-progress"]
+    for chart, message in ((tmp_path / "out.xyz", "names no format matplotlib writes"),
+                           (tmp_path / "out", "no extension names no format"),
+                           (tmp_path / "file.txt" / "out.png", "cannot write in")):
+        (tmp_path / "file.txt").write_text("x")
+        refused = _invoke("tune", *common, "--chart", str(chart), code=1)
+        assert message in refused.output and len(refused.output.strip().splitlines()) == 1, refused.output
+    assert splade_meta(engine, index) == before  # nothing ran, nothing recorded
