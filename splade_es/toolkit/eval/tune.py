@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import copy
 import itertools
+import logging
 import re
 import shlex
 import time
@@ -29,7 +30,7 @@ from splade_es.errors import ConfigError, InputError
 from splade_es.io.corpus import Document, read_corpus
 from splade_es.model.config import Pruning
 from splade_es.toolkit.engines.base import Engine
-from splade_es.toolkit.eval.beir import BeirDataset
+from splade_es.toolkit.eval.beir import BeirDataset, find_file
 from splade_es.toolkit.eval.metrics import Run, evaluate
 from splade_es.toolkit.eval.runner import percentiles
 from splade_es.toolkit.ingest import set_splade_meta
@@ -37,11 +38,14 @@ from splade_es.toolkit.layouts import top_terms
 from splade_es.toolkit.query.searcher import Searcher
 from splade_es.toolkit.query.tuned import DEFAULT_WINDOW
 
+_log = logging.getLogger(__name__)
+
 K = 10  # nDCG@10 needs ten hits; a search page asks for as many
 TOLERANCE = 0.01  # "within 1 point" of nDCG@10
 GRIDS = ("quick", "default")
 COPY_BATCH = 250
 SAMPLE_DOCS = 200  # documents read to place the default document thresholds
+FEW_QUERIES = 20  # fewer queries with a relevant document than this: the recommendation is noise
 
 
 @dataclass(frozen=True)
@@ -328,6 +332,21 @@ class TuneOptions:
     show_progress: bool = True
 
 
+def check_judgments(dataset: BeirDataset) -> int:
+    """The queries with a relevant (grade > 0) document: none, and every nDCG@10 is 0, nothing to
+    tune on (an error); fewer than :data:`FEW_QUERIES`, and the recommendation is noise (a warning)."""
+    relevant = sum(1 for docs in dataset.qrels.values() if any(grade > 0 for grade in docs.values()))
+    name = f"{dataset.split}.tsv"
+    qrels_file = find_file(dataset.path / "qrels", name) or dataset.path / "qrels" / name
+    if not relevant:
+        raise InputError(f"{qrels_file} (split {dataset.split!r}): no judgment has a grade above 0, so every nDCG@10 "
+                         "is 0 and there is nothing to tune on")
+    if relevant < FEW_QUERIES:
+        _log.warning("%s (split %r): only %d queries have a relevant document; a recommendation on so few is noise",
+                     qrels_file, dataset.split, relevant)
+    return relevant
+
+
 def check_dataset_matches(engine: Engine, index: str, dataset: BeirDataset) -> None:
     """One request: the index must hold some judged document, else every score would be 0."""
     judged = sorted({doc for docs in dataset.qrels.values() for doc, grade in docs.items() if grade > 0})[:500]
@@ -345,6 +364,7 @@ def tune(engine: Engine, index: str, dataset: BeirDataset, pipeline, options: Tu
     ``pipeline``: the index's :class:`~splade_es.toolkit.query.pipeline.QueryPipeline`, opened
     without the index's tuned record (the sweep starts from the model's own settings)."""
     searcher: Searcher = pipeline.searcher
+    check_judgments(dataset)
     check_dataset_matches(engine, index, dataset)
     model_default = pipeline.encoder.config.pruning(True)
     ids = list(dataset.queries)

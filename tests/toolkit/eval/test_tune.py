@@ -215,3 +215,29 @@ def test_a_chart_path_that_cannot_be_written_is_refused_before_the_sweep(local_c
         refused = _invoke("tune", *common, "--chart", str(chart), code=1)
         assert message in refused.output and len(refused.output.strip().splitlines()) == 1, refused.output
     assert splade_meta(engine, index) == before  # nothing ran, nothing recorded
+
+
+def _cranfield_with_qrels(tmp_path, name: str, lines: list[str]):
+    """Cranfield's corpus and queries with other judgments (qrels/test.tsv)."""
+    copy = tmp_path / name
+    shutil.copytree(CRANFIELD, copy)
+    (copy / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\n" + "".join(f"{line}\n" for line in lines))
+    return copy
+
+
+def test_qrels_without_a_relevant_document_are_refused_and_few_queries_warned(local_cran, tmp_path):
+    engine, index, where = local_cran["engine"], local_cran["splade"], local_cran["where"]
+    before = splade_meta(engine, index)
+    common = ["--index", index, *where, "--grid", "quick", "--query-top-k", "4", "--two-phase", "0",
+              "--doc-min-weight", "0", "--no-chart", "--warmup", "0", "--no-progress"]
+    zero = _cranfield_with_qrels(tmp_path, "zero", ["1\t184\t0", "2\t12\t0", "4\t166\t0"])
+    refused = _invoke("tune", "--dataset", str(zero), *common, code=1)
+    assert len(refused.output.strip().splitlines()) == 1, refused.output
+    assert f"{zero / 'qrels' / 'test.tsv'} (split 'test'): no judgment has a grade above 0" in refused.output
+    assert splade_meta(engine, index) == before
+    stored = [line for line in (CRANFIELD / "qrels" / "test.tsv").read_text().splitlines()[1:]]
+    few = _cranfield_with_qrels(tmp_path, "few", [line for line in stored if line.split("\t")[0] in {"1", "2", "4"}])
+    warned = _invoke("tune", "--dataset", str(few), *common, "--no-record")
+    assert "(test): 3 queries" in warned.stdout
+    [line] = [line for line in warned.stderr.splitlines() if line.startswith("warning:")]
+    assert "only 3 queries have a relevant document; a recommendation on so few is noise" in line
