@@ -117,7 +117,7 @@ def tune_command(dataset_spec: str, index: str, url, engine_kind, data_dir, api_
     finally:
         engine.close()
     if chart_path is not None:
-        frontier_chart([_point(p) for p in report.points], [_point(p) for p in report.frontier],
+        frontier_chart([_point(p) for p in report.points if p.p50_ms is not None], [_point(p) for p in report.frontier],
                        _point(report.recommended), f"{report.dataset} ({report.split}) on {index}, "
                        f"{report.engine['kind']} {report.engine['version']}", chart_path)
     if as_json:
@@ -130,27 +130,33 @@ def _point(point: Measured) -> tuple[str, float, float]:
     return point.setting.label, point.p50_ms, point.ndcg
 
 
+def _ms(value: float | None, width: int = 0) -> str:
+    """A latency, or '-' where nothing was timed (every query pruned to no term)."""
+    return f"{value:{width}.2f}" if value is not None else f"{'-':>{width}}"
+
+
 def summary_lines(report: TuneReport, chart: Path | None) -> list[str]:
     """The table (frontier marked '*', recommendation '>'), the recommendation and what was recorded."""
     on_frontier = {id(p) for p in report.frontier}
     lines = [f"{report.dataset} ({report.split}): {report.queries} queries, {len(report.points)} settings on "
              f"{report.index} ({report.engine['kind']} {report.engine['version']})",
-             f"    {'setting':<44} {'nDCG@10':>8} {'p50 ms':>8} {'p99 ms':>8} {'terms':>6}  index"]
+             f"    {'setting':<44} {'nDCG@10':>8} {'p50 ms':>8} {'p99 ms':>8} {'terms':>6} {'empty':>5}  index"]
     for point in report.points:
         mark = (">" if point is report.recommended else " ") + ("*" if id(point) in on_frontier else " ")
-        lines.append(f"{mark}  {point.setting.label:<44} {point.ndcg:8.4f} {point.p50_ms:8.2f} {point.p99_ms:8.2f} "
-                     f"{point.mean_terms:6.1f}  {point.index}")
-    lines.append("('*': on the frontier; '>': recommended; the first row is the model's own setting)")
+        lines.append(f"{mark}  {point.setting.label:<44} {point.ndcg:8.4f} {_ms(point.p50_ms, 8)} "
+                     f"{_ms(point.p99_ms, 8)} {point.mean_terms:6.1f} {point.empty_queries:5d}  {point.index}")
+    lines.append("('*': on the frontier; '>': recommended; the first row is the model's own setting; 'empty': "
+                 "queries pruned to no term, never searched: such a setting is never recommended)")
     goal = (f"the best nDCG@10 with p50 <= {report.budget_ms:g} ms" if report.budget_ms is not None
             else "the fastest within 1 point of the best nDCG@10")
     best = report.recommended
-    lines.append(f"recommended ({goal}): {best.setting.label}: nDCG@10 {best.ndcg:.4f}, p50 {best.p50_ms:.2f} ms "
-                 f"(baseline {report.baseline.ndcg:.4f}, {report.baseline.p50_ms:.2f} ms)")
+    lines.append(f"recommended ({goal}): {best.setting.label}: nDCG@10 {best.ndcg:.4f}, p50 {_ms(best.p50_ms)} ms "
+                 f"(baseline {report.baseline.ndcg:.4f}, {_ms(report.baseline.p50_ms)} ms)")
     if report.reingest:
         lines.append(f"  it needs documents pruned at {best.setting.doc_min_weight:g}: {report.reingest}")
         if report.for_index is not None:
             lines.append(f"  on {report.index} as it is: {report.for_index.setting.label}: nDCG@10 "
-                         f"{report.for_index.ndcg:.4f}, p50 {report.for_index.p50_ms:.2f} ms")
+                         f"{report.for_index.ndcg:.4f}, p50 {_ms(report.for_index.p50_ms)} ms")
     for made in report.copies:
         lines.append(f"  copy {made.name}: {made.postings}/{made.postings_before} postings kept, "
                      + ("kept" if report.kept_copies else "deleted"))
@@ -158,7 +164,8 @@ def summary_lines(report: TuneReport, chart: Path | None) -> list[str]:
         lines.append(f"recorded in {report.index}'s _meta.splade_es.tuned: search, serve and eval now default to "
                      f"{report.for_index.setting.label} (--no-tuned ignores it)")
     elif report.for_index is None:
-        lines.append(f"nothing recorded: no setting of {report.index} as it is meets the budget")
+        lines.append(f"nothing recorded: no setting of {report.index} as it is meets the budget with every "
+                     "query keeping a term")
     else:
         lines.append("nothing recorded (--no-record)")
     if chart:

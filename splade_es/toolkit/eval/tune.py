@@ -83,11 +83,17 @@ class Setting:
 class Measured:
     setting: Setting
     ndcg: float
-    p50_ms: float
-    p99_ms: float
+    p50_ms: float | None  # None: no query had a term left, nothing was timed
+    p99_ms: float | None
     index: str  # the index (or pruned copy) searched
     empty_queries: int = 0  # queries with no term left: no request, nDCG 0
     mean_terms: float = 0.0  # query terms sent, mean over queries
+
+    @property
+    def eligible(self) -> bool:
+        """Whether the setting can be recommended: ``search`` refuses a query pruned to no term, so
+        a setting that empties any query would fail for it (and its p50 leaves those out)."""
+        return self.empty_queries == 0 and self.p50_ms is not None
 
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self.setting), "label": self.setting.label, "ndcg@10": round(self.ndcg, 6),
@@ -97,9 +103,10 @@ class Measured:
 
 # ---------------------------------------------------------------- frontier and recommendation
 def frontier(points: Sequence[Measured]) -> list[Measured]:
-    """The Pareto set on (p50 lower, nDCG higher), fastest first: a point stays unless another is
-    at least as fast and at least as good, and strictly better in one. Of exact duplicates the
-    first (in sweep order) stays."""
+    """The Pareto set on (p50 lower, nDCG higher) of the eligible settings, fastest first: a point
+    stays unless another is at least as fast and at least as good, and strictly better in one. Of
+    exact duplicates the first (in sweep order) stays."""
+    points = [p for p in points if p.eligible]
     kept = []
     for i, p in enumerate(points):
         dominated = any((q.p50_ms <= p.p50_ms and q.ndcg >= p.ndcg)
@@ -113,10 +120,18 @@ def frontier(points: Sequence[Measured]) -> list[Measured]:
 def recommend(points: Sequence[Measured], budget_ms: float | None = None, tolerance: float = TOLERANCE) -> Measured:
     """The fastest setting whose nDCG@10 is within ``tolerance`` of the best; with ``budget_ms``,
     the best nDCG@10 among settings whose p50 fits it. Ties go to the other criterion, then to
-    the earlier setting of the sweep (the simpler one)."""
+    the earlier setting of the sweep (the simpler one). A setting that prunes any query to no
+    term is never recommended (see :attr:`Measured.eligible`)."""
     if not points:
         raise InputError("nothing was measured")
     order = {id(p): i for i, p in enumerate(points)}
+    emptied = [p for p in points if not p.eligible]
+    points = [p for p in points if p.eligible]
+    if not points:
+        worst = min(emptied, key=lambda p: p.empty_queries)
+        raise InputError(f"every setting prunes some query to no term (the fewest: {worst.setting.label}, "
+                         f"{worst.empty_queries} queries), and search refuses such a query: lower the query "
+                         "thresholds (--query-min-weight)")
     if budget_ms is not None:
         fits = [p for p in points if p.p50_ms <= budget_ms]
         if not fits:
@@ -269,7 +284,8 @@ def derive(vectors: Mapping[str, Mapping[str, float]], pruning: Pruning) -> dict
 
 
 def measure(searcher: Searcher, vectors: Mapping[str, Mapping[str, float]], qrels: Mapping[str, Mapping[str, int]],
-            warmup: int = 20, clock: Callable[[], float] = time.perf_counter) -> tuple[float, dict[str, float], int]:
+            warmup: int = 20, clock: Callable[[], float] = time.perf_counter
+            ) -> tuple[float, dict[str, float | None], int]:
     """``(nDCG@10, {p50, p99} ms, empty queries)``: one search per query, round trip timed
     after ``warmup`` untimed searches."""
     bodies = {qid: {**searcher.sparse_body(vector, K), "_source": False} for qid, vector in vectors.items() if vector}
@@ -283,7 +299,7 @@ def measure(searcher: Searcher, vectors: Mapping[str, Mapping[str, float]], qrel
         took.append((clock() - began) * 1000)
         run[qid] = {str(hit["_id"]): float(hit["_score"]) for hit in reply["hits"]["hits"]}
     means, _ = evaluate(qrels, run)
-    latency = percentiles(took)
+    latency = percentiles(took) if took else {"p50": None, "p99": None}  # nothing searched: nothing timed
     return means["ndcg@10"], {"p50": latency["p50"], "p99": latency["p99"]}, len(vectors) - len(bodies)
 
 

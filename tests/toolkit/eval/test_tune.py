@@ -241,3 +241,36 @@ def test_qrels_without_a_relevant_document_are_refused_and_few_queries_warned(lo
     assert "(test): 3 queries" in warned.stdout
     [line] = [line for line in warned.stderr.splitlines() if line.startswith("warning:")]
     assert "only 3 queries have a relevant document; a recommendation on so few is noise" in line
+
+
+def test_a_setting_that_empties_a_query_is_never_recommended():
+    full, emptied = _point(10, 0.50), Measured(Setting(16, 1000.0), 0.0, 0.5, 0.6, "i", empty_queries=3)
+    nothing = Measured(Setting(16, 9999.0), 0.0, None, None, "i", empty_queries=225)
+    assert recommend([full, emptied, nothing]) is full
+    assert recommend([full, emptied, nothing], budget_ms=100) is full
+    assert frontier([full, emptied, nothing]) == [full]
+    with pytest.raises(InputError, match=r"no setting meets the 1 ms budget: the fastest \(top-k 16\) has p50 10.00"):
+        recommend([full, emptied, nothing], budget_ms=1)
+    with pytest.raises(InputError, match=r"every setting prunes some query to no term \(the fewest: top-k 16, "
+                                         r"min-w 1e\+03, 3 queries\)"):
+        recommend([emptied, nothing])
+
+
+def test_a_setting_that_empties_queries_is_counted_and_never_recorded(local_cran):
+    engine, index, where = local_cran["engine"], local_cran["splade"], local_cran["where"]
+    before = splade_meta(engine, index)
+    refused = _invoke("tune", "--dataset", str(CRANFIELD), "--index", index, *where, "--query-min-weight", "1000",
+                      "--two-phase", "0", "--doc-min-weight", "0", "--budget-ms", "0.0001", "--warmup", "0",
+                      "--no-chart", "--no-progress", code=1)
+    # The model's own threshold is always tried too; the only setting fast enough empties every query.
+    assert "no setting meets the 0.0001 ms budget" in refused.output
+    assert len(refused.output.strip().splitlines()) == 1, refused.output
+    assert splade_meta(engine, index) == before
+    # Beside settings that keep every query, the table and the JSON count what each one emptied.
+    report = _invoke("tune", "--dataset", str(CRANFIELD), "--index", index, *where, "--query-top-k", "4",
+                     "--query-min-weight", "0,1000", "--two-phase", "0", "--doc-min-weight", "0", "--warmup", "0",
+                     "--no-record", "--no-chart", "--json", "--no-progress")
+    emptied = [s for s in report["settings"] if s["query_min_weight"] == 1000]
+    assert emptied and all(s["empty_queries"] == 225 and s["p50_ms"] is None for s in emptied)
+    assert report["recommended"]["empty_queries"] == 0
+    assert not set(report["frontier"]) & {s["label"] for s in emptied}
