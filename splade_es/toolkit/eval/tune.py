@@ -33,7 +33,7 @@ from splade_es.toolkit.engines.base import Engine
 from splade_es.toolkit.eval.beir import BeirDataset, find_file
 from splade_es.toolkit.eval.metrics import Run, evaluate
 from splade_es.toolkit.eval.runner import percentiles
-from splade_es.toolkit.ingest import set_splade_meta
+from splade_es.toolkit.ingest import set_splade_meta, splade_meta
 from splade_es.toolkit.layouts import top_terms
 from splade_es.toolkit.query.searcher import Searcher
 from splade_es.toolkit.query.tuned import DEFAULT_WINDOW
@@ -428,7 +428,8 @@ def tune(engine: Engine, index: str, dataset: BeirDataset, pipeline, options: Tu
                         len(ids), options.budget_ms, points, frontier(points), recommended, for_index,
                         list(copies.values()), options.keep_copies)
     if recommended.setting.doc_min_weight is not None:
-        report.reingest = reingest_command(searcher, dataset, recommended.setting, engine)
+        report.reingest = reingest_command(searcher, dataset, recommended.setting, engine,
+                                           splade_meta(engine, index).get("pruning"))
     if options.record and for_index is not None:
         set_splade_meta(engine, index, "tuned", tuned_record(report, for_index))
         report.recorded = True
@@ -458,9 +459,21 @@ def tuned_record(report: TuneReport, point: Measured) -> dict[str, Any]:
             "baseline_p50_ms": baseline.p50_ms, "budget_ms": report.budget_ms, "engine": report.engine}
 
 
-def reingest_command(searcher: Searcher, dataset: BeirDataset, setting: Setting, engine: Engine) -> str:
-    """The ``splade-es ingest`` line that builds the index a doc-pruned setting needs."""
+def reingest_command(searcher: Searcher, dataset: BeirDataset, setting: Setting, engine: Engine,
+                     pruning: Mapping[str, Any] | None = None) -> str:
+    """The ``splade-es ingest`` line that builds the index a doc-pruned setting was measured on:
+    the index's own document pruning and windows (``pruning``, its ``_meta.splade_es.pruning``
+    record) carried over, since the copy kept them, with the setting's weight threshold on top."""
+    pruning = pruning or {}
     where = ["--url" if engine.info.kind != "local" else "--data-dir", engine.info.location]
+    kept = []
+    if pruning.get("top_k") is not None:
+        kept += ["--doc-top-k", str(int(pruning["top_k"]))]
+    if pruning.get("chunk_tokens") is not None:
+        kept += ["--chunk-tokens", str(int(pruning["chunk_tokens"]))]
+        if pruning.get("chunk_overlap"):
+            kept += ["--chunk-overlap", str(int(pruning["chunk_overlap"]))]
+    min_weight = max(setting.doc_min_weight or 0.0, float(pruning.get("min_weight") or 0.0))
     return shlex.join(["splade-es", "ingest", "--index", f"{searcher.meta.index}-doc-pruned", "--corpus",
-                       str(dataset.path), "--model", searcher.meta.model, "--doc-min-weight",
-                       f"{setting.doc_min_weight:g}", *where])
+                       str(dataset.path), "--model", searcher.meta.model, *kept, "--doc-min-weight",
+                       f"{min_weight:g}", *where])

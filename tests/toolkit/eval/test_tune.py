@@ -274,3 +274,21 @@ def test_a_setting_that_empties_queries_is_counted_and_never_recorded(local_cran
     assert emptied and all(s["empty_queries"] == 225 and s["p50_ms"] is None for s in emptied)
     assert report["recommended"]["empty_queries"] == 0
     assert not set(report["frontier"]) & {s["label"] for s in emptied}
+
+
+def test_the_reingest_command_keeps_the_index_s_document_top_k_and_windows(tmp_path):
+    from types import SimpleNamespace
+
+    from splade_es.toolkit.eval.tune import reingest_command
+
+    searcher = SimpleNamespace(meta=SimpleNamespace(index="sci", model="org/model"))
+    engine = SimpleNamespace(info=SimpleNamespace(kind="opensearch", location="http://node:9200"))
+    dataset = SimpleNamespace(path=tmp_path / "scifact")
+    recorded = {"top_k": 256, "min_weight": 0.1, "max_ratio": 0.0, "chunk_tokens": 384, "chunk_overlap": 64}
+    line = reingest_command(searcher, dataset, Setting(64, doc_min_weight=0.752), engine, recorded)
+    assert line == (f"splade-es ingest --index sci-doc-pruned --corpus {tmp_path / 'scifact'} --model org/model "
+                    "--doc-top-k 256 --chunk-tokens 384 --chunk-overlap 64 --doc-min-weight 0.752 "
+                    "--url http://node:9200")
+    # The copy kept the higher of the index's threshold and the setting's; no windows, no flags.
+    plain = reingest_command(searcher, dataset, Setting(64, doc_min_weight=0.05), engine, {"min_weight": 0.1})
+    assert plain.endswith("--model org/model --doc-min-weight 0.1 --url http://node:9200")
