@@ -63,6 +63,10 @@ def _values(kind: type, off: bool = False):
 @click.option("--device", help="Where queries are encoded (once): cpu, cuda, cuda:N.")
 @click.option("--warmup", type=click.IntRange(min=0), default=20, show_default=True,
               help="Untimed searches before each setting is timed.")
+@click.option("--rounds", type=click.IntRange(min=1), default=3, show_default=True,
+              help="Timing rounds: each searches every query once with every setting, the settings in a "
+                   "different shuffled order per round (p50/p99 over all rounds); the sweep costs "
+                   "rounds x settings x queries searches.")
 @click.option("--keep-copies", is_flag=True, help="Keep the document-pruned copies (named INDEX-tune-doc-W).")
 @click.option("--no-record", is_flag=True, help="Only report: leave the index's _meta untouched.")
 @click.option("--chart", type=click.Path(dir_okay=False), metavar="FILE.png|FILE.svg",
@@ -75,8 +79,8 @@ def _values(kind: type, off: bool = False):
 def tune_command(dataset_spec: str, index: str, url, engine_kind, data_dir, api_key, username, password, ca_certs,
                  insecure, split: str, budget_ms: float | None, grid: str, query_top_k, query_min_weight, two_phase,
                  two_phase_window, doc_min_weight, model_path: str | None, adapter: str | None, device: str | None,
-                 warmup: int, keep_copies: bool, no_record: bool, chart: str | None, no_chart: bool, as_json: bool,
-                 no_progress: bool) -> None:
+                 warmup: int, rounds: int, keep_copies: bool, no_record: bool, chart: str | None, no_chart: bool,
+                 as_json: bool, no_progress: bool) -> None:
     """Find how much query pruning, two-phase search and document pruning speed up INDEX and what
     they cost in nDCG@10 on a BEIR dataset, against the real engine.
 
@@ -104,7 +108,7 @@ def tune_command(dataset_spec: str, index: str, url, engine_kind, data_dir, api_
     overrides = {name: values for name, values in (("query_top_k", query_top_k), ("query_min_weight", query_min_weight),
                                                    ("two_phase", two_phase), ("two_phase_window", two_phase_window),
                                                    ("doc_min_weight", doc_min_weight)) if values is not None}
-    options = TuneOptions(grid, overrides, budget_ms, warmup, keep_copies, not no_record, not no_progress)
+    options = TuneOptions(grid, overrides, budget_ms, warmup, rounds, keep_copies, not no_record, not no_progress)
     engine = open_engine(url, engine_kind, data_dir, api_key, username, password, ca_certs, insecure)
     try:
         from splade_es.toolkit.query.pipeline import QueryPipeline

@@ -4,11 +4,15 @@ engine, find the nDCG@10 / latency frontier, recommend a setting and record it i
 Cost model: the test queries are encoded once, at the widest setting of the sweep; every pruned
 variant is derived from that vector (:meth:`Pruning.apply`: top-k of a wider top-k is the same
 top-k), so the sweep spends engine time, not model time. Document pruning runs on a pruned copy
-of the index rebuilt from its stored vectors (never the index itself), deleted afterwards unless
-kept.
+of the index rebuilt from its stored vectors (never the index itself), all built before any
+timing, deleted afterwards unless kept.
 
 Latency is the client's round trip of one search per query (size 10, no ``_source``), timed the
-same way for every setting after a warm-up: p50 and p99 over the dataset's queries.
+same way for every setting after a warm-up, interleaved: a few rounds, each visiting the settings
+in its own shuffled order, so drift on a shared machine does not pick the recommendation; p50 and
+p99 over every round. The copies are flushed, refreshed and merged to the index's segments per
+shard first (where the engine reports segments), as a freshly loaded copy would otherwise be
+timed against a merged index.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from __future__ import annotations
 import copy
 import itertools
 import logging
+import random
 import re
 import shlex
 import time
@@ -283,24 +288,82 @@ def derive(vectors: Mapping[str, Mapping[str, float]], pruning: Pruning) -> dict
     return {qid: pruning.apply(vector) for qid, vector in vectors.items()}
 
 
-def measure(searcher: Searcher, vectors: Mapping[str, Mapping[str, float]], qrels: Mapping[str, Mapping[str, int]],
-            warmup: int = 20, clock: Callable[[], float] = time.perf_counter
-            ) -> tuple[float, dict[str, float | None], int]:
-    """``(nDCG@10, {p50, p99} ms, empty queries)``: one search per query, round trip timed
-    after ``warmup`` untimed searches."""
+@dataclass
+class Plan:
+    """One setting ready to time: where it searches and each query's request body (none for a
+    query pruned to no term)."""
+
+    setting: Setting
+    index: str
+    bodies: dict[str, dict[str, Any]]
+    queries: int
+    mean_terms: float
+
+
+def plan(searcher: Searcher, setting: Setting, vectors: Mapping[str, Mapping[str, float]]) -> Plan:
+    """The search bodies of ``vectors`` under ``setting`` (size 10, no ``_source``)."""
     bodies = {qid: {**searcher.sparse_body(vector, K), "_source": False} for qid, vector in vectors.items() if vector}
-    for body in itertools.islice(itertools.cycle(bodies.values()), min(warmup, len(bodies)) if bodies else 0):
-        searcher.engine.search(searcher.meta.index, body)
-    run: Run = {qid: {} for qid in vectors}
-    took = []
-    for qid, body in bodies.items():
-        began = clock()
-        reply = searcher.engine.search(searcher.meta.index, body)
-        took.append((clock() - began) * 1000)
-        run[qid] = {str(hit["_id"]): float(hit["_score"]) for hit in reply["hits"]["hits"]}
-    means, _ = evaluate(qrels, run)
-    latency = percentiles(took) if took else {"p50": None, "p99": None}  # nothing searched: nothing timed
-    return means["ndcg@10"], {"p50": latency["p50"], "p99": latency["p99"]}, len(vectors) - len(bodies)
+    terms = float(np.mean([len(v) for v in vectors.values()])) if vectors else 0.0
+    return Plan(setting, searcher.meta.index, bodies, len(vectors), terms)
+
+
+def visiting_orders(settings: int, rounds: int, seed: int = 0) -> list[list[int]]:
+    """The order each round visits the settings in: a seeded shuffle, then the same reversed, and
+    so on: over a pair of rounds a steady drift adds the same to every setting's mean."""
+    shuffler = random.Random(seed)
+    orders: list[list[int]] = []
+    for number in range(rounds):
+        if number % 2:
+            orders.append(orders[-1][::-1])
+        else:
+            orders.append(list(range(settings)))
+            shuffler.shuffle(orders[-1])
+    return orders
+
+
+def measure(engine: Engine, plans: Sequence[Plan], qrels: Mapping[str, Mapping[str, int]], rounds: int = 3,
+            warmup: int = 20, seed: int = 0, clock: Callable[[], float] = time.perf_counter,
+            progress: Callable[[int], None] | None = None) -> list[Measured]:
+    """Each plan's nDCG@10 and round-trip p50/p99, interleaved so drift on a shared machine falls
+    on every setting alike: ``warmup`` untimed searches per setting, then ``rounds`` rounds, each
+    visiting every setting in turn (:func:`visiting_orders`) and timing one search per query;
+    the percentiles are over all rounds. nDCG@10 is scored on the first round's hits."""
+    for item in plans:
+        for body in itertools.islice(itertools.cycle(item.bodies.values()), min(warmup, len(item.bodies))):
+            engine.search(item.index, body)
+    took: list[list[float]] = [[] for _ in plans]
+    runs: list[Run | None] = [None] * len(plans)
+    for order in visiting_orders(len(plans), rounds, seed):
+        for position in order:
+            item, run = plans[position], {}
+            for qid, body in item.bodies.items():
+                began = clock()
+                reply = engine.search(item.index, body)
+                took[position].append((clock() - began) * 1000)
+                run[qid] = {str(hit["_id"]): float(hit["_score"]) for hit in reply["hits"]["hits"]}
+            runs[position] = runs[position] or run
+            if progress:
+                progress(1)
+    measured = []
+    for item, times, run in zip(plans, took, runs):
+        means, _ = evaluate(qrels, run or {})
+        latency = percentiles(times) if times else {"p50": None, "p99": None}  # nothing searched: nothing timed
+        measured.append(Measured(item.setting, means["ndcg@10"], latency["p50"], latency["p99"], item.index,
+                                 item.queries - len(item.bodies), item.mean_terms))
+    return measured
+
+
+def settle_copies(engine: Engine, index: str, copies: Sequence[str]) -> None:
+    """Put the copies in the state of the index before they are timed against it: flushed and
+    refreshed, and merged down to the index's segments per shard (a freshly bulk-loaded copy has
+    many small ones; the index may be merged), where the engine tells (not the local one)."""
+    engine.settle(index)
+    segments = engine.segments_per_shard(index) if copies else None
+    for name in copies:
+        engine.settle(name)
+        if segments is not None and (engine.segments_per_shard(name) or 0) > segments:
+            engine.force_merge(name, segments)
+            engine.refresh(name)
 
 
 # ---------------------------------------------------------------- the sweep
@@ -343,6 +406,7 @@ class TuneOptions:
     overrides: dict[str, tuple[Any, ...]] = field(default_factory=dict)  # Grid field -> values (the user's lists)
     budget_ms: float | None = None
     warmup: int = 20
+    rounds: int = 3
     keep_copies: bool = False
     record: bool = True
     show_progress: bool = True
@@ -399,22 +463,21 @@ def tune(engine: Engine, index: str, dataset: BeirDataset, pipeline, options: Tu
     query_weights = [w for v in derive(wide, model_default).values() for w in v.values()]
     settings = _grid(options, model_default, query_weights, doc_weights).settings()
     copies: dict[float, PrunedCopy] = {}
-    points: list[Measured] = []
     try:
-        for doc_min_weight in dict.fromkeys(s.doc_min_weight for s in settings):
-            target = index
-            if doc_min_weight is not None:
-                copies[doc_min_weight] = build_pruned_copy(engine, index, searcher.meta.field, corpus_ids,
-                                                           doc_min_weight, options.show_progress)
-                target = copies[doc_min_weight].name
-            group = [s for s in settings if s.doc_min_weight == doc_min_weight]
-            for setting in tqdm(group, unit="setting", desc=f"sweep {target}", disable=not options.show_progress):
-                variant = Searcher(engine, target, searcher.form, searcher.max_clauses, setting.two_phase or 0,
-                                   setting.two_phase_window, use_tuned=False)
-                vectors = derive(wide, setting.query_pruning(model_default))
-                ndcg, latency, empty = measure(variant, vectors, dataset.qrels, options.warmup)
-                terms = float(np.mean([len(v) for v in vectors.values()])) if vectors else 0.0
-                points.append(Measured(setting, ndcg, latency["p50"], latency["p99"], target, empty, terms))
+        # Every copy first, so the settings can be timed interleaved (see measure).
+        for doc_min_weight in dict.fromkeys(s.doc_min_weight for s in settings if s.doc_min_weight is not None):
+            copies[doc_min_weight] = build_pruned_copy(engine, index, searcher.meta.field, corpus_ids,
+                                                       doc_min_weight, options.show_progress)
+        settle_copies(engine, index, [made.name for made in copies.values()])
+        plans = []
+        for setting in settings:
+            target = copies[setting.doc_min_weight].name if setting.doc_min_weight is not None else index
+            variant = Searcher(engine, target, searcher.form, searcher.max_clauses, setting.two_phase or 0,
+                               setting.two_phase_window, use_tuned=False)
+            plans.append(plan(variant, setting, derive(wide, setting.query_pruning(model_default))))
+        with tqdm(total=options.rounds * len(plans), unit="setting", desc=f"sweep {index} ({options.rounds} rounds)",
+                  disable=not options.show_progress) as bar:
+            points = measure(engine, plans, dataset.qrels, options.rounds, options.warmup, progress=bar.update)
     finally:
         if not options.keep_copies:
             for made in copies.values():

@@ -292,3 +292,65 @@ def test_the_reingest_command_keeps_the_index_s_document_top_k_and_windows(tmp_p
     # The copy kept the higher of the index's threshold and the setting's; no windows, no flags.
     plain = reingest_command(searcher, dataset, Setting(64, doc_min_weight=0.05), engine, {"min_weight": 0.1})
     assert plain.endswith("--model org/model --doc-min-weight 0.1 --url http://node:9200")
+
+
+class _DriftingEngine:
+    """Answers every search with one hit; each search takes longer than the last (a machine
+    slowing down), on the clock it hands out."""
+
+    def __init__(self) -> None:
+        self.now, self.searches = 0.0, []
+
+    def clock(self) -> float:
+        return self.now
+
+    def search(self, index: str, body: dict) -> dict:
+        self.now += (1 + 0.01 * len(self.searches)) / 1000
+        self.searches.append(index)
+        return {"hits": {"hits": [{"_id": "d1", "_score": 1.0}]}}
+
+
+def test_settings_are_timed_interleaved_so_drift_falls_on_each_alike():
+    from splade_es.toolkit.eval.tune import Plan, measure, visiting_orders
+
+    orders = visiting_orders(5, 4, seed=3)
+    assert all(sorted(order) == list(range(5)) for order in orders)  # each round visits every setting once
+    assert orders[1] == orders[0][::-1] and orders[3] == orders[2][::-1] and orders[2] != orders[0]
+    assert visiting_orders(5, 4, seed=3) == orders  # seeded: the same run twice
+
+    bodies = {str(q): {"query": q} for q in range(100)}
+    plans = [Plan(Setting(16), "a", bodies, 100, 16.0), Plan(Setting(8), "b", bodies, 100, 8.0),
+             Plan(Setting(4, 99.0), "c", {}, 100, 0.0)]
+    engine = _DriftingEngine()
+    a, b, c = measure(engine, plans, {"1": {"d1": 1}}, rounds=2, warmup=0, clock=engine.clock)
+    assert engine.searches.count("a") == engine.searches.count("b") == 200  # one per query per round
+    # One pass each, a then b, would time b about 1 ms slower: interleaved, drift cancels out.
+    assert a.p50_ms == pytest.approx(b.p50_ms, abs=0.02)
+    assert a.ndcg == b.ndcg == 1.0 and (a.empty_queries, c.empty_queries) == (0, 100)
+    assert c.p50_ms is None and not c.eligible  # nothing searched, nothing timed
+
+
+def test_copies_are_flushed_and_merged_to_the_index_s_segments_before_timing():
+    from splade_es.toolkit.engines.opensearch import OpenSearchEngine
+    from splade_es.toolkit.eval.tune import settle_copies
+
+    sent = []
+    shards = {"i": [3, 2], "i-tune-doc-0.5": [9, 1], "i-tune-doc-0.9": [2, 1]}
+
+    def send(method, path, body=None, params=None, ndjson=False):
+        sent.append((method, path, params))
+        name = path.split("/")[1]
+        if path.endswith("/_stats/segments"):
+            return {"indices": {name: {"shards": {str(n): [{"routing": {"primary": True}, "segments": {"count": c}},
+                                                          {"routing": {"primary": False}, "segments": {"count": 50}}]
+                                                  for n, c in enumerate(shards[name])}}}}
+        return {}
+
+    engine = object.__new__(OpenSearchEngine)
+    engine._send = send
+    assert engine.segments_per_shard("i") == 3  # primaries only, the most of any shard
+    sent.clear()
+    settle_copies(engine, "i", ["i-tune-doc-0.5", "i-tune-doc-0.9"])
+    assert ("POST", "/i/_flush", None) in sent and ("POST", "/i-tune-doc-0.9/_flush", None) in sent
+    merges = [(path, params) for method, path, params in sent if path.endswith("_forcemerge")]
+    assert merges == [("/i-tune-doc-0.5/_forcemerge", {"max_num_segments": "3"})]  # 0.9 has no more than i
