@@ -85,13 +85,24 @@ def tune_command(dataset_spec: str, index: str, url, engine_kind, data_dir, api_
     they cost in nDCG@10 on a BEIR dataset, against the real engine.
 
     The queries are encoded once (at the widest setting); each setting is derived from those
-    vectors and timed as one search per query (p50/p99 round trip, after a warm-up). Document
-    pruning runs on a pruned copy of the index (deleted afterwards unless --keep-copies). The
-    recommendation is the fastest setting within 1 point of the best nDCG@10 (with
-    --budget-ms: the best that fits). Unless --no-record, the best query-side setting for the
-    index as it is goes into its _meta.splade_es.tuned, and 'search', 'serve' and 'eval' use it
-    where no flag says otherwise (--no-tuned ignores it). A doc-pruned recommendation needs a
-    re-ingest: the command is printed.
+    vectors and timed as one search per query per round (p50/p99 round trip over --rounds
+    rounds, after a warm-up); the rounds interleave the settings, each in its own shuffled
+    order, so a slow spell of a shared machine spreads over all of them. Document pruning runs
+    on pruned copies of the index, all built before timing (room for each on the engine;
+    deleted afterwards unless --keep-copies), flushed and refreshed like the index and
+    force-merged to its segments per shard where the copy has more. Caveat: equal segment
+    counts only approximate the index's layout (segment sizes differ), the local engine has no
+    segments, and on a shared machine p50s within ~2x of each other can swap between runs.
+
+    The recommendation is the fastest setting within 1 point of the best nDCG@10 (with
+    --budget-ms: the best that fits), among the settings that leave every query at least one
+    term: 'search' refuses a query pruned to nothing, so a setting that empties any query (the
+    'empty' column) is never recommended or recorded. Unless --no-record, the best query-side
+    setting for the index as it is goes into its _meta.splade_es.tuned, and 'search', 'serve'
+    and 'eval' use it where no flag says otherwise (--no-tuned ignores it). A doc-pruned
+    recommendation needs a re-ingest: the command is printed, with the index's own document
+    top-k and windows (--chunk-tokens) kept. Qrels without a relevant document are refused;
+    fewer than 20 queries with one draw a warning (a recommendation on so few is noise).
 
     \b
     Examples:
