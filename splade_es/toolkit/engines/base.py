@@ -140,6 +140,18 @@ class Engine(ABC):
     def refresh(self, index: str) -> None:
         """Make everything written so far searchable."""
 
+    def settle(self, index: str) -> None:
+        """Flush and refresh: what was written is searchable and on disk, so timings compare
+        indices in the same state (the local engine has nothing more to do)."""
+        self.refresh(index)
+
+    def segments_per_shard(self, index: str) -> int | None:
+        """The most segments a primary shard of the index holds; None on an engine without segments."""
+        return None
+
+    def force_merge(self, index: str, max_segments: int) -> None:
+        """Merge each shard down to at most ``max_segments`` segments; a no-op without segments."""
+
     @abstractmethod
     def put_meta(self, index: str, meta: dict[str, Any]) -> None:
         """Replace the concrete index's mapping ``_meta`` (the record of what was loaded into it)."""

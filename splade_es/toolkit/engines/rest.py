@@ -189,6 +189,20 @@ class RestEngine(Engine):
     def refresh(self, index: str) -> None:
         self._send("POST", f"/{url_part(index)}/_refresh")
 
+    def settle(self, index: str) -> None:
+        self._send("POST", f"/{url_part(index)}/_flush")
+        self.refresh(index)
+
+    def segments_per_shard(self, index: str) -> int | None:
+        reply = self._send("GET", f"/{url_part(index)}/_stats/segments", params={"level": "shards"})
+        counts = [int(copy["segments"]["count"]) for body in reply.get("indices", {}).values()
+                  for copies in body.get("shards", {}).values() for copy in copies
+                  if copy.get("routing", {}).get("primary")]
+        return max(counts) if counts else None
+
+    def force_merge(self, index: str, max_segments: int) -> None:
+        self._send("POST", f"/{url_part(index)}/_forcemerge", params={"max_num_segments": str(max_segments)})
+
 
 def has_rank_features(modules: set[str], queries: set[str]) -> bool:
     """mapper-extras brings the ``rank_features`` field and the ``rank_feature`` query together,

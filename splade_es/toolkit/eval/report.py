@@ -11,6 +11,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from splade_es.errors import InputError
 from splade_es.io.atomic import atomic_text_file
 from splade_es.toolkit.eval.compare import PAIRED_METRIC, PERMUTATIONS, Row, compare
 from splade_es.toolkit.eval.runner import EvalResult
@@ -263,6 +264,27 @@ def _save(figure, path: Path) -> Path:
     plt.close(figure)
     staging.replace(path)
     return path
+
+
+def check_chart_path(path: Path) -> None:
+    """Refuse, before any work, a chart path matplotlib cannot write (its extension picks the
+    format) or whose directory cannot be made or written: else a long run fails only at its end."""
+    import os
+
+    from matplotlib.backend_bases import FigureCanvasBase
+
+    formats = FigureCanvasBase.get_supported_filetypes()
+    extension = path.suffix.lower().lstrip(".")
+    if extension not in formats:
+        what = f"its extension {path.suffix!r}" if extension else "no extension"
+        raise InputError(f"chart {str(path)!r}: {what} names no format matplotlib writes (choose {', '.join(sorted(formats))})")
+    if path.is_dir():
+        raise InputError(f"chart {str(path)!r} is a directory")
+    folder = path.parent.absolute()
+    while not folder.exists():  # frontier_chart makes the missing folders: the nearest one that exists decides
+        folder = folder.parent
+    if not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK):
+        raise InputError(f"chart {str(path)!r}: cannot write in {str(folder)!r}")
 
 
 def frontier_chart(points: Sequence[tuple[str, float, float]], frontier: Sequence[tuple[str, float, float]],

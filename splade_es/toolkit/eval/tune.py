@@ -4,17 +4,23 @@ engine, find the nDCG@10 / latency frontier, recommend a setting and record it i
 Cost model: the test queries are encoded once, at the widest setting of the sweep; every pruned
 variant is derived from that vector (:meth:`Pruning.apply`: top-k of a wider top-k is the same
 top-k), so the sweep spends engine time, not model time. Document pruning runs on a pruned copy
-of the index rebuilt from its stored vectors (never the index itself), deleted afterwards unless
-kept.
+of the index rebuilt from its stored vectors (never the index itself), all built before any
+timing, deleted afterwards unless kept.
 
 Latency is the client's round trip of one search per query (size 10, no ``_source``), timed the
-same way for every setting after a warm-up: p50 and p99 over the dataset's queries.
+same way for every setting after a warm-up, interleaved: a few rounds, each visiting the settings
+in its own shuffled order, so drift on a shared machine does not pick the recommendation; p50 and
+p99 over every round. The copies are flushed, refreshed and merged to the index's segments per
+shard first (where the engine reports segments), as a freshly loaded copy would otherwise be
+timed against a merged index.
 """
 
 from __future__ import annotations
 
 import copy
 import itertools
+import logging
+import random
 import re
 import shlex
 import time
@@ -29,19 +35,22 @@ from splade_es.errors import ConfigError, InputError
 from splade_es.io.corpus import Document, read_corpus
 from splade_es.model.config import Pruning
 from splade_es.toolkit.engines.base import Engine
-from splade_es.toolkit.eval.beir import BeirDataset
+from splade_es.toolkit.eval.beir import BeirDataset, find_file
 from splade_es.toolkit.eval.metrics import Run, evaluate
 from splade_es.toolkit.eval.runner import percentiles
-from splade_es.toolkit.ingest import set_splade_meta
+from splade_es.toolkit.ingest import set_splade_meta, splade_meta
 from splade_es.toolkit.layouts import top_terms
 from splade_es.toolkit.query.searcher import Searcher
 from splade_es.toolkit.query.tuned import DEFAULT_WINDOW
+
+_log = logging.getLogger(__name__)
 
 K = 10  # nDCG@10 needs ten hits; a search page asks for as many
 TOLERANCE = 0.01  # "within 1 point" of nDCG@10
 GRIDS = ("quick", "default")
 COPY_BATCH = 250
 SAMPLE_DOCS = 200  # documents read to place the default document thresholds
+FEW_QUERIES = 20  # fewer queries with a relevant document than this: the recommendation is noise
 
 
 @dataclass(frozen=True)
@@ -79,11 +88,17 @@ class Setting:
 class Measured:
     setting: Setting
     ndcg: float
-    p50_ms: float
-    p99_ms: float
+    p50_ms: float | None  # None: no query had a term left, nothing was timed
+    p99_ms: float | None
     index: str  # the index (or pruned copy) searched
     empty_queries: int = 0  # queries with no term left: no request, nDCG 0
     mean_terms: float = 0.0  # query terms sent, mean over queries
+
+    @property
+    def eligible(self) -> bool:
+        """Whether the setting can be recommended: ``search`` refuses a query pruned to no term, so
+        a setting that empties any query would fail for it (and its p50 leaves those out)."""
+        return self.empty_queries == 0 and self.p50_ms is not None
 
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self.setting), "label": self.setting.label, "ndcg@10": round(self.ndcg, 6),
@@ -93,9 +108,10 @@ class Measured:
 
 # ---------------------------------------------------------------- frontier and recommendation
 def frontier(points: Sequence[Measured]) -> list[Measured]:
-    """The Pareto set on (p50 lower, nDCG higher), fastest first: a point stays unless another is
-    at least as fast and at least as good, and strictly better in one. Of exact duplicates the
-    first (in sweep order) stays."""
+    """The Pareto set on (p50 lower, nDCG higher) of the eligible settings, fastest first: a point
+    stays unless another is at least as fast and at least as good, and strictly better in one. Of
+    exact duplicates the first (in sweep order) stays."""
+    points = [p for p in points if p.eligible]
     kept = []
     for i, p in enumerate(points):
         dominated = any((q.p50_ms <= p.p50_ms and q.ndcg >= p.ndcg)
@@ -109,10 +125,18 @@ def frontier(points: Sequence[Measured]) -> list[Measured]:
 def recommend(points: Sequence[Measured], budget_ms: float | None = None, tolerance: float = TOLERANCE) -> Measured:
     """The fastest setting whose nDCG@10 is within ``tolerance`` of the best; with ``budget_ms``,
     the best nDCG@10 among settings whose p50 fits it. Ties go to the other criterion, then to
-    the earlier setting of the sweep (the simpler one)."""
+    the earlier setting of the sweep (the simpler one). A setting that prunes any query to no
+    term is never recommended (see :attr:`Measured.eligible`)."""
     if not points:
         raise InputError("nothing was measured")
     order = {id(p): i for i, p in enumerate(points)}
+    emptied = [p for p in points if not p.eligible]
+    points = [p for p in points if p.eligible]
+    if not points:
+        worst = min(emptied, key=lambda p: p.empty_queries)
+        raise InputError(f"every setting prunes some query to no term (the fewest: {worst.setting.label}, "
+                         f"{worst.empty_queries} queries), and search refuses such a query: lower the query "
+                         "thresholds (--query-min-weight)")
     if budget_ms is not None:
         fits = [p for p in points if p.p50_ms <= budget_ms]
         if not fits:
@@ -264,23 +288,82 @@ def derive(vectors: Mapping[str, Mapping[str, float]], pruning: Pruning) -> dict
     return {qid: pruning.apply(vector) for qid, vector in vectors.items()}
 
 
-def measure(searcher: Searcher, vectors: Mapping[str, Mapping[str, float]], qrels: Mapping[str, Mapping[str, int]],
-            warmup: int = 20, clock: Callable[[], float] = time.perf_counter) -> tuple[float, dict[str, float], int]:
-    """``(nDCG@10, {p50, p99} ms, empty queries)``: one search per query, round trip timed
-    after ``warmup`` untimed searches."""
+@dataclass
+class Plan:
+    """One setting ready to time: where it searches and each query's request body (none for a
+    query pruned to no term)."""
+
+    setting: Setting
+    index: str
+    bodies: dict[str, dict[str, Any]]
+    queries: int
+    mean_terms: float
+
+
+def plan(searcher: Searcher, setting: Setting, vectors: Mapping[str, Mapping[str, float]]) -> Plan:
+    """The search bodies of ``vectors`` under ``setting`` (size 10, no ``_source``)."""
     bodies = {qid: {**searcher.sparse_body(vector, K), "_source": False} for qid, vector in vectors.items() if vector}
-    for body in itertools.islice(itertools.cycle(bodies.values()), min(warmup, len(bodies)) if bodies else 0):
-        searcher.engine.search(searcher.meta.index, body)
-    run: Run = {qid: {} for qid in vectors}
-    took = []
-    for qid, body in bodies.items():
-        began = clock()
-        reply = searcher.engine.search(searcher.meta.index, body)
-        took.append((clock() - began) * 1000)
-        run[qid] = {str(hit["_id"]): float(hit["_score"]) for hit in reply["hits"]["hits"]}
-    means, _ = evaluate(qrels, run)
-    latency = percentiles(took)
-    return means["ndcg@10"], {"p50": latency["p50"], "p99": latency["p99"]}, len(vectors) - len(bodies)
+    terms = float(np.mean([len(v) for v in vectors.values()])) if vectors else 0.0
+    return Plan(setting, searcher.meta.index, bodies, len(vectors), terms)
+
+
+def visiting_orders(settings: int, rounds: int, seed: int = 0) -> list[list[int]]:
+    """The order each round visits the settings in: a seeded shuffle, then the same reversed, and
+    so on: over a pair of rounds a steady drift adds the same to every setting's mean."""
+    shuffler = random.Random(seed)
+    orders: list[list[int]] = []
+    for number in range(rounds):
+        if number % 2:
+            orders.append(orders[-1][::-1])
+        else:
+            orders.append(list(range(settings)))
+            shuffler.shuffle(orders[-1])
+    return orders
+
+
+def measure(engine: Engine, plans: Sequence[Plan], qrels: Mapping[str, Mapping[str, int]], rounds: int = 3,
+            warmup: int = 20, seed: int = 0, clock: Callable[[], float] = time.perf_counter,
+            progress: Callable[[int], None] | None = None) -> list[Measured]:
+    """Each plan's nDCG@10 and round-trip p50/p99, interleaved so drift on a shared machine falls
+    on every setting alike: ``warmup`` untimed searches per setting, then ``rounds`` rounds, each
+    visiting every setting in turn (:func:`visiting_orders`) and timing one search per query;
+    the percentiles are over all rounds. nDCG@10 is scored on the first round's hits."""
+    for item in plans:
+        for body in itertools.islice(itertools.cycle(item.bodies.values()), min(warmup, len(item.bodies))):
+            engine.search(item.index, body)
+    took: list[list[float]] = [[] for _ in plans]
+    runs: list[Run | None] = [None] * len(plans)
+    for order in visiting_orders(len(plans), rounds, seed):
+        for position in order:
+            item, run = plans[position], {}
+            for qid, body in item.bodies.items():
+                began = clock()
+                reply = engine.search(item.index, body)
+                took[position].append((clock() - began) * 1000)
+                run[qid] = {str(hit["_id"]): float(hit["_score"]) for hit in reply["hits"]["hits"]}
+            runs[position] = runs[position] or run
+            if progress:
+                progress(1)
+    measured = []
+    for item, times, run in zip(plans, took, runs):
+        means, _ = evaluate(qrels, run or {})
+        latency = percentiles(times) if times else {"p50": None, "p99": None}  # nothing searched: nothing timed
+        measured.append(Measured(item.setting, means["ndcg@10"], latency["p50"], latency["p99"], item.index,
+                                 item.queries - len(item.bodies), item.mean_terms))
+    return measured
+
+
+def settle_copies(engine: Engine, index: str, copies: Sequence[str]) -> None:
+    """Put the copies in the state of the index before they are timed against it: flushed and
+    refreshed, and merged down to the index's segments per shard (a freshly bulk-loaded copy has
+    many small ones; the index may be merged), where the engine tells (not the local one)."""
+    engine.settle(index)
+    segments = engine.segments_per_shard(index) if copies else None
+    for name in copies:
+        engine.settle(name)
+        if segments is not None and (engine.segments_per_shard(name) or 0) > segments:
+            engine.force_merge(name, segments)
+            engine.refresh(name)
 
 
 # ---------------------------------------------------------------- the sweep
@@ -323,9 +406,25 @@ class TuneOptions:
     overrides: dict[str, tuple[Any, ...]] = field(default_factory=dict)  # Grid field -> values (the user's lists)
     budget_ms: float | None = None
     warmup: int = 20
+    rounds: int = 3
     keep_copies: bool = False
     record: bool = True
     show_progress: bool = True
+
+
+def check_judgments(dataset: BeirDataset) -> int:
+    """The queries with a relevant (grade > 0) document: none, and every nDCG@10 is 0, nothing to
+    tune on (an error); fewer than :data:`FEW_QUERIES`, and the recommendation is noise (a warning)."""
+    relevant = sum(1 for docs in dataset.qrels.values() if any(grade > 0 for grade in docs.values()))
+    name = f"{dataset.split}.tsv"
+    qrels_file = find_file(dataset.path / "qrels", name) or dataset.path / "qrels" / name
+    if not relevant:
+        raise InputError(f"{qrels_file} (split {dataset.split!r}): no judgment has a grade above 0, so every nDCG@10 "
+                         "is 0 and there is nothing to tune on")
+    if relevant < FEW_QUERIES:
+        _log.warning("%s (split %r): only %d queries have a relevant document; a recommendation on so few is noise",
+                     qrels_file, dataset.split, relevant)
+    return relevant
 
 
 def check_dataset_matches(engine: Engine, index: str, dataset: BeirDataset) -> None:
@@ -345,6 +444,7 @@ def tune(engine: Engine, index: str, dataset: BeirDataset, pipeline, options: Tu
     ``pipeline``: the index's :class:`~splade_es.toolkit.query.pipeline.QueryPipeline`, opened
     without the index's tuned record (the sweep starts from the model's own settings)."""
     searcher: Searcher = pipeline.searcher
+    check_judgments(dataset)
     check_dataset_matches(engine, index, dataset)
     model_default = pipeline.encoder.config.pruning(True)
     ids = list(dataset.queries)
@@ -363,22 +463,21 @@ def tune(engine: Engine, index: str, dataset: BeirDataset, pipeline, options: Tu
     query_weights = [w for v in derive(wide, model_default).values() for w in v.values()]
     settings = _grid(options, model_default, query_weights, doc_weights).settings()
     copies: dict[float, PrunedCopy] = {}
-    points: list[Measured] = []
     try:
-        for doc_min_weight in dict.fromkeys(s.doc_min_weight for s in settings):
-            target = index
-            if doc_min_weight is not None:
-                copies[doc_min_weight] = build_pruned_copy(engine, index, searcher.meta.field, corpus_ids,
-                                                           doc_min_weight, options.show_progress)
-                target = copies[doc_min_weight].name
-            group = [s for s in settings if s.doc_min_weight == doc_min_weight]
-            for setting in tqdm(group, unit="setting", desc=f"sweep {target}", disable=not options.show_progress):
-                variant = Searcher(engine, target, searcher.form, searcher.max_clauses, setting.two_phase or 0,
-                                   setting.two_phase_window, use_tuned=False)
-                vectors = derive(wide, setting.query_pruning(model_default))
-                ndcg, latency, empty = measure(variant, vectors, dataset.qrels, options.warmup)
-                terms = float(np.mean([len(v) for v in vectors.values()])) if vectors else 0.0
-                points.append(Measured(setting, ndcg, latency["p50"], latency["p99"], target, empty, terms))
+        # Every copy first, so the settings can be timed interleaved (see measure).
+        for doc_min_weight in dict.fromkeys(s.doc_min_weight for s in settings if s.doc_min_weight is not None):
+            copies[doc_min_weight] = build_pruned_copy(engine, index, searcher.meta.field, corpus_ids,
+                                                       doc_min_weight, options.show_progress)
+        settle_copies(engine, index, [made.name for made in copies.values()])
+        plans = []
+        for setting in settings:
+            target = copies[setting.doc_min_weight].name if setting.doc_min_weight is not None else index
+            variant = Searcher(engine, target, searcher.form, searcher.max_clauses, setting.two_phase or 0,
+                               setting.two_phase_window, use_tuned=False)
+            plans.append(plan(variant, setting, derive(wide, setting.query_pruning(model_default))))
+        with tqdm(total=options.rounds * len(plans), unit="setting", desc=f"sweep {index} ({options.rounds} rounds)",
+                  disable=not options.show_progress) as bar:
+            points = measure(engine, plans, dataset.qrels, options.rounds, options.warmup, progress=bar.update)
     finally:
         if not options.keep_copies:
             for made in copies.values():
@@ -392,7 +491,8 @@ def tune(engine: Engine, index: str, dataset: BeirDataset, pipeline, options: Tu
                         len(ids), options.budget_ms, points, frontier(points), recommended, for_index,
                         list(copies.values()), options.keep_copies)
     if recommended.setting.doc_min_weight is not None:
-        report.reingest = reingest_command(searcher, dataset, recommended.setting, engine)
+        report.reingest = reingest_command(searcher, dataset, recommended.setting, engine,
+                                           splade_meta(engine, index).get("pruning"))
     if options.record and for_index is not None:
         set_splade_meta(engine, index, "tuned", tuned_record(report, for_index))
         report.recorded = True
@@ -422,9 +522,21 @@ def tuned_record(report: TuneReport, point: Measured) -> dict[str, Any]:
             "baseline_p50_ms": baseline.p50_ms, "budget_ms": report.budget_ms, "engine": report.engine}
 
 
-def reingest_command(searcher: Searcher, dataset: BeirDataset, setting: Setting, engine: Engine) -> str:
-    """The ``splade-es ingest`` line that builds the index a doc-pruned setting needs."""
+def reingest_command(searcher: Searcher, dataset: BeirDataset, setting: Setting, engine: Engine,
+                     pruning: Mapping[str, Any] | None = None) -> str:
+    """The ``splade-es ingest`` line that builds the index a doc-pruned setting was measured on:
+    the index's own document pruning and windows (``pruning``, its ``_meta.splade_es.pruning``
+    record) carried over, since the copy kept them, with the setting's weight threshold on top."""
+    pruning = pruning or {}
     where = ["--url" if engine.info.kind != "local" else "--data-dir", engine.info.location]
+    kept = []
+    if pruning.get("top_k") is not None:
+        kept += ["--doc-top-k", str(int(pruning["top_k"]))]
+    if pruning.get("chunk_tokens") is not None:
+        kept += ["--chunk-tokens", str(int(pruning["chunk_tokens"]))]
+        if pruning.get("chunk_overlap"):
+            kept += ["--chunk-overlap", str(int(pruning["chunk_overlap"]))]
+    min_weight = max(setting.doc_min_weight or 0.0, float(pruning.get("min_weight") or 0.0))
     return shlex.join(["splade-es", "ingest", "--index", f"{searcher.meta.index}-doc-pruned", "--corpus",
-                       str(dataset.path), "--model", searcher.meta.model, "--doc-min-weight",
-                       f"{setting.doc_min_weight:g}", *where])
+                       str(dataset.path), "--model", searcher.meta.model, *kept, "--doc-min-weight",
+                       f"{min_weight:g}", *where])

@@ -201,3 +201,156 @@ def test_bad_input_is_one_line_and_nothing_is_left_behind(local_cran, tmp_path):
     assert not engine.exists(copy_name(index, 0.5)) and splade_meta(engine, index) == before
     bad_list = _invoke("tune", "--dataset", str(CRANFIELD), "--index", index, *common, "--query-top-k", "8,x", code=2)
     assert "not a comma-separated list of int values" in bad_list.output
+
+
+def test_a_chart_path_that_cannot_be_written_is_refused_before_the_sweep(local_cran, tmp_path):
+    engine, index, where = local_cran["engine"], local_cran["splade"], local_cran["where"]
+    before = splade_meta(engine, index)
+    common = ["--dataset", str(CRANFIELD), "--index", index, *where, "--grid", "quick", "--query-top-k", "4",
+              "--json", "--no-progress"]
+    for chart, message in ((tmp_path / "out.xyz", "names no format matplotlib writes"),
+                           (tmp_path / "out", "no extension names no format"),
+                           (tmp_path / "file.txt" / "out.png", "cannot write in")):
+        (tmp_path / "file.txt").write_text("x")
+        refused = _invoke("tune", *common, "--chart", str(chart), code=1)
+        assert message in refused.output and len(refused.output.strip().splitlines()) == 1, refused.output
+    assert splade_meta(engine, index) == before  # nothing ran, nothing recorded
+
+
+def _cranfield_with_qrels(tmp_path, name: str, lines: list[str]):
+    """Cranfield's corpus and queries with other judgments (qrels/test.tsv)."""
+    copy = tmp_path / name
+    shutil.copytree(CRANFIELD, copy)
+    (copy / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\n" + "".join(f"{line}\n" for line in lines))
+    return copy
+
+
+def test_qrels_without_a_relevant_document_are_refused_and_few_queries_warned(local_cran, tmp_path):
+    engine, index, where = local_cran["engine"], local_cran["splade"], local_cran["where"]
+    before = splade_meta(engine, index)
+    common = ["--index", index, *where, "--grid", "quick", "--query-top-k", "4", "--two-phase", "0",
+              "--doc-min-weight", "0", "--no-chart", "--warmup", "0", "--no-progress"]
+    zero = _cranfield_with_qrels(tmp_path, "zero", ["1\t184\t0", "2\t12\t0", "4\t166\t0"])
+    refused = _invoke("tune", "--dataset", str(zero), *common, code=1)
+    assert len(refused.output.strip().splitlines()) == 1, refused.output
+    assert f"{zero / 'qrels' / 'test.tsv'} (split 'test'): no judgment has a grade above 0" in refused.output
+    assert splade_meta(engine, index) == before
+    stored = [line for line in (CRANFIELD / "qrels" / "test.tsv").read_text().splitlines()[1:]]
+    few = _cranfield_with_qrels(tmp_path, "few", [line for line in stored if line.split("\t")[0] in {"1", "2", "4"}])
+    warned = _invoke("tune", "--dataset", str(few), *common, "--no-record")
+    assert "(test): 3 queries" in warned.stdout
+    [line] = [line for line in warned.stderr.splitlines() if line.startswith("warning:")]
+    assert "only 3 queries have a relevant document; a recommendation on so few is noise" in line
+
+
+def test_a_setting_that_empties_a_query_is_never_recommended():
+    full, emptied = _point(10, 0.50), Measured(Setting(16, 1000.0), 0.0, 0.5, 0.6, "i", empty_queries=3)
+    nothing = Measured(Setting(16, 9999.0), 0.0, None, None, "i", empty_queries=225)
+    assert recommend([full, emptied, nothing]) is full
+    assert recommend([full, emptied, nothing], budget_ms=100) is full
+    assert frontier([full, emptied, nothing]) == [full]
+    with pytest.raises(InputError, match=r"no setting meets the 1 ms budget: the fastest \(top-k 16\) has p50 10.00"):
+        recommend([full, emptied, nothing], budget_ms=1)
+    with pytest.raises(InputError, match=r"every setting prunes some query to no term \(the fewest: top-k 16, "
+                                         r"min-w 1e\+03, 3 queries\)"):
+        recommend([emptied, nothing])
+
+
+def test_a_setting_that_empties_queries_is_counted_and_never_recorded(local_cran):
+    engine, index, where = local_cran["engine"], local_cran["splade"], local_cran["where"]
+    before = splade_meta(engine, index)
+    refused = _invoke("tune", "--dataset", str(CRANFIELD), "--index", index, *where, "--query-min-weight", "1000",
+                      "--two-phase", "0", "--doc-min-weight", "0", "--budget-ms", "0.0001", "--warmup", "0",
+                      "--no-chart", "--no-progress", code=1)
+    # The model's own threshold is always tried too; the only setting fast enough empties every query.
+    assert "no setting meets the 0.0001 ms budget" in refused.output
+    assert len(refused.output.strip().splitlines()) == 1, refused.output
+    assert splade_meta(engine, index) == before
+    # Beside settings that keep every query, the table and the JSON count what each one emptied.
+    report = _invoke("tune", "--dataset", str(CRANFIELD), "--index", index, *where, "--query-top-k", "4",
+                     "--query-min-weight", "0,1000", "--two-phase", "0", "--doc-min-weight", "0", "--warmup", "0",
+                     "--no-record", "--no-chart", "--json", "--no-progress")
+    emptied = [s for s in report["settings"] if s["query_min_weight"] == 1000]
+    assert emptied and all(s["empty_queries"] == 225 and s["p50_ms"] is None for s in emptied)
+    assert report["recommended"]["empty_queries"] == 0
+    assert not set(report["frontier"]) & {s["label"] for s in emptied}
+
+
+def test_the_reingest_command_keeps_the_index_s_document_top_k_and_windows(tmp_path):
+    from types import SimpleNamespace
+
+    from splade_es.toolkit.eval.tune import reingest_command
+
+    searcher = SimpleNamespace(meta=SimpleNamespace(index="sci", model="org/model"))
+    engine = SimpleNamespace(info=SimpleNamespace(kind="opensearch", location="http://node:9200"))
+    dataset = SimpleNamespace(path=tmp_path / "scifact")
+    recorded = {"top_k": 256, "min_weight": 0.1, "max_ratio": 0.0, "chunk_tokens": 384, "chunk_overlap": 64}
+    line = reingest_command(searcher, dataset, Setting(64, doc_min_weight=0.752), engine, recorded)
+    assert line == (f"splade-es ingest --index sci-doc-pruned --corpus {tmp_path / 'scifact'} --model org/model "
+                    "--doc-top-k 256 --chunk-tokens 384 --chunk-overlap 64 --doc-min-weight 0.752 "
+                    "--url http://node:9200")
+    # The copy kept the higher of the index's threshold and the setting's; no windows, no flags.
+    plain = reingest_command(searcher, dataset, Setting(64, doc_min_weight=0.05), engine, {"min_weight": 0.1})
+    assert plain.endswith("--model org/model --doc-min-weight 0.1 --url http://node:9200")
+
+
+class _DriftingEngine:
+    """Answers every search with one hit; each search takes longer than the last (a machine
+    slowing down), on the clock it hands out."""
+
+    def __init__(self) -> None:
+        self.now, self.searches = 0.0, []
+
+    def clock(self) -> float:
+        return self.now
+
+    def search(self, index: str, body: dict) -> dict:
+        self.now += (1 + 0.01 * len(self.searches)) / 1000
+        self.searches.append(index)
+        return {"hits": {"hits": [{"_id": "d1", "_score": 1.0}]}}
+
+
+def test_settings_are_timed_interleaved_so_drift_falls_on_each_alike():
+    from splade_es.toolkit.eval.tune import Plan, measure, visiting_orders
+
+    orders = visiting_orders(5, 4, seed=3)
+    assert all(sorted(order) == list(range(5)) for order in orders)  # each round visits every setting once
+    assert orders[1] == orders[0][::-1] and orders[3] == orders[2][::-1] and orders[2] != orders[0]
+    assert visiting_orders(5, 4, seed=3) == orders  # seeded: the same run twice
+
+    bodies = {str(q): {"query": q} for q in range(100)}
+    plans = [Plan(Setting(16), "a", bodies, 100, 16.0), Plan(Setting(8), "b", bodies, 100, 8.0),
+             Plan(Setting(4, 99.0), "c", {}, 100, 0.0)]
+    engine = _DriftingEngine()
+    a, b, c = measure(engine, plans, {"1": {"d1": 1}}, rounds=2, warmup=0, clock=engine.clock)
+    assert engine.searches.count("a") == engine.searches.count("b") == 200  # one per query per round
+    # One pass each, a then b, would time b about 1 ms slower: interleaved, drift cancels out.
+    assert a.p50_ms == pytest.approx(b.p50_ms, abs=0.02)
+    assert a.ndcg == b.ndcg == 1.0 and (a.empty_queries, c.empty_queries) == (0, 100)
+    assert c.p50_ms is None and not c.eligible  # nothing searched, nothing timed
+
+
+def test_copies_are_flushed_and_merged_to_the_index_s_segments_before_timing():
+    from splade_es.toolkit.engines.opensearch import OpenSearchEngine
+    from splade_es.toolkit.eval.tune import settle_copies
+
+    sent = []
+    shards = {"i": [3, 2], "i-tune-doc-0.5": [9, 1], "i-tune-doc-0.9": [2, 1]}
+
+    def send(method, path, body=None, params=None, ndjson=False):
+        sent.append((method, path, params))
+        name = path.split("/")[1]
+        if path.endswith("/_stats/segments"):
+            return {"indices": {name: {"shards": {str(n): [{"routing": {"primary": True}, "segments": {"count": c}},
+                                                          {"routing": {"primary": False}, "segments": {"count": 50}}]
+                                                  for n, c in enumerate(shards[name])}}}}
+        return {}
+
+    engine = object.__new__(OpenSearchEngine)
+    engine._send = send
+    assert engine.segments_per_shard("i") == 3  # primaries only, the most of any shard
+    sent.clear()
+    settle_copies(engine, "i", ["i-tune-doc-0.5", "i-tune-doc-0.9"])
+    assert ("POST", "/i/_flush", None) in sent and ("POST", "/i-tune-doc-0.9/_flush", None) in sent
+    merges = [(path, params) for method, path, params in sent if path.endswith("_forcemerge")]
+    assert merges == [("/i-tune-doc-0.5/_forcemerge", {"max_num_segments": "3"})]  # 0.9 has no more than i
