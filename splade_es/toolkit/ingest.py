@@ -254,7 +254,7 @@ class Checkpoint:
         checkpoint = cls(state_dir / f"ingest-{name}.json", identity)
         if not checkpoint.path.is_file():
             if resume:
-                _log.warning("--resume: no checkpoint of this run in %s (same engine URL, target and ranks?): "
+                _log.warning("--resume: no checkpoint of this run in %s (same cluster, target and ranks?): "
                              "starting from the beginning", state_dir)
             return checkpoint
         if not resume:  # a fresh run starts over, reusing only an index this same run left behind
@@ -423,9 +423,9 @@ class Ingester:
         self.layout = layout
         self.options = options
         state_dir = options.state_dir or _default_state_dir()
-        key = {"engine": engine.info.location, "target": options.alias or options.index,
+        key = {"engine": engine.info.identity, "target": options.alias or options.index,
                "rank": options.rank, "world_size": options.world_size}
-        full_identity = {**identity, "layout": layout.identity(), "engine": engine.info.location,
+        full_identity = {**identity, "layout": layout.identity(), "engine": engine.info.identity,
                          "target": options.alias or options.index, "world_size": options.world_size}
         self.checkpoint = Checkpoint.open(state_dir, key, full_identity, options.resume)
         self._lock = threading.Lock()

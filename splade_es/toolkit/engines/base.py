@@ -58,6 +58,12 @@ class EngineInfo:
     version: str
     capabilities: Capabilities
     location: str  # URL without credentials, or the local data directory
+    cluster: str | None = None  # the cluster's uuid where readable: the same whichever node's URL was given
+
+    @property
+    def identity(self) -> str:
+        """What names this engine across runs: its cluster uuid, else its location."""
+        return f"cluster {self.cluster}" if self.cluster else self.location
 
 
 @dataclass(frozen=True)

@@ -41,7 +41,15 @@ class RestEngine(Engine):
         capabilities = replace(self.detect_capabilities(version, modules, queries),
                                english_analyzer=self._has_analyzer("english"), rrf_retriever=self._parses(_RRF_PROBE),
                                hybrid_query="hybrid" in queries)
-        self.info = EngineInfo(self.kind, version, capabilities, location)
+        self.info = EngineInfo(self.kind, version, capabilities, location, self._cluster_uuid())
+
+    def _cluster_uuid(self) -> str | None:
+        """The root endpoint's ``cluster_uuid``; None where it is unreadable or not yet assigned."""
+        try:
+            uuid = self._send("GET", "/").get("cluster_uuid")
+        except (EngineError, AttributeError):
+            return None
+        return str(uuid) if uuid and uuid != "_na_" else None
 
     def _has_analyzer(self, name: str) -> bool:
         try:
