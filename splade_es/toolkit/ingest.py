@@ -248,10 +248,15 @@ class Checkpoint:
     epoch: int | None = None  # of this load's external versions (see :func:`document_version`)
 
     @classmethod
-    def open(cls, state_dir: Path, key: dict[str, Any], identity: dict[str, Any], resume: bool) -> Checkpoint:
-        """This run's checkpoint; with ``resume``, the saved one, refused if written for another run."""
-        name = hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
-        checkpoint = cls(state_dir / f"ingest-{name}.json", identity)
+    def open(cls, state_dir: Path, key: dict[str, Any], identity: dict[str, Any], resume: bool,
+             earlier_engine: str | None = None) -> Checkpoint:
+        """This run's checkpoint; with ``resume``, the saved one, refused if written for another run.
+        ``earlier_engine``: what earlier versions keyed the engine by (its URL), so a load they
+        left unfinished is found and carried over to this key."""
+        checkpoint = cls(cls._path(state_dir, key), identity)
+        if earlier_engine is not None and not checkpoint.path.is_file():
+            cls._adopt(cls._path(state_dir, {**key, "engine": earlier_engine}), checkpoint.path,
+                       earlier_engine, identity["engine"])
         if not checkpoint.path.is_file():
             if resume:
                 _log.warning("--resume: no checkpoint of this run in %s (same cluster, target and ranks?): "
@@ -273,6 +278,23 @@ class Checkpoint:
             raise ConfigError(f"{checkpoint.path}: cannot resume: the {', '.join(changed)} changed since the "
                               "interrupted run (drop --resume to start over)")
         return saved
+
+    @staticmethod
+    def _path(state_dir: Path, key: dict[str, Any]) -> Path:
+        return state_dir / f"ingest-{hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]}.json"
+
+    @staticmethod
+    def _adopt(earlier: Path, path: Path, earlier_engine: str, engine: str) -> None:
+        """Move an earlier version's checkpoint to this key, naming the engine as this version does."""
+        try:
+            saved = json.loads(earlier.read_text(encoding="utf-8"))
+            if saved["identity"].get("engine") != earlier_engine:
+                return
+            saved["identity"]["engine"] = engine
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            return  # none, or unreadable: the new key's warning and checks apply as usual
+        atomic_write_text(path, json.dumps(saved, ensure_ascii=False))
+        earlier.unlink(missing_ok=True)
 
     def read(self) -> Checkpoint:
         try:
@@ -427,7 +449,8 @@ class Ingester:
                "rank": options.rank, "world_size": options.world_size}
         full_identity = {**identity, "layout": layout.identity(), "engine": engine.info.identity,
                          "target": options.alias or options.index, "world_size": options.world_size}
-        self.checkpoint = Checkpoint.open(state_dir, key, full_identity, options.resume)
+        earlier = engine.info.location if engine.info.identity != engine.info.location else None
+        self.checkpoint = Checkpoint.open(state_dir, key, full_identity, options.resume, earlier)
         self._lock = threading.Lock()
         self._rng = random.Random(options.seed)
 

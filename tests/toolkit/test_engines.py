@@ -51,3 +51,27 @@ def test_wrong_credentials_are_one_clear_error():
     with FaultProxy("http://127.0.0.1:9", refuse=lambda method, path: 401) as proxy:
         with pytest.raises(EngineError, match=r"refused the credentials \(HTTP 401\)"):
             connect(proxy.url, credentials=None)
+
+
+def test_the_cluster_uuid_names_the_engine_and_only_a_refusal_falls_back_to_the_url():
+    """Checkpoints follow the cluster: its uuid where the root endpoint answers; the URL where the
+    credentials may not read it; any other failure is an error, not a silent change of key."""
+    from splade_es.toolkit.engines.base import EngineError, EngineUnavailable
+    from splade_es.toolkit.engines.opensearch import OpenSearchEngine
+
+    def engine_answering(reply):
+        engine = object.__new__(OpenSearchEngine)
+
+        def send(method, path, body=None, params=None, ndjson=False):
+            if isinstance(reply, Exception):
+                raise reply
+            return reply
+        engine._send = send
+        return engine
+
+    assert engine_answering({"cluster_uuid": "u-1"})._cluster_uuid() == "u-1"
+    assert engine_answering({"cluster_uuid": "_na_"})._cluster_uuid() is None  # not formed yet
+    assert engine_answering(EngineError("forbidden", 403))._cluster_uuid() is None
+    for failure in (EngineUnavailable("cannot reach"), EngineError("overloaded", 503)):
+        with pytest.raises(EngineError):
+            engine_answering(failure)._cluster_uuid()

@@ -298,3 +298,42 @@ def test_bm25_statistics_are_cached_with_the_index_and_rebuilt_when_the_log_grow
     assert engine.bulk("txt", [("f", {"text": "boundary layer of a wing, the wing"})]) == []
     grown = LocalEngine(tmp_path).search("txt", {"query": query})["hits"]["hits"]
     assert grown[0]["_id"] == "f" and len(grown) == 3
+
+
+def test_cached_bm25_of_other_analysis_or_damaged_is_rebuilt_and_threads_save_apart(tmp_path, monkeypatch):
+    """A BM25 cache written with other analysis (an upgrade changed stop words or stemming) or
+    damaged on disk is rebuilt, not served; threads of one process (serve) save without colliding."""
+    import threading
+
+    from splade_es.toolkit.engines import local
+
+    engine = LocalEngine(tmp_path)
+    engine.create_index("txt", {"mappings": {"properties": {"text": ENGLISH}}})
+    assert engine.bulk("txt", [(d, {"text": doc["text"]}) for d, doc in DOCS.items()]) == []
+    query = {"query": {"match": {"text": "wing"}}}
+    want = [(h["_id"], h["_score"]) for h in engine.search("txt", query)["hits"]["hits"]]
+    monkeypatch.setattr(local, "ANALYSIS", b"other analysis")
+    rebuilt: list[int] = []
+    real_init = local.BM25.__init__
+    monkeypatch.setattr(local.BM25, "__init__", lambda self, texts: rebuilt.append(1) or real_init(self, texts))
+    assert [(h["_id"], h["_score"]) for h in LocalEngine(tmp_path).search("txt", query)["hits"]["hits"]] == want
+    assert rebuilt == [1], "a cache of other analysis was served"
+    cached = next((tmp_path / "indices" / "txt" / "cache").glob("bm25-*.npz"))
+    cached.write_bytes(b"PK\x03\x04 torn")
+    assert [(h["_id"], h["_score"]) for h in LocalEngine(tmp_path).search("txt", query)["hits"]["hits"]] == want
+    data = LocalEngine(tmp_path)._data("txt")
+    errors: list[BaseException] = []
+
+    def save() -> None:
+        try:
+            for _ in range(20):
+                data._save("bm25-probe", analysis=np.zeros(3, np.uint8))
+        except BaseException as exc:  # noqa: BLE001 - any failure of a thread is the finding
+            errors.append(exc)
+
+    threads = [threading.Thread(target=save) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []

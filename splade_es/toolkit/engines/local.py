@@ -26,11 +26,14 @@ from __future__ import annotations
 
 import fcntl
 import hashlib
+import importlib.metadata
 import json
 import os
 import re
 import shutil
+import threading
 import time
+import zipfile
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -53,6 +56,9 @@ _STOP_WORDS = frozenset(
     "they this to was will with".split()
 )
 _WORD = re.compile(r"\w+", re.UNICODE)
+# What cached BM25 terms were analysed with: a cache written by other analysis is rebuilt.
+ANALYSIS = hashlib.sha1(orjson.dumps({"stop": sorted(_STOP_WORDS), "word": _WORD.pattern, "stem": "porter",
+                                      "snowballstemmer": importlib.metadata.version("snowballstemmer")})).hexdigest().encode()
 _SEARCH_OPTIONS = frozenset({"query", "size", "from", "_source", "track_total_hits", "rescore"})
 MAX_RESULT_WINDOW = 10_000  # index.max_result_window's default on both engines
 
@@ -404,9 +410,9 @@ class _IndexData:
         if field_name not in self._bm25:
             name = f"bm25-{_safe(field_name)}"
             cached = self._load(name)
-            if cached is None:
+            if cached is None or cached.get("analysis", np.zeros(0, np.uint8)).tobytes() != ANALYSIS:
                 self._bm25[field_name] = BM25(_text(s.get(field_name)) for s in self.sources())
-                self._save(name, **self._bm25[field_name].arrays())
+                self._save(name, analysis=np.frombuffer(ANALYSIS, dtype=np.uint8), **self._bm25[field_name].arrays())
             else:
                 self._bm25[field_name] = BM25.from_arrays(cached)
         return self._bm25[field_name]
@@ -419,14 +425,14 @@ class _IndexData:
             arrays = np.load(path)
             if int(arrays["log_size"]) == self.log_size:
                 return {key: arrays[key] for key in arrays.files}
-        except (OSError, ValueError, KeyError):
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):  # absent, stale or damaged: rebuilt
             pass
         return None
 
     def _save(self, name: str, **arrays: np.ndarray) -> None:
         """Written to a temporary name and renamed, so a reader never sees half a file."""
         self.cache.mkdir(exist_ok=True)
-        temporary = self.cache / f".{name}.{os.getpid()}.npz"
+        temporary = self.cache / f".{name}.{os.getpid()}.{threading.get_ident()}.npz"  # serve's threads too
         np.savez(temporary, log_size=np.int64(self.log_size), **arrays)
         os.replace(temporary, self.cache / f"{name}.npz")
 

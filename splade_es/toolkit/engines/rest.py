@@ -6,6 +6,7 @@ supply :meth:`RestEngine._send` and the capability rules, everything else is her
 
 from __future__ import annotations
 
+import time
 from abc import abstractmethod
 from collections.abc import Sequence
 from dataclasses import replace
@@ -15,7 +16,7 @@ from urllib.parse import quote
 import orjson
 
 from splade_es.toolkit.engines.base import (PROBE_PATTERN, BulkFailure, Capabilities, Engine, EngineError, EngineInfo,
-                                            IndexStats)
+                                            EngineUnavailable, IndexStats)
 
 # Only what failure handling reads: a reply of 500 acknowledgements shrinks to a few bytes.
 _BULK_REPLY = "errors,items.*._id,items.*.status,items.*.error"
@@ -47,7 +48,11 @@ class RestEngine(Engine):
         """The root endpoint's ``cluster_uuid``; None where it is unreadable or not yet assigned."""
         try:
             uuid = self._send("GET", "/").get("cluster_uuid")
-        except (EngineError, AttributeError):
+        except EngineError as exc:  # credentials without access: keyed by URL; any other failure is real
+            if exc.status in (401, 403, 404):
+                return None
+            raise
+        except AttributeError:
             return None
         return str(uuid) if uuid and uuid != "_na_" else None
 
@@ -208,8 +213,18 @@ class RestEngine(Engine):
                   if copy.get("routing", {}).get("primary")]
         return max(counts) if counts else None
 
-    def force_merge(self, index: str, max_segments: int) -> None:
-        self._send("POST", f"/{url_part(index)}/_forcemerge", params={"max_num_segments": str(max_segments)})
+    def force_merge(self, index: str, max_segments: int, timeout: float = 3600.0) -> None:
+        """The merge goes on in the engine when the request times out on the client (a large
+        index takes minutes): then wait for the segment count instead of failing."""
+        try:
+            self._send("POST", f"/{url_part(index)}/_forcemerge", params={"max_num_segments": str(max_segments)})
+            return
+        except EngineUnavailable:
+            deadline = time.monotonic() + timeout
+        while (self.segments_per_shard(index) or 0) > max_segments:
+            if time.monotonic() > deadline:
+                raise EngineError(f"{index}: force merge to {max_segments} segments not done after {timeout:g} s")
+            time.sleep(2)
 
 
 def has_rank_features(modules: set[str], queries: set[str]) -> bool:

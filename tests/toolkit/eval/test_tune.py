@@ -354,3 +354,28 @@ def test_copies_are_flushed_and_merged_to_the_index_s_segments_before_timing():
     assert ("POST", "/i/_flush", None) in sent and ("POST", "/i-tune-doc-0.9/_flush", None) in sent
     merges = [(path, params) for method, path, params in sent if path.endswith("_forcemerge")]
     assert merges == [("/i-tune-doc-0.5/_forcemerge", {"max_num_segments": "3"})]  # 0.9 has no more than i
+
+
+def test_a_force_merge_the_client_gives_up_on_is_waited_for_not_failed(monkeypatch):
+    """A large copy merges longer than the client's request timeout: the engine goes on merging,
+    so force_merge waits for the segment count; a merge that never ends is one error line."""
+    from splade_es.toolkit.engines import rest
+    from splade_es.toolkit.engines.base import EngineError, EngineUnavailable
+    from splade_es.toolkit.engines.opensearch import OpenSearchEngine
+
+    counts = [7, 5, 2]
+
+    def send(method, path, body=None, params=None, ndjson=False):
+        if path.endswith("/_forcemerge"):
+            raise EngineUnavailable("cannot reach OpenSearch at x: Read timed out")
+        count = counts.pop(0) if counts else 2
+        return {"indices": {"c": {"shards": {"0": [{"routing": {"primary": True}, "segments": {"count": count}}]}}}}
+
+    monkeypatch.setattr(rest.time, "sleep", lambda seconds: None)
+    engine = object.__new__(OpenSearchEngine)
+    engine._send = send
+    engine.force_merge("c", 2)
+    assert counts == []  # polled until the shard held 2 segments
+    counts[:] = [9] * 5
+    with pytest.raises(EngineError, match="force merge to 2 segments not done after 0 s"):
+        engine.force_merge("c", 2, timeout=0)
