@@ -460,6 +460,13 @@ def tune(engine: Engine, index: str, dataset: BeirDataset, pipeline, options: Tu
     encoded = pipeline.encoder.encode_queries([dataset.queries[q] for q in ids], pruning=widest,
                                               show_progress=options.show_progress)
     wide = {qid: vector.to_features() for qid, vector in zip(ids, encoded)}
+    blank = [qid for qid, vector in wide.items() if not vector]
+    if len(blank) == len(wide):
+        raise InputError(f"no query of {dataset.name!r} keeps a term even at the widest setting: nothing to tune")
+    if blank:  # empty whatever the setting: they would make every setting ineligible
+        _log.warning("%d queries keep no term even at the widest setting (e.g. %r): left out of the sweep",
+                     len(blank), blank[0])
+        wide = {qid: vector for qid, vector in wide.items() if vector}
     query_weights = [w for v in derive(wide, model_default).values() for w in v.values()]
     settings = _grid(options, model_default, query_weights, doc_weights).settings()
     copies: dict[float, PrunedCopy] = {}

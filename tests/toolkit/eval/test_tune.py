@@ -379,3 +379,27 @@ def test_a_force_merge_the_client_gives_up_on_is_waited_for_not_failed(monkeypat
     counts[:] = [9] * 5
     with pytest.raises(EngineError, match="force merge to 2 segments not done after 0 s"):
         engine.force_merge("c", 2, timeout=0)
+
+
+def test_queries_empty_even_at_the_widest_setting_are_left_out_not_fatal(local_cran, monkeypatch):
+    """A query with no term at all (whatever the pruning) would make every setting ineligible: it
+    is left out of the sweep with a warning, and the rest are tuned."""
+    from dataclasses import replace
+
+    from splade_es.model.encoder import SparseEncoder
+
+    index, where = local_cran["splade"], local_cran["where"]
+    real = SparseEncoder.encode_queries
+
+    def one_blank(self, texts, *args, **kwargs):
+        vectors = list(real(self, texts, *args, **kwargs))
+        first = vectors[0]
+        vectors[0] = replace(first, indices=first.indices[:0], values=first.values[:0])
+        return vectors
+
+    monkeypatch.setattr(SparseEncoder, "encode_queries", one_blank)
+    report = _invoke("tune", "--dataset", str(CRANFIELD), "--index", index, *where, "--query-top-k", "4",
+                     "--two-phase", "0", "--doc-min-weight", "0", "--warmup", "0", "--rounds", "1",
+                     "--no-record", "--no-chart", "--json", "--no-progress")
+    assert report["recommended"]["empty_queries"] == 0
+    assert all(s["empty_queries"] == 0 for s in report["settings"])
