@@ -1,0 +1,337 @@
+"""A real engine at scale: ingest against a bare bulk load, index size, and query cost per method.
+
+For each corpus directory from ``benchmarks/scale_corpus.py generate`` (``--corpora``, smallest
+first) and one engine (``--url``), every load runs in its own process, so its peak resident memory
+(``ru_maxrss``) is its own:
+
+- ``bulk``: the reference, ``helpers.streaming_bulk`` of the engine's own Python client with the
+  exact documents ``ingest`` writes (same mapping, 500 per request), streamed from the files;
+- ``ingest``: ``splade-es ingest --vectors`` of the same corpus with its defaults (the whole command:
+  the precheck pass over the files, checkpoints, the final count); docs/s against ``bulk`` is the
+  ratio to watch;
+- ``pruned``: ``ingest --doc-min-weight W`` into a third index (documents statically pruned; W
+  defaults to the weights' lower quartile);
+- ``text``: the text alone (``helpers.streaming_bulk``), for BM25's share of the disk.
+
+Then each index is flushed and force-merged to one segment (so sizes and query times compare
+like with like), its primary store size read, and the queries run one at a time, ``size`` 10 without sources: BM25 (BEIR's ``multi_match``), the full
+SPLADE query, its ``--top-k`` heaviest terms, two-phase (``--two-phase`` terms first, the rest
+rescoring a window of 100), and the full query on the pruned index. Each method reports the
+engine's ``took`` p50/p99, QPS of one client, recall@10 against the full query's top 10 (the
+exact ranking), and nDCG@10 against the generated judgments (pytrec_eval).
+
+    URL=$(splade-es engine start --kind opensearch --heap 2g --port 0 | tail -n 1)
+    python benchmarks/engine_scale.py --url "$URL" --corpora /tmp/scale-100k,/tmp/scale-300k,/tmp/scale-1m \\
+        --out benchmarks/results/engine_scale_os219.json --chart benchmarks/results/engine_scale_os219.png
+
+Nothing here keeps a corpus in memory: a million documents stream through every step.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import orjson
+
+from memory import peak_rss_bytes
+
+INDICES = {"bulk": "scale-bulk", "ingest": "scale-splade", "pruned": "scale-pruned", "text": "scale-text"}
+MODEL = "generated"  # the name recorded in the indices' _meta (the vectors come from the generator)
+
+
+# ---------------------------------------------------------------- loads (child processes)
+def _documents(corpus: Path, with_vectors: bool) -> Iterator[tuple[object, dict[str, float]]]:
+    """The corpus's documents with their vectors, both files streamed in step (the generator writes
+    them in the same order; a mismatch stops the run)."""
+    from splade_es.io.corpus import Document, read_corpus, read_vectors, resolve_corpus
+
+    vectors = read_vectors(corpus / "vectors.jsonl") if with_vectors else None
+    for document in read_corpus(resolve_corpus(corpus, None, None)):
+        if not isinstance(document, Document):
+            raise SystemExit(f"{corpus}: a bad corpus record: {document}")
+        features: dict[str, float] = {}
+        if vectors is not None:
+            _, vector_id, features = next(vectors)
+            if vector_id != document.id:
+                raise SystemExit(f"{corpus}: vectors.jsonl is out of step with corpus.jsonl at id {document.id}")
+        yield document, features
+
+
+def bulk_load(url: str, corpus: Path, index: str, text_only: bool) -> dict:
+    """The same documents as ``ingest`` writes, through the client's own streaming bulk helper."""
+    from splade_es.toolkit.engines.connect import connect
+    from splade_es.toolkit.layouts import SpladeLayout
+    from splade_es.toolkit.mappings import VectorIndexSpec, choose_field_type, index_body
+
+    engine = connect(url)
+    spec = VectorIndexSpec(MODEL, None, {}, field_type=choose_field_type(engine.info.capabilities, None, url))
+    layout = SpladeLayout(spec)
+    body = index_body(engine.info, spec)
+    if text_only:
+        body["mappings"]["properties"] = {name: field for name, field in body["mappings"]["properties"].items()
+                                          if field.get("type") == "text"}
+    engine.delete_index(index)
+    engine.create_index(index, body)
+    engine._send("PUT", f"/{index}/_settings", {"index": {"refresh_interval": "-1"}})
+    if engine.info.kind == "opensearch":
+        from opensearchpy import OpenSearch, helpers
+        client = OpenSearch([url], timeout=120)
+    else:
+        from elasticsearch import Elasticsearch, helpers
+        client = Elasticsearch([url], request_timeout=120)
+
+    def actions() -> Iterator[dict]:
+        for document, features in _documents(corpus, not text_only):
+            source = layout.document(document, features)
+            if text_only:
+                source = {name: value for name, value in source.items() if name in body["mappings"]["properties"]}
+            yield {"_index": index, "_id": document.id, "_source": source}
+
+    started, count = time.perf_counter(), 0
+    for ok, item in helpers.streaming_bulk(client, actions(), chunk_size=500, raise_on_error=False,
+                                           max_retries=3):
+        if not ok:
+            raise SystemExit(f"bulk: refused {item}")
+        count += 1
+    engine._send("PUT", f"/{index}/_settings", {"index": {"refresh_interval": None}})
+    engine.refresh(index)
+    return {"docs": count, "seconds": round(time.perf_counter() - started, 2)}
+
+
+def ingest_load(url: str, corpus: Path, index: str, extra: list[str]) -> dict:
+    """``splade-es ingest --vectors`` in this process (so ru_maxrss is the command's own)."""
+    from click.testing import CliRunner
+
+    from splade_es.toolkit.cli import main
+
+    with tempfile.TemporaryDirectory() as state:
+        started = time.perf_counter()
+        result = CliRunner().invoke(main, ["ingest", "--index", index, "--corpus", str(corpus), "--vectors",
+                                           str(corpus / "vectors.jsonl"), "--model", MODEL, "--url", url,
+                                           "--no-progress", "--json", "--state-dir", state, *extra])
+        seconds = time.perf_counter() - started
+    if result.exit_code != 0:
+        raise SystemExit(f"ingest failed: {result.output[-2000:]}")
+    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    return {"docs": summary["indexed"] + summary.get("resumed", 0), "seconds": round(seconds, 2)}
+
+
+def run_child(step: str, url: str, corpus: Path, extra: list[str]) -> dict:
+    """One load in a fresh interpreter; its wall time, docs/s and own peak RSS."""
+    command = [sys.executable, __file__, "--child", step, "--url", url, "--corpora", str(corpus),
+               "--child-extra", json.dumps(extra)]
+    done = subprocess.run(command, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise SystemExit(f"step {step} on {corpus} failed:\n{done.stderr[-3000:]}")
+    record = json.loads(done.stdout.strip().splitlines()[-1])
+    record["docs_per_s"] = round(record["docs"] / record["seconds"], 1)
+    return record
+
+
+# ---------------------------------------------------------------- queries
+def _queries(corpus: Path, limit: int) -> list[tuple[str, str, dict[str, float]]]:
+    texts = {}
+    with (corpus / "queries.jsonl").open("rb") as handle:
+        for line in handle:
+            if line.strip():
+                record = orjson.loads(line)
+                texts[str(record["_id"])] = record["text"]
+    found = []
+    with (corpus / "query-vectors.jsonl").open("rb") as handle:
+        for line in handle:
+            if len(found) == limit:
+                break
+            record = orjson.loads(line)
+            found.append((str(record["id"]), texts[str(record["id"])], record["features"]))
+    return found
+
+
+def _qrels(corpus: Path, wanted: set[str]) -> dict[str, dict[str, int]]:
+    qrels: dict[str, dict[str, int]] = {}
+    for row in (corpus / "qrels" / "test.tsv").read_text(encoding="utf-8").splitlines()[1:]:
+        query, document, score = row.split("\t")[:3]
+        if query in wanted:
+            qrels.setdefault(query, {})[document] = int(score)
+    return qrels
+
+
+def measure_queries(url: str, corpus: Path, limit: int, top_k: int, two_phase: int) -> dict:
+    """Each method's latency, recall@10 against the full query and nDCG@10."""
+    import pytrec_eval
+
+    from splade_es.toolkit.engines.connect import connect
+    from splade_es.toolkit.query.forms import split_heaviest
+    from splade_es.toolkit.query.searcher import Searcher
+
+    engine = connect(url)
+    queries = _queries(corpus, limit)
+    exact = Searcher(engine, INDICES["ingest"], use_tuned=False)
+    phased = Searcher(engine, INDICES["ingest"], two_phase=two_phase, use_tuned=False)
+    pruned = Searcher(engine, INDICES["pruned"], use_tuned=False)
+    methods = {
+        "bm25": lambda text, vector: (INDICES["ingest"], exact.body(exact.bm25_query(text), 10)),
+        "splade full": lambda text, vector: (INDICES["ingest"], exact.sparse_body(vector, 10)),
+        f"splade top-{top_k}": lambda text, vector: (INDICES["ingest"],
+                                                     exact.sparse_body(split_heaviest(vector, top_k)[0], 10)),
+        f"two-phase {two_phase}": lambda text, vector: (INDICES["ingest"], phased.sparse_body(vector, 10)),
+        "splade full, pruned documents": lambda text, vector: (INDICES["pruned"], pruned.sparse_body(vector, 10)),
+    }
+    for _, text, vector in queries[:20]:  # warm-up: caches and JIT, untimed
+        for build in methods.values():
+            engine.search(*_no_source(build(text, vector)))
+    runs: dict[str, dict[str, dict[str, float]]] = {name: {} for name in methods}
+    timings: dict[str, dict[str, list[float]]] = {name: {"took": [], "wall": []} for name in methods}
+    for rounds in (list(methods), list(reversed(methods))):  # both orders: no method always runs first
+        for name in rounds:
+            for query_id, text, vector in queries:
+                index, body = _no_source(methods[name](text, vector))
+                started = time.perf_counter()
+                reply = engine.search(index, body)
+                timings[name]["wall"].append((time.perf_counter() - started) * 1000)
+                timings[name]["took"].append(float(reply["took"]))
+                runs[name][query_id] = {hit["_id"]: float(hit["_score"]) for hit in reply["hits"]["hits"]}
+    qrels = _qrels(corpus, {q for q, _, _ in queries})
+    evaluator = pytrec_eval.RelevanceEvaluator(qrels, {"ndcg_cut.10"})
+    reference = runs["splade full"]
+    results = {}
+    for name, run in runs.items():
+        per_query = evaluator.evaluate(run)
+        recall = [len(_top10(run.get(q, {})) & _top10(reference[q])) / max(len(_top10(reference[q])), 1)
+                  for q in reference]
+        took, wall = timings[name]["took"], timings[name]["wall"]
+        results[name] = {"took_ms": {"p50": _pct(took, 50), "p99": _pct(took, 99)},
+                         "client_ms": {"p50": _pct(wall, 50)}, "qps_one_client": round(1000 * len(wall) / sum(wall), 1),
+                         "recall@10_vs_full": round(float(np.mean(recall)), 4),
+                         "ndcg@10": round(float(np.mean([v["ndcg_cut_10"] for v in per_query.values()])), 4)}
+    return {"queries": len(queries), "methods": results}
+
+
+def _no_source(pair: tuple[str, dict]) -> tuple[str, dict]:
+    index, body = pair
+    return index, {**body, "_source": False}
+
+
+def _top10(run: dict[str, float]) -> set[str]:
+    return {doc for doc, _ in sorted(run.items(), key=lambda item: (-item[1], item[0]))[:10]}
+
+
+def _pct(values: list[float], q: int) -> float:
+    return round(float(np.percentile(values, q)), 3)
+
+
+def merged_sizes(url: str) -> dict[str, int]:
+    """Each index flushed and merged to one segment, then its primary store size in bytes."""
+    from splade_es.toolkit.engines.connect import connect
+
+    engine = connect(url, timeout=3600)  # merging a million documents takes minutes
+    for index in INDICES.values():  # one segment each: sizes and query times of alike indices
+        engine.settle(index)
+        engine.force_merge(index, 1)
+        engine.settle(index)  # the merged-away segments' files are dropped only now
+    rows = engine._send("GET", "/_cat/indices/scale-*", params={"format": "json", "bytes": "b", "h": "index,pri.store.size,docs.count"})
+    return {row["index"]: int(row["pri.store.size"]) for row in rows}
+
+
+# ---------------------------------------------------------------- the run
+def lower_quartile_weight(corpus: Path, sample: int = 10_000) -> float:
+    """The 25th percentile of the stored weights over the first ``sample`` documents: the pruned
+    index drops about a quarter of the postings, as ``tune``'s first document threshold does."""
+    weights = []
+    with (corpus / "vectors.jsonl").open("rb") as handle:
+        for _, line in zip(range(sample), handle):
+            weights.extend(orjson.loads(line)["features"].values())
+    return round(float(np.percentile(weights, 25)), 4)
+
+
+def measure(url: str, corpus: Path, args: argparse.Namespace) -> dict:
+    doc_min_weight = args.doc_min_weight if args.doc_min_weight is not None else lower_quartile_weight(corpus)
+    from splade_es.toolkit.engines.connect import connect
+
+    engine = connect(url)
+    for index in INDICES.values():  # ingest adds to an existing index: every load starts empty
+        engine.delete_index(index)
+    loads = {"bulk": run_child("bulk", url, corpus, []),
+             "ingest": run_child("ingest", url, corpus, []),
+             "pruned": run_child("pruned", url, corpus, ["--doc-min-weight", str(doc_min_weight)]),
+             "text": run_child("text", url, corpus, [])}
+    loads["ingest"]["ratio_to_bulk"] = round(loads["ingest"]["docs_per_s"] / loads["bulk"]["docs_per_s"], 3)
+    sizes = merged_sizes(url)
+    docs = loads["ingest"]["docs"]
+    disk = {step: {"bytes": sizes[INDICES[step]], "gb_per_million_docs": round(sizes[INDICES[step]] / docs * 1e6 / 1e9, 3)}
+            for step in ("ingest", "pruned", "text")}
+    return {"corpus": str(corpus), "docs": docs, "doc_min_weight": doc_min_weight, "loads": loads, "disk": disk,
+            **measure_queries(url, corpus, args.queries, args.top_k, args.two_phase)}
+
+
+def chart(records: list[dict], path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(7, 4.5))
+    for method in records[0]["methods"]:
+        axis.plot([r["docs"] for r in records], [r["methods"][method]["took_ms"]["p50"] for r in records],
+                  marker="o", label=method)
+    axis.set_xscale("log")
+    axis.set_xlabel("documents")
+    axis.set_ylabel("p50 latency (engine took, ms)")
+    axis.set_title(title)
+    axis.grid(True, alpha=0.3)
+    axis.legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--url", required=True, help="one engine node (a scratch cluster: scale-* indices are replaced)")
+    parser.add_argument("--corpora", required=True, help="comma-separated generated corpus directories, smallest first")
+    parser.add_argument("--queries", type=int, default=200, help="queries per method (default 200)")
+    parser.add_argument("--top-k", type=int, default=16, help="terms kept by the pruned query (default 16)")
+    parser.add_argument("--two-phase", type=int, default=8, help="first-phase terms of two-phase search (default 8)")
+    parser.add_argument("--doc-min-weight", type=float,
+                        help="static document pruning of the pruned index (default: the stored weights' lower "
+                             "quartile, so about a quarter of the postings go)")
+    parser.add_argument("--out", type=Path)
+    parser.add_argument("--chart", type=Path, help="a PNG of p50 against corpus size per method")
+    parser.add_argument("--child", choices=[*INDICES], help=argparse.SUPPRESS)
+    parser.add_argument("--child-extra", default="[]", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    corpora = [Path(part) for part in args.corpora.split(",") if part]
+    if args.child:
+        extra = json.loads(args.child_extra)
+        if args.child in ("bulk", "text"):
+            record = bulk_load(args.url, corpora[0], INDICES[args.child], args.child == "text")
+        else:
+            record = ingest_load(args.url, corpora[0], INDICES[args.child], extra)
+        print(json.dumps({**record, "peak_rss_mb": round(peak_rss_bytes() / 2**20, 1)}))
+        return
+    from splade_es.toolkit.engines.connect import connect
+
+    info = connect(args.url).info
+    result = {"engine": f"{info.kind} {info.version}", "machine": f"{platform.machine()}, {os.cpu_count()} cores",
+              "date": time.strftime("%Y-%m-%d"), "load_average_start": list(os.getloadavg()),
+              "command": " ".join(sys.argv), "runs": []}
+    for corpus in corpora:
+        result["runs"].append(measure(args.url, corpus, args))
+        text = json.dumps(result, indent=1)
+        if args.out:  # written after each corpus: a long run that stops keeps what it measured
+            args.out.write_text(text + "\n")
+    print(text)
+    if args.chart:
+        chart(result["runs"], args.chart, f"{result['engine']}: query p50 against corpus size")
+
+
+if __name__ == "__main__":
+    main()
