@@ -53,25 +53,32 @@ def test_wrong_credentials_are_one_clear_error():
             connect(proxy.url, credentials=None)
 
 
-def test_the_cluster_uuid_names_the_engine_and_only_a_refusal_falls_back_to_the_url():
-    """Checkpoints follow the cluster: its uuid where the root endpoint answers; the URL where the
-    credentials may not read it; any other failure is an error, not a silent change of key."""
+def test_the_cluster_uuid_names_the_engine_and_an_unreadable_root_falls_back_to_the_url(caplog):
+    """Checkpoints follow the cluster: its uuid where the root endpoint answers; the URL where it
+    cannot be read (credentials, a proxy, a 405), silently; after an outage or a 5xx, with a
+    warning, since the key changes (a later run keyed by uuid adopts the URL's checkpoint)."""
     from splade_es.toolkit.engines.base import EngineError, EngineUnavailable
     from splade_es.toolkit.engines.opensearch import OpenSearchEngine
 
-    def engine_answering(reply):
+    def engine_answering(reply, state=None):
         engine = object.__new__(OpenSearchEngine)
 
         def send(method, path, body=None, params=None, ndjson=False):
-            if isinstance(reply, Exception):
-                raise reply
-            return reply
+            answer = reply if path == "/" else state
+            if isinstance(answer, Exception):
+                raise answer
+            return answer
         engine._send = send
         return engine
 
     assert engine_answering({"cluster_uuid": "u-1"})._cluster_uuid() == "u-1"
     assert engine_answering({"cluster_uuid": "_na_"})._cluster_uuid() is None  # not formed yet
-    assert engine_answering(EngineError("forbidden", 403))._cluster_uuid() is None
+    root_405 = EngineError("Incorrect HTTP method for uri [/]", 405)  # a distribution without the root handler
+    assert engine_answering(root_405, {"metadata": {"cluster_uuid": "u-2"}})._cluster_uuid() == "u-2"
+    for refusal in (EngineError("forbidden", 403), root_405):
+        assert engine_answering(refusal, EngineError("forbidden", 403))._cluster_uuid() is None
+    assert "uuid" not in caplog.text
     for failure in (EngineUnavailable("cannot reach"), EngineError("overloaded", 503)):
-        with pytest.raises(EngineError):
-            engine_answering(failure)._cluster_uuid()
+        caplog.clear()
+        assert engine_answering(failure)._cluster_uuid() is None
+        assert "checkpoints are keyed by URL this run" in caplog.text

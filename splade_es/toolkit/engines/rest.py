@@ -6,6 +6,7 @@ supply :meth:`RestEngine._send` and the capability rules, everything else is her
 
 from __future__ import annotations
 
+import logging
 import time
 from abc import abstractmethod
 from collections.abc import Sequence
@@ -17,6 +18,8 @@ import orjson
 
 from splade_es.toolkit.engines.base import (PROBE_PATTERN, BulkFailure, Capabilities, Engine, EngineError, EngineInfo,
                                             EngineUnavailable, IndexStats)
+
+_log = logging.getLogger(__name__)
 
 # Only what failure handling reads: a reply of 500 acknowledgements shrinks to a few bytes.
 _BULK_REPLY = "errors,items.*._id,items.*.status,items.*.error"
@@ -47,11 +50,17 @@ class RestEngine(Engine):
     def _cluster_uuid(self) -> str | None:
         """The root endpoint's ``cluster_uuid``; None where it is unreadable or not yet assigned."""
         try:
-            uuid = self._send("GET", "/").get("cluster_uuid")
-        except EngineError as exc:  # credentials without access: keyed by URL; any other failure is real
-            if exc.status in (401, 403, 404):
-                return None
-            raise
+            try:
+                uuid = self._send("GET", "/").get("cluster_uuid")
+            except EngineError as exc:  # some distributions answer the root with 405: the cluster state has it
+                if not (exc.status and 400 <= exc.status < 500):
+                    raise
+                reply = self._send("GET", "/_cluster/state/metadata", params={"filter_path": "metadata.cluster_uuid"})
+                uuid = reply.get("metadata", {}).get("cluster_uuid")
+        except EngineError as exc:  # not readable here (credentials, a proxy): keyed by URL
+            if not (exc.status and 400 <= exc.status < 500):  # a blip: said, since it changes the key
+                _log.warning("could not read the cluster's uuid (%s): checkpoints are keyed by URL this run", exc)
+            return None
         except AttributeError:
             return None
         return str(uuid) if uuid and uuid != "_na_" else None
