@@ -47,35 +47,14 @@ def _queries(corpus: Path, limit: int) -> list[str]:
     return [json.loads(line)["text"] for line in lines if line.strip()][:limit]
 
 
-class _Bm25s:
-    """bm25s over the local analyzer's tokens, answering per-document scores like ``BM25.score``."""
-
-    def __init__(self, texts: list[str]) -> None:
-        import bm25s
-
-        from splade_es.toolkit.engines.local import analyze
-
-        tokens = [analyze(text) for text in texts]
-        self.kept = np.asarray([i for i, t in enumerate(tokens) if t], dtype=np.int64)
-        self.n = len(texts)
-        self.retriever = bm25s.BM25(method="lucene", k1=1.2, b=0.75, dtype="float64")
-        self.retriever.index([tokens[i] for i in self.kept], show_progress=False)
-        self.analyze = analyze
-
-    def score(self, text: str) -> np.ndarray:
-        scores = np.zeros(self.n)
-        terms = [t for t in self.analyze(text) if t in self.retriever.vocab_dict]
-        if terms:
-            scores[self.kept] = self.retriever.get_scores(terms)
-        return scores
-
-
 def child(backend: str, corpus: Path, limit: int) -> dict:
-    from splade_es.toolkit.engines.local import BM25
+    from splade_es.toolkit.engines.local import BM25, analyze
+    from splade_es.toolkit.eval.bm25_reference import AnalysedBm25s
+    from splade_es.toolkit.eval.runner import percentiles
 
     texts = _texts(corpus)
     started = time.perf_counter()
-    scorer = BM25(texts) if backend == "local" else _Bm25s(texts)
+    scorer = BM25(texts) if backend == "local" else AnalysedBm25s(texts, analyze)
     build = time.perf_counter() - started
     del texts
     with tempfile.TemporaryDirectory() as saved:  # what a new process pays: loading the saved index
@@ -98,8 +77,8 @@ def child(backend: str, corpus: Path, limit: int) -> dict:
         took.append((time.perf_counter() - started) * 1000)
         tops.append([[int(i), float(scores[i])] for i in top if scores[i] > 0])
     return {"backend": backend, "build_s": round(build, 2), "load_saved_s": round(load, 3), "peak_rss_mb": round(peak_rss_bytes() / 2**20, 1),
-            "query_ms": {"p50": round(float(np.percentile(took, 50)), 3),
-                         "p99": round(float(np.percentile(took, 99)), 3)}, "queries": len(took), "tops": tops}
+            "query_ms": {key: value for key, value in percentiles(took).items() if key != "p95"},
+            "queries": len(took), "tops": tops}
 
 
 def agreement(a: list, b: list) -> dict:

@@ -139,13 +139,8 @@ def run_child(step: str, url: str, corpus: Path, extra: list[str]) -> dict:
 
 
 # ---------------------------------------------------------------- queries
-def _queries(corpus: Path, limit: int) -> list[tuple[str, str, dict[str, float]]]:
-    texts = {}
-    with (corpus / "queries.jsonl").open("rb") as handle:
-        for line in handle:
-            if line.strip():
-                record = orjson.loads(line)
-                texts[str(record["_id"])] = record["text"]
+def _queries(corpus: Path, texts: dict[str, str], limit: int) -> list[tuple[str, str, dict[str, float]]]:
+    """The first ``limit`` generated query vectors with their texts."""
     found = []
     with (corpus / "query-vectors.jsonl").open("rb") as handle:
         for line in handle:
@@ -156,25 +151,18 @@ def _queries(corpus: Path, limit: int) -> list[tuple[str, str, dict[str, float]]
     return found
 
 
-def _qrels(corpus: Path, wanted: set[str]) -> dict[str, dict[str, int]]:
-    qrels: dict[str, dict[str, int]] = {}
-    for row in (corpus / "qrels" / "test.tsv").read_text(encoding="utf-8").splitlines()[1:]:
-        query, document, score = row.split("\t")[:3]
-        if query in wanted:
-            qrels.setdefault(query, {})[document] = int(score)
-    return qrels
-
-
 def measure_queries(url: str, corpus: Path, limit: int, top_k: int, two_phase: int) -> dict:
     """Each method's latency, recall@10 against the full query and nDCG@10."""
-    import pytrec_eval
-
     from splade_es.toolkit.engines.connect import connect
+    from splade_es.toolkit.eval.beir import load_beir
+    from splade_es.toolkit.eval.metrics import evaluate
+    from splade_es.toolkit.eval.runner import percentiles
     from splade_es.toolkit.query.forms import split_heaviest
     from splade_es.toolkit.query.searcher import Searcher
 
     engine = connect(url)
-    queries = _queries(corpus, limit)
+    dataset = load_beir(corpus)
+    queries = _queries(corpus, dataset.queries, limit)
     exact = Searcher(engine, INDICES["ingest"], use_tuned=False)
     phased = Searcher(engine, INDICES["ingest"], two_phase=two_phase, use_tuned=False)
     pruned = Searcher(engine, INDICES["pruned"], use_tuned=False)
@@ -200,19 +188,20 @@ def measure_queries(url: str, corpus: Path, limit: int, top_k: int, two_phase: i
                 timings[name]["wall"].append((time.perf_counter() - started) * 1000)
                 timings[name]["took"].append(float(reply["took"]))
                 runs[name][query_id] = {hit["_id"]: float(hit["_score"]) for hit in reply["hits"]["hits"]}
-    qrels = _qrels(corpus, {q for q, _, _ in queries})
-    evaluator = pytrec_eval.RelevanceEvaluator(qrels, {"ndcg_cut.10"})
+    wanted = {q for q, _, _ in queries}
+    qrels = {q: judged for q, judged in dataset.qrels.items() if q in wanted}
     reference = runs["splade full"]
     results = {}
     for name, run in runs.items():
-        per_query = evaluator.evaluate(run)
+        means, _ = evaluate(qrels, run)
         recall = [len(_top10(run.get(q, {})) & _top10(reference[q])) / max(len(_top10(reference[q])), 1)
                   for q in reference]
-        took, wall = timings[name]["took"], timings[name]["wall"]
-        results[name] = {"took_ms": {"p50": _pct(took, 50), "p99": _pct(took, 99)},
-                         "client_ms": {"p50": _pct(wall, 50)}, "qps_one_client": round(1000 * len(wall) / sum(wall), 1),
+        took, wall = percentiles(timings[name]["took"]), timings[name]["wall"]
+        results[name] = {"took_ms": {"p50": took["p50"], "p99": took["p99"]},
+                         "client_ms": {"p50": percentiles(wall)["p50"]},
+                         "qps_one_client": round(1000 * len(wall) / sum(wall), 1),
                          "recall@10_vs_full": round(float(np.mean(recall)), 4),
-                         "ndcg@10": round(float(np.mean([v["ndcg_cut_10"] for v in per_query.values()])), 4)}
+                         "ndcg@10": round(float(means["ndcg@10"]), 4)}
     return {"queries": len(queries), "methods": results}
 
 
@@ -223,10 +212,6 @@ def _no_source(pair: tuple[str, dict]) -> tuple[str, dict]:
 
 def _top10(run: dict[str, float]) -> set[str]:
     return {doc for doc, _ in sorted(run.items(), key=lambda item: (-item[1], item[0]))[:10]}
-
-
-def _pct(values: list[float], q: int) -> float:
-    return round(float(np.percentile(values, q)), 3)
 
 
 def merged_sizes(url: str) -> dict[str, int]:

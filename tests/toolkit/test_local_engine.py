@@ -156,19 +156,13 @@ def cranfield_local(tmp_path_factory):
 
 
 def _bm25s(documents: list[Document], field: str):
-    """bm25s (Lucene's BM25, k1 1.2, b 0.75) over the local analyzer's tokens. Lucene counts only
-    documents holding a term of the field (docCount, average length), so empty ones stay out."""
-    import bm25s
+    """bm25s (Lucene's BM25, k1 1.2, b 0.75) over the local analyzer's tokens."""
+    from splade_es.toolkit.eval.bm25_reference import AnalysedBm25s
 
-    tokens = [analyze(d.fields[field]) for d in documents]
-    kept = [i for i, t in enumerate(tokens) if t]
-    retriever = bm25s.BM25(method="lucene", k1=1.2, b=0.75)
-    retriever.index([tokens[i] for i in kept], show_progress=False)
+    reference = AnalysedBm25s([d.fields[field] for d in documents], analyze)
 
     def scores(text: str) -> dict[str, float]:
-        query = analyze(text)
-        values = retriever.get_scores(query) if query else np.zeros(len(kept))
-        return {documents[kept[j]].id: float(v) for j, v in enumerate(values) if v > 0}
+        return {documents[j].id: float(v) for j, v in enumerate(reference.score(text)) if v > 0}
     return scores
 
 

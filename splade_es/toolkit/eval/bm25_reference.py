@@ -8,7 +8,7 @@ Stemming needs PyStemmer (the ``dev`` extra).
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -37,3 +37,27 @@ def beir_bm25_run(documents: Sequence[Document], queries: Mapping[str, str],
         top = np.argsort(-combined)[:depth]
         run[qid] = {documents[i].id: float(combined[i]) for i in top if combined[i] > 0}
     return run
+
+
+class AnalysedBm25s:
+    """bm25s (Lucene's BM25, k1 1.2, b 0.75) over tokens the caller's ``analyze`` gives: the same
+    analysis as the scorer it is compared with, so only the BM25 arithmetic is checked. Lucene
+    counts only documents holding a term of the field (docCount, average length), so texts with
+    no token stay out of the index."""
+
+    def __init__(self, texts: Sequence[str], analyze: Callable[[str], list[str]]) -> None:
+        import bm25s
+
+        tokens = [analyze(text) for text in texts]
+        self.kept = np.asarray([i for i, t in enumerate(tokens) if t], dtype=np.int64)
+        self.size, self.analyze = len(tokens), analyze
+        self.retriever = bm25s.BM25(method="lucene", k1=1.2, b=0.75, dtype="float64")
+        self.retriever.index([tokens[i] for i in self.kept], show_progress=False)
+
+    def score(self, text: str) -> np.ndarray:
+        """Every text's score for the analysed ``text`` (0 for texts without a token)."""
+        scores = np.zeros(self.size)
+        terms = [t for t in self.analyze(text) if t in self.retriever.vocab_dict]
+        if terms:
+            scores[self.kept] = self.retriever.get_scores(terms)
+        return scores
