@@ -249,14 +249,16 @@ class Checkpoint:
 
     @classmethod
     def open(cls, state_dir: Path, key: dict[str, Any], identity: dict[str, Any], resume: bool,
-             earlier_engine: str | None = None) -> Checkpoint:
+             earlier_engine: str | None = None, wrote_here: Callable[[dict[str, Any]], bool] | None = None
+             ) -> Checkpoint:
         """This run's checkpoint; with ``resume``, the saved one, refused if written for another run.
         ``earlier_engine``: what earlier versions keyed the engine by (its URL), so a load they
-        left unfinished is found and carried over to this key."""
+        left unfinished is found and carried over to this key, when ``wrote_here`` says its
+        index on this cluster carries its load's epoch (the URL may now serve another cluster)."""
         checkpoint = cls(cls._path(state_dir, key), identity)
-        if earlier_engine is not None and not checkpoint.path.is_file():
+        if earlier_engine is not None and wrote_here is not None and not checkpoint.path.is_file():
             cls._adopt(cls._path(state_dir, {**key, "engine": earlier_engine}), checkpoint.path,
-                       earlier_engine, identity["engine"])
+                       earlier_engine, identity["engine"], wrote_here)
         if not checkpoint.path.is_file():
             if resume:
                 _log.warning("--resume: no checkpoint of this run in %s (same cluster, target and ranks?): "
@@ -284,11 +286,12 @@ class Checkpoint:
         return state_dir / f"ingest-{hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]}.json"
 
     @staticmethod
-    def _adopt(earlier: Path, path: Path, earlier_engine: str, engine: str) -> None:
+    def _adopt(earlier: Path, path: Path, earlier_engine: str, engine: str,
+               wrote_here: Callable[[dict[str, Any]], bool]) -> None:
         """Move an earlier version's checkpoint to this key, naming the engine as this version does."""
         try:
             saved = json.loads(earlier.read_text(encoding="utf-8"))
-            if saved["identity"].get("engine") != earlier_engine:
+            if saved["identity"].get("engine") != earlier_engine or not wrote_here(saved):
                 return
             saved["identity"]["engine"] = engine
         except (OSError, ValueError, KeyError, TypeError, AttributeError):
@@ -450,9 +453,19 @@ class Ingester:
         full_identity = {**identity, "layout": layout.identity(), "engine": engine.info.identity,
                          "target": options.alias or options.index, "world_size": options.world_size}
         earlier = engine.info.location if engine.info.identity != engine.info.location else None
-        self.checkpoint = Checkpoint.open(state_dir, key, full_identity, options.resume, earlier)
+        self.checkpoint = Checkpoint.open(state_dir, key, full_identity, options.resume, earlier, self._wrote_here)
         self._lock = threading.Lock()
         self._rng = random.Random(options.seed)
+
+    def _wrote_here(self, saved: dict[str, Any]) -> bool:
+        """Whether a saved checkpoint's load wrote to this cluster: its index is here and carries
+        that load's epoch (seconds-resolution, recorded in the index's ``_meta``)."""
+        index, epoch = saved.get("index"), saved.get("epoch")
+        try:
+            return (bool(index) and epoch is not None and self.engine.exists(index)
+                    and splade_meta(self.engine, index).get("epoch") == epoch)
+        except EngineError:
+            return False
 
     # ---------------------------------------------------------------- index
     def target_index(self, proposed: str | None = None) -> str:

@@ -53,10 +53,10 @@ def test_wrong_credentials_are_one_clear_error():
             connect(proxy.url, credentials=None)
 
 
-def test_the_cluster_uuid_names_the_engine_and_an_unreadable_root_falls_back_to_the_url(caplog):
-    """Checkpoints follow the cluster: its uuid where the root endpoint answers; the URL where it
-    cannot be read (credentials, a proxy, a 405), silently; after an outage or a 5xx, with a
-    warning, since the key changes (a later run keyed by uuid adopts the URL's checkpoint)."""
+def test_the_cluster_uuid_names_the_engine_and_only_an_unreadable_one_falls_back_to_the_url():
+    """Checkpoints follow the cluster: its uuid from the root endpoint, or from the cluster state
+    where the root answers 405; the URL only where neither may be read (credentials). An outage,
+    a 408, 429 or 5xx is an error: falling back then would silently key the run by URL."""
     from splade_es.toolkit.engines.base import EngineError, EngineUnavailable
     from splade_es.toolkit.engines.opensearch import OpenSearchEngine
 
@@ -77,8 +77,41 @@ def test_the_cluster_uuid_names_the_engine_and_an_unreadable_root_falls_back_to_
     assert engine_answering(root_405, {"metadata": {"cluster_uuid": "u-2"}})._cluster_uuid() == "u-2"
     for refusal in (EngineError("forbidden", 403), root_405):
         assert engine_answering(refusal, EngineError("forbidden", 403))._cluster_uuid() is None
-    assert "uuid" not in caplog.text
-    for failure in (EngineUnavailable("cannot reach"), EngineError("overloaded", 503)):
-        caplog.clear()
-        assert engine_answering(failure)._cluster_uuid() is None
-        assert "checkpoints are keyed by URL this run" in caplog.text
+    for failure in (EngineUnavailable("cannot reach"), EngineError("overloaded", 503),
+                    EngineError("too_many_requests", 429), EngineError("timeout", 408)):
+        with pytest.raises(EngineError):
+            engine_answering(failure)._cluster_uuid()
+        with pytest.raises(EngineError):  # the same when the cluster state is the one that fails
+            engine_answering(root_405, failure)._cluster_uuid()
+
+
+def test_a_client_timeout_is_told_apart_from_an_unreachable_engine():
+    """A request that timed out may still be running in the engine (a force merge): both clients'
+    timeouts become EngineTimeout, other connection failures stay EngineUnavailable."""
+    from types import SimpleNamespace
+
+    import elastic_transport
+    import opensearchpy
+
+    from splade_es.toolkit.engines.base import EngineTimeout, EngineUnavailable
+    from splade_es.toolkit.engines.elastic import ElasticsearchEngine
+    from splade_es.toolkit.engines.opensearch import OpenSearchEngine
+
+    def failing(kind, error):
+        engine = object.__new__(kind)
+        engine._url = "http://node:9200"
+
+        def perform_request(*args, **kwargs):
+            raise error
+        client = SimpleNamespace(perform_request=perform_request)
+        engine.client = SimpleNamespace(transport=client, perform_request=perform_request)
+        return engine
+
+    cases = [(OpenSearchEngine, opensearchpy.ConnectionTimeout("TIMEOUT", "read timed out", None), EngineTimeout),
+             (OpenSearchEngine, opensearchpy.ConnectionError("N/A", "refused", None), EngineUnavailable),
+             (ElasticsearchEngine, elastic_transport.ConnectionTimeout("read timed out"), EngineTimeout),
+             (ElasticsearchEngine, elastic_transport.ConnectionError("refused"), EngineUnavailable)]
+    for kind, error, expected in cases:
+        with pytest.raises(EngineUnavailable) as raised:
+            failing(kind, error)._send("POST", "/i/_forcemerge")
+        assert type(raised.value) is expected, (kind.__name__, error)

@@ -277,17 +277,26 @@ def test_shards_and_replicas_that_differ_from_an_existing_index_are_refused(tmp_
 
 def test_a_checkpoint_an_earlier_version_keyed_by_url_is_carried_over_to_the_cluster_key(tmp_path):
     """Earlier versions keyed a checkpoint by the engine's URL: a load they left unfinished is
-    found by the cluster's key, resumed, and its old file is gone; another URL's is not taken."""
+    found by the cluster's key, resumed, and its old file is gone; another URL's is not taken, nor
+    one whose index this cluster does not hold with that load's epoch (the URL now serves another)."""
     from splade_es.toolkit.ingest import Checkpoint
 
     url, cluster = "http://node-1:9200", "cluster u-1"
     key = {"engine": url, "target": "cran", "rank": 0, "world_size": 1}
     identity = {"corpus": "c.jsonl", "engine": url, "target": "cran"}
-    earlier = Checkpoint(Checkpoint._path(tmp_path, key), identity, index="cran", done=700)
+    earlier = Checkpoint(Checkpoint._path(tmp_path, key), identity, index="cran", done=700, epoch=42)
     earlier.save()
-    now = {**identity, "engine": cluster}
-    other = Checkpoint.open(tmp_path, {**key, "engine": cluster}, now, resume=True, earlier_engine="http://node-2:9200")
-    assert other.done == 0 and earlier.path.is_file(), "another URL's checkpoint was taken"
-    resumed = Checkpoint.open(tmp_path, {**key, "engine": cluster}, now, resume=True, earlier_engine=url)
+    now, at_cluster = {**identity, "engine": cluster}, {**key, "engine": cluster}
+    asked: list[tuple[str, int]] = []
+
+    def here_with(epoch):
+        return lambda saved: asked.append((saved["index"], saved["epoch"])) or saved["epoch"] == epoch
+
+    other = Checkpoint.open(tmp_path, at_cluster, now, resume=True, earlier_engine="http://node-2:9200",
+                            wrote_here=here_with(42))
+    assert other.done == 0 and earlier.path.is_file() and asked == [], "another URL's checkpoint was taken"
+    elsewhere = Checkpoint.open(tmp_path, at_cluster, now, resume=True, earlier_engine=url, wrote_here=here_with(7))
+    assert elsewhere.done == 0 and earlier.path.is_file() and asked == [("cran", 42)], "another cluster's was taken"
+    resumed = Checkpoint.open(tmp_path, at_cluster, now, resume=True, earlier_engine=url, wrote_here=here_with(42))
     assert resumed.done == 700 and resumed.index == "cran" and resumed.identity["engine"] == cluster
     assert not earlier.path.is_file() and resumed.path.is_file()

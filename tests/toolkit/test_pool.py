@@ -25,8 +25,9 @@ from splade_es.toolkit.engines.connect import connect, resolve_urls
 class FakeNode:
     """A node of cluster ``uuid`` that answers ``status`` to ``_count`` and counts the requests."""
 
-    def __init__(self, kind: str, uuid: str = "cluster-a", port: int = 0) -> None:
+    def __init__(self, kind: str, uuid: str = "cluster-a", port: int = 0, root: bool = True) -> None:
         self.kind, self.uuid, self.status, self.counts, self.dead = kind, uuid, 200, 0, False
+        self.root = root  # False: the root answers 405, as a distribution without its handler does
         self.cluster: list[FakeNode] = [self]
         node = self
 
@@ -43,9 +44,13 @@ class FakeNode:
                     return
                 path = self.path.split("?")[0]
                 status, body = 200, {}
-                if path == "/":
+                if path == "/" and not node.root:
+                    status, body = 405, {"error": "Incorrect HTTP method for uri [/] and method [GET]"}
+                elif path == "/":
                     body = {"cluster_name": "fake", "cluster_uuid": node.uuid,
                             "version": {"number": "8.19.0" if node.kind == "elasticsearch" else "2.19.6"}}
+                elif path == "/_cluster/state/metadata":
+                    body = {"cluster_name": "fake", "metadata": {"cluster_uuid": node.uuid}}
                 elif path == "/_nodes/_all/http":  # sniffing: every node of the cluster, by publish address
                     body = {"nodes": {f"n{i}": {"http": {"publish_address": other.url.split("//")[1]},
                                                 "roles": ["data", "ingest", "master"]}
@@ -166,12 +171,16 @@ def test_no_node_answering_is_one_error(nodes):
         connect([node.url for node in nodes])
 
 
-def test_nodes_of_different_clusters_are_refused(nodes):
-    other = FakeNode(nodes[0].kind, uuid="cluster-b")
+@pytest.mark.parametrize("root", [True, False], ids=["root", "root-405"])
+def test_nodes_of_different_clusters_are_refused(nodes, root):
+    """Also where the root endpoint answers 405: the cluster state names the cluster then."""
+    first, other = FakeNode(nodes[0].kind, root=root), FakeNode(nodes[0].kind, uuid="cluster-b", root=root)
     try:
         with pytest.raises(EngineError, match=f"{other.url} are nodes of different clusters"):
-            connect([nodes[0].url, other.url])
+            connect([first.url, other.url])
+        assert connect(first.url).info.cluster == "cluster-a"
     finally:
+        first.die()
         other.die()
 
 
@@ -213,3 +222,22 @@ def test_ingest_with_no_node_answering_fails_fast_in_one_line(tmp_path):
     assert result.exit_code == 1 and time.monotonic() - started < 30
     errors = [line for line in result.output.splitlines() if line.startswith("Error:")]
     assert len(errors) == 1 and "no node answers" in errors[0] and "127.0.0.1:2" in errors[0]
+
+
+def test_a_node_set_aside_stays_aside_when_sniffing_rebuilds_the_opensearch_pool():
+    """opensearch-py rebuilds its pool on each sniff with the same connection objects; a node the
+    cluster still lists right after it died must not come back live in the new pool (it took the
+    request's remaining tries: the sniffing test above failed 2 runs in 5)."""
+    from opensearchpy import Urllib3HttpConnection
+
+    from splade_es.toolkit.engines.opensearch import _Pool
+
+    connections = [(Urllib3HttpConnection(host="127.0.0.1", port=port), {"host": "127.0.0.1", "port": port})
+                   for port in (9201, 9202, 9203)]
+    dead = connections[2][0]
+    first = _Pool(connections, dead_timeout=60)
+    first.mark_dead(dead)
+    rebuilt = _Pool(connections, dead_timeout=60)
+    assert dead not in rebuilt.connections and len(rebuilt.connections) == 2
+    rebuilt.mark_live(dead)
+    assert dead in _Pool(connections, dead_timeout=60).connections

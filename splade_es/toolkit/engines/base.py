@@ -34,6 +34,10 @@ class EngineUnavailable(EngineError):
     """The engine could not be reached at all."""
 
 
+class EngineTimeout(EngineUnavailable):
+    """The request was sent but no answer came in time: the engine may still be working on it."""
+
+
 @dataclass(frozen=True)
 class Capabilities:
     """What this server can do, detected rather than assumed."""

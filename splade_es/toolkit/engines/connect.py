@@ -101,12 +101,18 @@ def probe_cluster(urls: list[str], credentials: Credentials, timeout: float) -> 
 
 
 def cluster_identity(url: str, credentials: Credentials, timeout: float) -> tuple[str, str] | None:
-    """``(cluster name, cluster uuid)`` from the root endpoint, or None where the credentials may
-    not read it (the nodes are then taken on trust)."""
-    reply = _request(_pool(url, credentials, timeout), "GET", url, "/", credentials)
+    """``(cluster name, cluster uuid)`` from the root endpoint, or from the cluster state where the
+    root is refused (a distribution without the root handler answers 405), or None where the
+    credentials may read neither (the nodes are then taken on trust)."""
+    pool = _pool(url, credentials, timeout)
+    reply = _request(pool, "GET", url, "/", credentials)
+    if reply.status >= 300:
+        reply = _request(pool, "GET", url, "/_cluster/state/metadata?filter_path=cluster_name,metadata.cluster_uuid",
+                         credentials)
     try:
         body = json.loads(reply.data) if reply.status < 300 else {}
-        name, uuid = str(body["cluster_name"]), str(body["cluster_uuid"])
+        uuid = body["cluster_uuid"] if "cluster_uuid" in body else body["metadata"]["cluster_uuid"]
+        name, uuid = str(body["cluster_name"]), str(uuid)
     except (ValueError, KeyError, TypeError):
         return None
     return None if uuid == "_na_" else (name, uuid)  # "_na_": the node has not joined a cluster yet

@@ -8,7 +8,7 @@ from typing import Any
 import elastic_transport
 import elasticsearch
 
-from splade_es.toolkit.engines.base import Capabilities, EngineError, EngineUnavailable
+from splade_es.toolkit.engines.base import Capabilities, EngineError, EngineTimeout, EngineUnavailable
 from splade_es.toolkit.engines.credentials import Credentials
 from splade_es.toolkit.engines.pool import (DEAD_NODE_BACKOFF, MAX_DEAD_NODE_BACKOFF, ReportsDeadNodes,
                                             failover_options)
@@ -68,7 +68,8 @@ class ElasticsearchEngine(RestEngine):
         except elasticsearch.ApiError as exc:
             raise EngineError(error_reason(exc.body, exc.meta.status), exc.meta.status) from None
         except elastic_transport.TransportError as exc:
-            raise EngineUnavailable(f"cannot reach Elasticsearch at {self._url}: {exc.message}") from None
+            unavailable = EngineTimeout if isinstance(exc, elastic_transport.ConnectionTimeout) else EngineUnavailable
+            raise unavailable(f"cannot reach Elasticsearch at {self._url}: {exc.message}") from None
         if method == "HEAD":
             if reply.meta.status == 404:
                 raise EngineError("not found", 404)

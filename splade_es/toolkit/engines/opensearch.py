@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from typing import Any
 
 import opensearchpy
 
-from splade_es.toolkit.engines.base import Capabilities, EngineError, EngineUnavailable
+from splade_es.toolkit.engines.base import Capabilities, EngineError, EngineTimeout, EngineUnavailable
 from splade_es.toolkit.engines.credentials import Credentials
 from splade_es.toolkit.engines.elastic import version_tuple
 from splade_es.toolkit.engines.pool import (DEAD_NODE_BACKOFF, MAX_DEAD_NODE_BACKOFF, ReportsDeadNodes,
@@ -16,7 +17,30 @@ from splade_es.toolkit.engines.rest import RestEngine, error_reason, has_rank_fe
 
 
 class _Pool(ReportsDeadNodes, opensearchpy.ConnectionPool):
-    pass
+    """opensearch-py builds a new pool on every sniff, reusing the connection objects: a node set
+    aside stays aside across that rebuild. Otherwise a node the cluster still lists right after it
+    died (a sniff on its failure) comes back at once and takes the request's other tries."""
+
+    def __init__(self, connections: Any, *args: Any, **kwargs: Any) -> None:
+        super().__init__(connections, *args, **kwargs)
+        now = time.time()
+        for connection in list(self.connections):
+            until, failures = getattr(connection, "_set_aside", (0.0, 0))
+            if until > now:
+                self.connections.remove(connection)
+                self.dead.put((until, connection))
+                self.dead_count[connection] = failures
+
+    def mark_dead(self, connection: Any, *args: Any, **kwargs: Any) -> None:
+        super().mark_dead(connection, *args, **kwargs)
+        failures = self.dead_count.get(connection, 0)
+        if failures:  # kept on the connection, which outlives this pool
+            backoff = self.dead_timeout * 2 ** min(failures - 1, self.timeout_cutoff)
+            connection._set_aside = (time.time() + backoff, failures)
+
+    def mark_live(self, connection: Any) -> None:
+        super().mark_live(connection)
+        connection._set_aside = (0.0, 0)
 
 
 class OpenSearchEngine(RestEngine):
@@ -53,7 +77,8 @@ class OpenSearchEngine(RestEngine):
         try:
             reply = self.client.transport.perform_request(method, path, params=params, body=body, headers=headers)
         except opensearchpy.exceptions.ConnectionError as exc:
-            raise EngineUnavailable(f"cannot reach OpenSearch at {self._url}: {exc.error}") from None
+            unavailable = EngineTimeout if isinstance(exc, opensearchpy.exceptions.ConnectionTimeout) else EngineUnavailable
+            raise unavailable(f"cannot reach OpenSearch at {self._url}: {exc.error}") from None
         except opensearchpy.exceptions.TransportError as exc:
             status = exc.status_code if isinstance(exc.status_code, int) else None
             raise EngineError(error_reason(exc.info, status or 0), status) from None

@@ -17,9 +17,17 @@ from urllib.parse import quote
 import orjson
 
 from splade_es.toolkit.engines.base import (PROBE_PATTERN, BulkFailure, Capabilities, Engine, EngineError, EngineInfo,
-                                            EngineUnavailable, IndexStats)
+                                            EngineTimeout, IndexStats)
 
 _log = logging.getLogger(__name__)
+
+_UNREADABLE = (401, 403, 404, 405)  # answers that say "not for you here", not "try again"
+
+
+def _assigned(uuid: Any) -> str | None:
+    """A cluster uuid, or None before the cluster has formed ("_na_")."""
+    return str(uuid) if uuid and uuid != "_na_" else None
+
 
 # Only what failure handling reads: a reply of 500 acknowledgements shrinks to a few bytes.
 _BULK_REPLY = "errors,items.*._id,items.*.status,items.*.error"
@@ -48,22 +56,22 @@ class RestEngine(Engine):
         self.info = EngineInfo(self.kind, version, capabilities, location, self._cluster_uuid())
 
     def _cluster_uuid(self) -> str | None:
-        """The root endpoint's ``cluster_uuid``; None where it is unreadable or not yet assigned."""
+        """The cluster's uuid: from the root endpoint, or from the cluster state where the root is
+        refused (a distribution without the root handler answers 405). None where neither may be
+        read (credentials) or it is not assigned yet; any other failure (an outage, 408, 429, 5xx)
+        is an error: a silent fallback would key this run's checkpoint by URL."""
         try:
-            try:
-                uuid = self._send("GET", "/").get("cluster_uuid")
-            except EngineError as exc:  # some distributions answer the root with 405: the cluster state has it
-                if not (exc.status and 400 <= exc.status < 500):
-                    raise
-                reply = self._send("GET", "/_cluster/state/metadata", params={"filter_path": "metadata.cluster_uuid"})
-                uuid = reply.get("metadata", {}).get("cluster_uuid")
-        except EngineError as exc:  # not readable here (credentials, a proxy): keyed by URL
-            if not (exc.status and 400 <= exc.status < 500):  # a blip: said, since it changes the key
-                _log.warning("could not read the cluster's uuid (%s): checkpoints are keyed by URL this run", exc)
+            return _assigned(self._send("GET", "/").get("cluster_uuid"))
+        except EngineError as exc:
+            if exc.status not in _UNREADABLE:
+                raise
+        try:
+            reply = self._send("GET", "/_cluster/state/metadata", params={"filter_path": "metadata.cluster_uuid"})
+        except EngineError as exc:
+            if exc.status not in _UNREADABLE:
+                raise
             return None
-        except AttributeError:
-            return None
-        return str(uuid) if uuid and uuid != "_na_" else None
+        return _assigned(reply.get("metadata", {}).get("cluster_uuid"))
 
     def _has_analyzer(self, name: str) -> bool:
         try:
@@ -223,12 +231,14 @@ class RestEngine(Engine):
         return max(counts) if counts else None
 
     def force_merge(self, index: str, max_segments: int, timeout: float = 3600.0) -> None:
-        """The merge goes on in the engine when the request times out on the client (a large
-        index takes minutes): then wait for the segment count instead of failing."""
+        """A large index merges longer than the client waits: on a timeout the engine goes on
+        merging, so wait for the segment count instead of failing (any other failure is raised)."""
         try:
             self._send("POST", f"/{url_part(index)}/_forcemerge", params={"max_num_segments": str(max_segments)})
             return
-        except EngineUnavailable:
+        except EngineTimeout:
+            _log.warning("%s: force merge to %d segments still running after the request timed out; waiting",
+                         index, max_segments)
             deadline = time.monotonic() + timeout
         while (self.segments_per_shard(index) or 0) > max_segments:
             if time.monotonic() > deadline:

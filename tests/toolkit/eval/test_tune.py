@@ -358,16 +358,18 @@ def test_copies_are_flushed_and_merged_to_the_index_s_segments_before_timing():
 
 def test_a_force_merge_the_client_gives_up_on_is_waited_for_not_failed(monkeypatch):
     """A large copy merges longer than the client's request timeout: the engine goes on merging,
-    so force_merge waits for the segment count; a merge that never ends is one error line."""
+    so force_merge waits for the segment count; a merge that never ends is one error line, and a
+    merge that was never sent (connection refused) is not waited for."""
     from splade_es.toolkit.engines import rest
-    from splade_es.toolkit.engines.base import EngineError, EngineUnavailable
+    from splade_es.toolkit.engines.base import EngineError, EngineTimeout, EngineUnavailable
     from splade_es.toolkit.engines.opensearch import OpenSearchEngine
 
     counts = [7, 5, 2]
+    failure: list[Exception] = [EngineTimeout("cannot reach OpenSearch at x: Read timed out")]
 
     def send(method, path, body=None, params=None, ndjson=False):
         if path.endswith("/_forcemerge"):
-            raise EngineUnavailable("cannot reach OpenSearch at x: Read timed out")
+            raise failure[0]
         count = counts.pop(0) if counts else 2
         return {"indices": {"c": {"shards": {"0": [{"routing": {"primary": True}, "segments": {"count": count}}]}}}}
 
@@ -379,27 +381,8 @@ def test_a_force_merge_the_client_gives_up_on_is_waited_for_not_failed(monkeypat
     counts[:] = [9] * 5
     with pytest.raises(EngineError, match="force merge to 2 segments not done after 0 s"):
         engine.force_merge("c", 2, timeout=0)
-
-
-def test_queries_empty_even_at_the_widest_setting_are_left_out_not_fatal(local_cran, monkeypatch):
-    """A query with no term at all (whatever the pruning) would make every setting ineligible: it
-    is left out of the sweep with a warning, and the rest are tuned."""
-    from dataclasses import replace
-
-    from splade_es.model.encoder import SparseEncoder
-
-    index, where = local_cran["splade"], local_cran["where"]
-    real = SparseEncoder.encode_queries
-
-    def one_blank(self, texts, *args, **kwargs):
-        vectors = list(real(self, texts, *args, **kwargs))
-        first = vectors[0]
-        vectors[0] = replace(first, indices=first.indices[:0], values=first.values[:0])
-        return vectors
-
-    monkeypatch.setattr(SparseEncoder, "encode_queries", one_blank)
-    report = _invoke("tune", "--dataset", str(CRANFIELD), "--index", index, *where, "--query-top-k", "4",
-                     "--two-phase", "0", "--doc-min-weight", "0", "--warmup", "0", "--rounds", "1",
-                     "--no-record", "--no-chart", "--json", "--no-progress")
-    assert report["recommended"]["empty_queries"] == 0
-    assert all(s["empty_queries"] == 0 for s in report["settings"])
+    failure[0] = EngineUnavailable("cannot reach OpenSearch at x: Connection refused")
+    counts[:] = [9] * 5
+    with pytest.raises(EngineUnavailable, match="Connection refused"):
+        engine.force_merge("c", 2)
+    assert counts == [9] * 5, "a merge never sent was waited for"
