@@ -11,7 +11,9 @@ first) and one engine (``--url``), every load runs in its own process, so its pe
   ratio to watch;
 - ``pruned``: ``ingest --doc-min-weight W`` into a third index (documents statically pruned; W
   defaults to the weights' lower quartile);
-- ``text``: the text alone (``helpers.streaming_bulk``), for BM25's share of the disk.
+- ``text``: the text alone (``helpers.streaming_bulk``), for BM25's share of the disk;
+- ``eval``: ``splade-es eval`` of the generated queries (their precomputed vectors) on the ingested
+  index, whose peak RSS should not grow with the corpus either.
 
 Then each index is flushed and force-merged to one segment (so sizes and query times compare
 like with like), its primary store size read, and the queries run one at a time, ``size`` 10 without sources: BM25 (BEIR's ``multi_match``), the full
@@ -108,22 +110,38 @@ def bulk_load(url: str, corpus: Path, index: str, text_only: bool) -> dict:
     return {"docs": count, "seconds": round(time.perf_counter() - started, 2)}
 
 
-def ingest_load(url: str, corpus: Path, index: str, extra: list[str]) -> dict:
-    """``splade-es ingest --vectors`` in this process (so ru_maxrss is the command's own)."""
+def _cli(arguments: list[str]) -> dict:
+    """A ``splade-es`` command in this process (so ru_maxrss is the command's own): its wall time and
+    the JSON summary it printed last."""
     from click.testing import CliRunner
 
     from splade_es.toolkit.cli import main
 
-    with tempfile.TemporaryDirectory() as state:
-        started = time.perf_counter()
-        result = CliRunner().invoke(main, ["ingest", "--index", index, "--corpus", str(corpus), "--vectors",
-                                           str(corpus / "vectors.jsonl"), "--model", MODEL, "--url", url,
-                                           "--no-progress", "--json", "--state-dir", state, *extra])
-        seconds = time.perf_counter() - started
+    started = time.perf_counter()
+    result = CliRunner().invoke(main, arguments)
+    seconds = time.perf_counter() - started
     if result.exit_code != 0:
-        raise SystemExit(f"ingest failed: {result.output[-2000:]}")
-    summary = json.loads(result.stdout.strip().splitlines()[-1])
-    return {"docs": summary["indexed"] + summary.get("resumed", 0), "seconds": round(seconds, 2)}
+        raise SystemExit(f"{arguments[0]} failed: {result.output[-2000:]}")
+    return {"summary": json.loads(result.stdout.strip().splitlines()[-1]), "seconds": round(seconds, 2)}
+
+
+def ingest_load(url: str, corpus: Path, index: str, extra: list[str]) -> dict:
+    """``splade-es ingest --vectors`` with its defaults."""
+    with tempfile.TemporaryDirectory() as state:
+        done = _cli(["ingest", "--index", index, "--corpus", str(corpus), "--vectors", str(corpus / "vectors.jsonl"),
+                     "--model", MODEL, "--url", url, "--no-progress", "--json", "--state-dir", state, *extra])
+    summary = done["summary"]
+    return {"docs": summary["indexed"] + summary.get("resumed", 0), "seconds": done["seconds"]}
+
+
+def eval_run(url: str, corpus: Path) -> dict:
+    """``splade-es eval`` of every generated query (precomputed vectors, 1,000 hits each) on the ingested
+    index: its wall time and, from the caller, its peak RSS, which should not grow with the corpus."""
+    done = _cli(["eval", "--dataset", str(corpus), "--index", INDICES["ingest"], "--url", url, "--query-vectors",
+                 str(corpus / "query-vectors.jsonl"), "--no-tuned", "--no-progress", "--json"])
+    summary = done["summary"]
+    return {"docs": summary["index_docs"], "queries": summary["queries"], "seconds": done["seconds"],
+            "ndcg@10": round(summary["metrics"]["ndcg@10"], 4)}
 
 
 def run_child(step: str, url: str, corpus: Path, extra: list[str]) -> dict:
@@ -134,7 +152,8 @@ def run_child(step: str, url: str, corpus: Path, extra: list[str]) -> dict:
     if done.returncode != 0:
         raise SystemExit(f"step {step} on {corpus} failed:\n{done.stderr[-3000:]}")
     record = json.loads(done.stdout.strip().splitlines()[-1])
-    record["docs_per_s"] = round(record["docs"] / record["seconds"], 1)
+    if step != "eval":
+        record["docs_per_s"] = round(record["docs"] / record["seconds"], 1)
     return record
 
 
@@ -255,6 +274,7 @@ def measure(url: str, corpus: Path, args: argparse.Namespace) -> dict:
     disk = {step: {"bytes": sizes[INDICES[step]], "gb_per_million_docs": round(sizes[INDICES[step]] / docs * 1e6 / 1e9, 3)}
             for step in ("ingest", "pruned", "text")}
     return {"corpus": str(corpus), "docs": docs, "doc_min_weight": doc_min_weight, "loads": loads, "disk": disk,
+            "eval": run_child("eval", url, corpus, []),
             **measure_queries(url, corpus, args.queries, args.top_k, args.two_phase)}
 
 
@@ -290,13 +310,15 @@ def main() -> None:
                              "quartile, so about a quarter of the postings go)")
     parser.add_argument("--out", type=Path)
     parser.add_argument("--chart", type=Path, help="a PNG of p50 against corpus size per method")
-    parser.add_argument("--child", choices=[*INDICES], help=argparse.SUPPRESS)
+    parser.add_argument("--child", choices=[*INDICES, "eval"], help=argparse.SUPPRESS)
     parser.add_argument("--child-extra", default="[]", help=argparse.SUPPRESS)
     args = parser.parse_args()
     corpora = [Path(part) for part in args.corpora.split(",") if part]
     if args.child:
         extra = json.loads(args.child_extra)
-        if args.child in ("bulk", "text"):
+        if args.child == "eval":
+            record = eval_run(args.url, corpora[0])
+        elif args.child in ("bulk", "text"):
             record = bulk_load(args.url, corpora[0], INDICES[args.child], args.child == "text")
         else:
             record = ingest_load(args.url, corpora[0], INDICES[args.child], extra)

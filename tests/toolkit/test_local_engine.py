@@ -4,6 +4,8 @@ only approximate, and its BM25 equal to an independent implementation (bm25s, Lu
 from __future__ import annotations
 
 import json
+import math
+from collections import Counter
 
 import numpy as np
 import pytest
@@ -155,21 +157,36 @@ def cranfield_local(tmp_path_factory):
     return engine, documents, queries
 
 
-def _bm25s(documents: list[Document], field: str):
-    """bm25s (Lucene's BM25, k1 1.2, b 0.75) over the local analyzer's tokens."""
-    from splade_es.toolkit.eval.bm25_reference import AnalysedBm25s
-
-    reference = AnalysedBm25s([d.fields[field] for d in documents], analyze)
+def _lucene_bm25(documents: list[Document], field: str):
+    """Lucene's BM25 (k1 1.2, b 0.75) written out from its definition over the local analyzer's
+    tokens, in plain Python: independent of the engine, which scores through bm25s. Lucene counts
+    only documents holding a token of the field (docCount, average length)."""
+    postings: dict[str, list[tuple[str, int]]] = {}
+    lengths: dict[str, int] = {}
+    for document in documents:
+        tokens = analyze(document.fields[field])
+        if tokens:
+            lengths[document.id] = len(tokens)
+            for token, tf in Counter(tokens).items():
+                postings.setdefault(token, []).append((document.id, tf))
+    count, average = len(lengths), sum(lengths.values()) / len(lengths)
 
     def scores(text: str) -> dict[str, float]:
-        return {documents[j].id: float(v) for j, v in enumerate(reference.score(text)) if v > 0}
+        total: dict[str, float] = {}
+        for token in analyze(text):  # a repeated query word is a repeated clause
+            holding = postings.get(token, [])
+            idf = math.log(1 + (count - len(holding) + 0.5) / (len(holding) + 0.5))
+            for doc_id, tf in holding:
+                norm = 1.2 * (1 - 0.75 + 0.75 * lengths[doc_id] / average)
+                total[doc_id] = total.get(doc_id, 0.0) + idf * tf / (tf + norm)
+        return total
     return scores
 
 
 @pytest.mark.parametrize("field", ["title", "text"])
-def test_local_bm25_equals_bm25s_on_cranfield_to_1e_4(cranfield_local, field):
+def test_local_bm25_equals_lucenes_formula_on_cranfield_to_1e_4(cranfield_local, field):
     engine, documents, queries = cranfield_local
-    independent = _bm25s(documents, field)
+    independent = _lucene_bm25(documents, field)
     worst, compared = 0.0, 0
     for text in queries:
         got = _cran(engine, {"match": {field: text}})
@@ -181,9 +198,39 @@ def test_local_bm25_equals_bm25s_on_cranfield_to_1e_4(cranfield_local, field):
     assert compared > 20_000 and worst <= 1e-4
 
 
-def test_local_best_fields_equals_bm25s_fields_combined(cranfield_local):
+def test_local_bm25_counts_a_repeated_word_twice_and_skips_empty_texts(tmp_path):
+    """Lucene builds one clause per query token, so "wing wing" scores twice "wing"; a document
+    whose text analyses to nothing (stop words only) neither matches nor counts in docCount."""
+    engine = LocalEngine(tmp_path)
+    engine.create_index("t", {"mappings": {"properties": {"text": ENGLISH}}})
+    texts = {"a": "wing flutter", "b": "the of and", "c": "wing wing tip", "d": "tip vortex"}
+    assert engine.bulk("t", [(d, {"text": t}) for d, t in texts.items()]) == []
+    reference = _lucene_bm25([Document(d, {"text": t}, f"test:{d}") for d, t in texts.items()], "text")
+
+    def hits(text: str) -> dict[str, float]:
+        found = engine.search("t", {"query": {"match": {"text": text}}, "_source": False})["hits"]["hits"]
+        return {hit["_id"]: hit["_score"] for hit in found}
+    once, twice = hits("wing"), hits("wing wing")
+    assert once.keys() == {"a", "c"} and twice == pytest.approx({d: 2 * v for d, v in once.items()})
+    assert once == pytest.approx(reference("wing")) and "b" not in hits("the tip")
+
+
+def test_bm25_past_bm25s_32_bit_ids_is_refused_in_one_line(tmp_path, monkeypatch):
+    """bm25s numbers documents and words with int32: past that a search says so (the limit is
+    lowered here; 2^31 texts do not fit a test)."""
+    from splade_es.toolkit.engines import local
+
+    engine = LocalEngine(tmp_path)
+    engine.create_index("t", {"mappings": {"properties": {"text": ENGLISH}}})
+    assert engine.bulk("t", [("a", {"text": "wing flutter"}), ("b", {"text": "tip vortex"})]) == []
+    monkeypatch.setattr(local.BM25, "LIMIT", 3)
+    with pytest.raises(EngineError, match=r"BM25 over 2 texts and 4 distinct words: past bm25s's 32-bit ids \(3\)"):
+        engine.search("t", {"query": {"match": {"text": "wing"}}})
+
+
+def test_local_best_fields_equals_the_formula_fields_combined(cranfield_local):
     engine, documents, queries = cranfield_local
-    title, text = _bm25s(documents, "title"), _bm25s(documents, "text")
+    title, text = _lucene_bm25(documents, "title"), _lucene_bm25(documents, "text")
     for query in queries[:50]:
         got = _cran(engine, forms.bm25_query(query, ["title", "text"]))
         per_title, per_text = title(query), text(query)
