@@ -28,6 +28,7 @@ import fcntl
 import hashlib
 import importlib.metadata
 import json
+import logging
 import os
 import re
 import shutil
@@ -405,17 +406,24 @@ class _IndexData:
         return self._seismic[field_name]
 
     def bm25(self, field_name: str) -> BM25:
-        """The field's BM25 statistics: cached like a vector matrix, since analysing every text
-        again would cost each new process minutes at a million documents."""
+        """The field's BM25 scores: cached like a vector matrix, since analysing every text again
+        would cost each new process minutes at a million documents. The cache holds finished
+        scores, so it is keyed by the analysis and by the scoring (k1, b, bm25s's version): a cache
+        written with either changed, or in an earlier format, is rebuilt."""
         if field_name not in self._bm25:
             name = f"bm25-{_safe(field_name)}"
-            cached = self._load(name)
-            if (cached is None or "scores" not in cached  # absent, or written before the bm25s scores
-                    or cached.get("analysis", np.zeros(0, np.uint8)).tobytes() != ANALYSIS):
-                self._bm25[field_name] = BM25(_text(s.get(field_name)) for s in self.sources())
-                self._save(name, analysis=np.frombuffer(ANALYSIS, dtype=np.uint8), **self._bm25[field_name].arrays())
-            else:
-                self._bm25[field_name] = BM25.from_arrays(cached)
+            cached, bm25 = self._load(name), None
+            if cached is not None and _stored(cached, "analysis") == ANALYSIS \
+                    and _stored(cached, "scoring") == BM25.scoring():
+                try:
+                    bm25 = BM25.from_arrays(cached)
+                except (KeyError, ValueError):  # arrays that disagree with each other: rebuilt
+                    bm25 = None
+            if bm25 is None:
+                bm25 = BM25(_text(s.get(field_name)) for s in self.sources())
+                self._save(name, analysis=np.frombuffer(ANALYSIS, dtype=np.uint8),
+                           scoring=np.frombuffer(BM25.scoring(), dtype=np.uint8), **bm25.arrays())
+            self._bm25[field_name] = bm25
         return self._bm25[field_name]
 
     # ---------------------------------------------------------------- the cache directory
@@ -512,6 +520,11 @@ def _vector_only(data: _IndexData, query: Any) -> tuple[str, dict[int, float]] |
     return field_name, query_columns
 
 
+def _stored(arrays: dict[str, np.ndarray], key: str) -> bytes | None:
+    """A cache's byte-string entry (a key), or None where that cache has none."""
+    return arrays[key].tobytes() if key in arrays else None
+
+
 def _safe(field_name: str) -> str:
     """A field name as part of a file name."""
     return hashlib.sha1(field_name.encode("utf-8")).hexdigest()[:16]
@@ -531,9 +544,17 @@ class BM25:
     K1, B = 1.2, 0.75
     LIMIT = int(np.iinfo(np.int32).max)  # bm25s keeps document and term ids as int32
 
+    @classmethod
+    def scoring(cls) -> bytes:
+        """What cached scores were computed with: a cache of other scoring is rebuilt."""
+        return hashlib.sha1(orjson.dumps({"k1": cls.K1, "b": cls.B, "dtype": "float64", "bm25s":
+                                          importlib.metadata.version("bm25s")})).hexdigest().encode()
+
     def __init__(self, texts: Iterable[str]) -> None:
         import bm25s
         from bm25s.tokenization import Tokenized
+
+        logging.getLogger("bm25s").setLevel(logging.WARNING)  # it sets DEBUG on import: one line per build
 
         terms: dict[str, int] = {}
         documents: list[list[int]] = []  # token ids of the documents holding a token
@@ -551,7 +572,8 @@ class BM25:
         if not documents:
             self._set(terms, sp.csc_matrix((size, 1)))
             return
-        retriever = bm25s.BM25(method="lucene", k1=self.K1, b=self.B, dtype="float64")
+        # scipy's COO-to-CSC conversion: a lower build peak than bm25s's default numpy sort
+        retriever = bm25s.BM25(method="lucene", k1=self.K1, b=self.B, dtype="float64", csc_backend="scipy")
         retriever.index(Tokenized(ids=documents, vocab=terms), create_empty_token=False, show_progress=False)
         eager = retriever.scores  # CSC over the kept documents, one column per term id
         rows = np.asarray(kept, dtype=np.int64)[eager["indices"]]
