@@ -298,10 +298,25 @@ def chart(records: list[dict], path: Path, title: str) -> None:
     figure.savefig(path, dpi=120)
 
 
+def merged_results(paths: list[Path]) -> tuple[str, list[dict]]:
+    """One engine's runs from several result files, by corpus size; a size measured twice is refused."""
+    engines, runs = set(), {}
+    for path in paths:
+        result = json.loads(path.read_text())
+        engines.add(result["engine"])
+        for run in result["runs"]:
+            if run["docs"] in runs:
+                raise SystemExit(f"{path}: {run['docs']} documents are in an earlier file too")
+            runs[run["docs"]] = run
+    if len(engines) != 1:
+        raise SystemExit(f"--chart-from: one engine per chart, these files hold {sorted(engines)}")
+    return engines.pop(), [runs[docs] for docs in sorted(runs)]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--url", required=True, help="one engine node (a scratch cluster: scale-* indices are replaced)")
-    parser.add_argument("--corpora", required=True, help="comma-separated generated corpus directories, smallest first")
+    parser.add_argument("--url", help="one engine node (a scratch cluster: scale-* indices are replaced)")
+    parser.add_argument("--corpora", help="comma-separated generated corpus directories, smallest first")
     parser.add_argument("--queries", type=int, default=200, help="queries per method (default 200)")
     parser.add_argument("--top-k", type=int, default=16, help="terms kept by the pruned query (default 16)")
     parser.add_argument("--two-phase", type=int, default=8, help="first-phase terms of two-phase search (default 8)")
@@ -310,9 +325,20 @@ def main() -> None:
                              "quartile, so about a quarter of the postings go)")
     parser.add_argument("--out", type=Path)
     parser.add_argument("--chart", type=Path, help="a PNG of p50 against corpus size per method")
+    parser.add_argument("--chart-from", type=Path, nargs="+", metavar="JSON",
+                        help="measure nothing: draw --chart from earlier --out files of one engine (sizes run in "
+                             "separate sessions), their runs merged by corpus size")
     parser.add_argument("--child", choices=[*INDICES, "eval"], help=argparse.SUPPRESS)
     parser.add_argument("--child-extra", default="[]", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.chart_from:
+        if not args.chart:
+            parser.error("--chart-from needs --chart")
+        engine, runs = merged_results(args.chart_from)
+        chart(runs, args.chart, f"{engine}: query p50 against corpus size")
+        return
+    if not args.url or not args.corpora:
+        parser.error("--url and --corpora are required (unless --chart-from)")
     corpora = [Path(part) for part in args.corpora.split(",") if part]
     if args.child:
         extra = json.loads(args.child_extra)
