@@ -14,7 +14,10 @@ peak resident memory (``VmHWM``) is its own:
 - ``encode`` (``--encode-model``): ``splade-es encode --input --output`` of the first N texts of
   the first corpus, for each N of ``--encode-docs``, each text cut to ``--encode-words`` words (a
   small model and short texts keep the time bounded; what is measured is whether memory grows
-  with N, across encode's 4096-text blocks), wall time and peak RSS.
+  with N, across encode's 4096-text blocks), wall time and peak RSS; ``--encode-top-k`` keeps each
+  vector's N heaviest features, as ``ingest --doc-top-k`` would (an untrained model fills its cap).
+  ``--encode-model corpus-bert`` builds a 2-layer random BERT masked LM (hidden size 32) whose
+  WordPiece vocabulary is the corpus's own words: fast enough on CPU to encode a million texts.
 
     python benchmarks/scale_corpus.py generate --stats benchmarks/results/scale_stats_cranfield_minilm.json \\
         --docs 100000 --out /tmp/scale-100k
@@ -122,11 +125,12 @@ def run_child(step: str, corpus: Path, work: Path, extra: dict) -> dict:
                 text = " ".join(record["text"].split()[: extra["words"]])
                 target.write(json.dumps({"id": record["_id"], "text": text}) + "\n")
         started = time.perf_counter()
+        top_k = ["--top-k", str(extra["top_k"])] if extra.get("top_k") else []
         result = CliRunner().invoke(main, ["encode", "--model", extra["model"], "--input", str(texts),
-                                           "--output", str(work / "encoded.jsonl")])
+                                           "--output", str(work / "encoded.jsonl"), *top_k])
         if result.exit_code != 0:
             raise SystemExit(result.output)
-        out = {"docs": extra["docs"]}
+        out = {"docs": extra["docs"], "output_bytes": (work / "encoded.jsonl").stat().st_size}
     else:
         raise SystemExit(f"unknown step {step}")
     return {**out, "seconds": round(time.perf_counter() - started, 2), "peak_rss_mb": round(peak_rss_bytes() / 2**20, 1)}
@@ -172,13 +176,39 @@ def measure(corpus: Path, seismic_settings: list[dict], queries: int) -> dict:
         return result
 
 
+def corpus_bert(corpus: Path, directory: Path, sample: int = 20_000, words: int = 12_000) -> Path:
+    """A 2-layer random BERT masked LM whose vocabulary is the corpus's most frequent words (of its
+    first ``sample`` texts): what encode costs per text is then the pipeline's, not a big model's."""
+    from collections import Counter
+
+    import torch
+    from transformers import BertConfig, BertForMaskedLM, BertTokenizerFast
+
+    counts: Counter[str] = Counter()
+    with (corpus / "corpus.jsonl").open() as source:
+        for _, line in zip(range(sample), source):
+            counts.update(json.loads(line)["text"].lower().split())
+    characters = "abcdefghijklmnopqrstuvwxyz0123456789"
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", ".", ",", "-", *characters, *(f"##{c}" for c in characters)]
+    vocab += [word for word, _ in counts.most_common(words) if word not in vocab]
+    (directory / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                        intermediate_size=64)
+    BertForMaskedLM(config).save_pretrained(directory)
+    BertTokenizerFast(vocab_file=str(directory / "vocab.txt")).save_pretrained(directory)
+    return directory
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--corpora", required=True, help="comma-separated directories from scale_corpus.py generate")
     parser.add_argument("--seismic", default='[{}]', help="JSON list of SEISMIC parameter sets to measure")
-    parser.add_argument("--encode-model", help="also measure encode's peak RSS with this model")
+    parser.add_argument("--encode-model", help="also measure encode's peak RSS with this model "
+                                               "('corpus-bert': a tiny random BERT over the corpus's words)")
     parser.add_argument("--encode-docs", default="2000,6000,12000", help="comma-separated text counts for encode")
     parser.add_argument("--encode-words", type=int, default=8, help="words kept of each text for encode (its time)")
+    parser.add_argument("--encode-top-k", type=int, help="features kept per encoded text (default: the model's)")
     parser.add_argument("--queries", type=int, default=200, help="queries timed per backend")
     parser.add_argument("--encode-only", action="store_true", help="measure encode only (with --encode-model)")
     parser.add_argument("--out", help="write the results here (JSON)")
@@ -192,11 +222,14 @@ def main() -> None:
     corpora = [Path(c) for c in args.corpora.split(",")]
     results = {"machine": platform.platform(), "cpus": os.cpu_count(), "date": time.strftime("%Y-%m-%d %H:%M"),
                "load_average_start": os.getloadavg(), "encode": []}
+    if args.encode_model == "corpus-bert":
+        args.encode_model = str(corpus_bert(corpora[0], Path(tempfile.mkdtemp(prefix="corpus-bert-"))))
     if args.encode_model:
         for docs in (int(n) for n in args.encode_docs.split(",")):
             with tempfile.TemporaryDirectory(prefix="local-scale-encode-") as work:
                 row = _child("encode", corpora[0], Path(work), {"model": args.encode_model, "docs": docs,
-                                                                   "words": args.encode_words})
+                                                                   "words": args.encode_words,
+                                                                   "top_k": args.encode_top_k})
             results["encode"].append(row)
             print(f"encode {row}", flush=True)
     results["corpora"] = [] if args.encode_only else [measure(corpus, json.loads(args.seismic), args.queries)
