@@ -300,17 +300,23 @@ def chart(records: list[dict], path: Path, title: str) -> None:
 
 def merged_results(paths: list[Path]) -> tuple[str, list[dict]]:
     """One engine's runs from several result files, by corpus size; a size measured twice is refused."""
-    engines, runs = set(), {}
+    engine, runs = None, {}
     for path in paths:
-        result = json.loads(path.read_text())
-        engines.add(result["engine"])
-        for run in result["runs"]:
-            if run["docs"] in runs:
-                raise SystemExit(f"{path}: {run['docs']} documents are in an earlier file too")
-            runs[run["docs"]] = run
-    if len(engines) != 1:
-        raise SystemExit(f"--chart-from: one engine per chart, these files hold {sorted(engines)}")
-    return engines.pop(), [runs[docs] for docs in sorted(runs)]
+        try:
+            result = json.loads(path.read_text())
+            name, records = result["engine"], [(run["docs"], run) for run in result["runs"]]
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise SystemExit(f"{path}: not an engine_scale.py result ({type(exc).__name__}: {exc})") from None
+        if engine is not None and name != engine:
+            raise SystemExit(f"{path}: {name}, but the files before it hold {engine} (one engine per chart)")
+        engine = name
+        for docs, run in records:
+            if docs in runs:
+                raise SystemExit(f"{path}: {docs} documents are measured twice")
+            runs[docs] = run
+    if not runs:
+        raise SystemExit(f"{', '.join(map(str, paths))}: no runs to draw")
+    return engine, [runs[docs] for docs in sorted(runs)]
 
 
 def main() -> None:
@@ -332,8 +338,8 @@ def main() -> None:
     parser.add_argument("--child-extra", default="[]", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.chart_from:
-        if not args.chart:
-            parser.error("--chart-from needs --chart")
+        if not args.chart or args.url or args.corpora:
+            parser.error("--chart-from needs --chart and measures nothing (no --url, no --corpora)")
         engine, runs = merged_results(args.chart_from)
         chart(runs, args.chart, f"{engine}: query p50 against corpus size")
         return

@@ -125,15 +125,21 @@ def run_child(step: str, corpus: Path, work: Path, extra: dict) -> dict:
                 text = " ".join(record["text"].split()[: extra["words"]])
                 target.write(json.dumps({"id": record["_id"], "text": text}) + "\n")
         started = time.perf_counter()
-        top_k = ["--top-k", str(extra["top_k"])] if extra.get("top_k") else []
+        top_k = ["--top-k", str(extra["top_k"])] if extra.get("top_k") is not None else []
         result = CliRunner().invoke(main, ["encode", "--model", extra["model"], "--input", str(texts),
                                            "--output", str(work / "encoded.jsonl"), *top_k])
         if result.exit_code != 0:
             raise SystemExit(result.output)
-        out = {"docs": extra["docs"], "output_bytes": (work / "encoded.jsonl").stat().st_size}
+        seconds = round(time.perf_counter() - started, 2)  # the check below reads the output: not timed
+        lines, most = 0, 0
+        with (work / "encoded.jsonl").open() as encoded:
+            for line in encoded:
+                lines, most = lines + 1, max(most, len(json.loads(line)["features"]))
+        out = {"docs": extra["docs"], "vectors": lines, "max_features": most, "seconds": seconds,
+               "output_bytes": (work / "encoded.jsonl").stat().st_size}
     else:
         raise SystemExit(f"unknown step {step}")
-    return {**out, "seconds": round(time.perf_counter() - started, 2), "peak_rss_mb": round(peak_rss_bytes() / 2**20, 1)}
+    return {"seconds": round(time.perf_counter() - started, 2), **out, "peak_rss_mb": round(peak_rss_bytes() / 2**20, 1)}
 
 
 def _quality(runs: dict[str, dict], corpus: Path) -> dict:
@@ -200,6 +206,26 @@ def corpus_bert(corpus: Path, directory: Path, sample: int = 20_000, words: int 
     return directory
 
 
+def encode_rows(args: argparse.Namespace, corpus: Path) -> list[dict]:
+    """``encode``'s wall time and peak RSS for each of ``--encode-docs``, with a throw-away corpus-bert if asked."""
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="local-scale-model-") as model_dir:
+        model = str(corpus_bert(corpus, Path(model_dir))) if args.encode_model == "corpus-bert" else args.encode_model
+        for docs in (int(n) for n in args.encode_docs.split(",")):
+            with tempfile.TemporaryDirectory(prefix="local-scale-encode-") as work:
+                rows.append(_child("encode", corpus, Path(work), {"model": model, "docs": docs,
+                                                                  "words": args.encode_words,
+                                                                  "top_k": args.encode_top_k}))
+            print(f"encode {rows[-1]}", flush=True)
+    return rows
+
+
+def _positive(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
+    return int(text)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--corpora", required=True, help="comma-separated directories from scale_corpus.py generate")
@@ -208,7 +234,7 @@ def main() -> None:
                                                "('corpus-bert': a tiny random BERT over the corpus's words)")
     parser.add_argument("--encode-docs", default="2000,6000,12000", help="comma-separated text counts for encode")
     parser.add_argument("--encode-words", type=int, default=8, help="words kept of each text for encode (its time)")
-    parser.add_argument("--encode-top-k", type=int, help="features kept per encoded text (default: the model's)")
+    parser.add_argument("--encode-top-k", type=_positive, help="features kept per encoded text (default: the model's)")
     parser.add_argument("--queries", type=int, default=200, help="queries timed per backend")
     parser.add_argument("--encode-only", action="store_true", help="measure encode only (with --encode-model)")
     parser.add_argument("--out", help="write the results here (JSON)")
@@ -220,18 +246,12 @@ def main() -> None:
         print(json.dumps(run_child(args.child, Path(args.corpora), Path(args.work), json.loads(args.extra))))
         return
     corpora = [Path(c) for c in args.corpora.split(",")]
-    results = {"machine": platform.platform(), "cpus": os.cpu_count(), "date": time.strftime("%Y-%m-%d %H:%M"),
-               "load_average_start": os.getloadavg(), "encode": []}
-    if args.encode_model == "corpus-bert":
-        args.encode_model = str(corpus_bert(corpora[0], Path(tempfile.mkdtemp(prefix="corpus-bert-"))))
+    if (args.encode_only or args.encode_top_k is not None) and not args.encode_model:
+        parser.error("--encode-only and --encode-top-k need --encode-model")
+    results = {"command": " ".join(sys.argv), "machine": platform.platform(), "cpus": os.cpu_count(),
+               "date": time.strftime("%Y-%m-%d %H:%M"), "load_average_start": os.getloadavg(), "encode": []}
     if args.encode_model:
-        for docs in (int(n) for n in args.encode_docs.split(",")):
-            with tempfile.TemporaryDirectory(prefix="local-scale-encode-") as work:
-                row = _child("encode", corpora[0], Path(work), {"model": args.encode_model, "docs": docs,
-                                                                   "words": args.encode_words,
-                                                                   "top_k": args.encode_top_k})
-            results["encode"].append(row)
-            print(f"encode {row}", flush=True)
+        results["encode"] = encode_rows(args, corpora[0])
     results["corpora"] = [] if args.encode_only else [measure(corpus, json.loads(args.seismic), args.queries)
                                                       for corpus in corpora]
     results["load_average_end"] = os.getloadavg()

@@ -7,8 +7,18 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "benchmarks" / "engine_scale.py"
+
+
+@pytest.fixture
+def engine_scale(monkeypatch):
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))  # the script imports its sibling memory.py
+    import engine_scale
+
+    return engine_scale
 
 
 def _result(path: Path, engine: str, sizes: list[int]) -> Path:
@@ -31,25 +41,53 @@ def test_runs_of_two_files_make_one_png(tmp_path):
     assert (tmp_path / "out.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_a_size_in_two_files_is_refused_naming_the_file(tmp_path):
+def test_runs_are_merged_across_files_and_sorted_by_size(tmp_path, engine_scale):
+    small = _result(tmp_path / "small.json", "opensearch 3.3.2", [300_000, 100_000])
+    large = _result(tmp_path / "large.json", "opensearch 3.3.2", [1_000_000])
+    engine, runs = engine_scale.merged_results([large, small])
+    assert engine == "opensearch 3.3.2"
+    assert [run["docs"] for run in runs] == [100_000, 300_000, 1_000_000]
+    assert runs[2]["methods"]["splade full"]["took_ms"]["p50"] == 20.0
+
+
+@pytest.mark.parametrize("content, message", [
+    (None, "not an engine_scale.py result (FileNotFoundError"),
+    ("{not json", "not an engine_scale.py result (JSONDecodeError"),
+    ('{"runs": []}', "not an engine_scale.py result (KeyError"),
+    ('{"engine": "opensearch 3.3.2", "runs": [{"methods": {}}]}', "not an engine_scale.py result (KeyError"),
+    ('{"engine": "opensearch 3.3.2", "runs": []}', "no runs to draw"),
+])
+def test_a_bad_file_is_refused_in_one_line_naming_it(tmp_path, engine_scale, content, message):
+    path = tmp_path / "bad.json"
+    if content is not None:
+        path.write_text(content)
+    with pytest.raises(SystemExit) as stopped:
+        engine_scale.merged_results([path])
+    assert str(stopped.value).startswith(f"{path}") and message in str(stopped.value)
+    assert "\n" not in str(stopped.value)
+
+
+def test_a_size_measured_twice_is_refused_naming_the_file(tmp_path):
     first = _result(tmp_path / "first.json", "opensearch 3.3.2", [100_000])
-    second = _result(tmp_path / "second.json", "opensearch 3.3.2", [100_000])
+    second = _result(tmp_path / "second.json", "opensearch 3.3.2", [300_000, 100_000])
     done = _chart(tmp_path, first, second)
     assert done.returncode == 1
-    assert "second.json: 100000 documents are in an earlier file too" in done.stderr
+    assert done.stderr.strip() == f"{second}: 100000 documents are measured twice"
     assert not (tmp_path / "out.png").exists()
 
 
-def test_two_engines_in_one_chart_are_refused(tmp_path):
-    first = _result(tmp_path / "os.json", "opensearch 3.3.2", [100_000])
+def test_two_engines_in_one_chart_are_refused_even_at_one_size(tmp_path):
+    first = _result(tmp_path / "os.json", "opensearch 3.3.2", [1_000_000])
     second = _result(tmp_path / "es.json", "elasticsearch 8.19.9", [1_000_000])
     done = _chart(tmp_path, first, second)
-    assert done.returncode == 1 and "one engine per chart" in done.stderr
+    assert done.returncode == 1 and "elasticsearch 8.19.9, but the files before it hold opensearch" in done.stderr
     assert not (tmp_path / "out.png").exists()
 
 
-def test_chart_from_without_chart_is_a_usage_error(tmp_path):
+@pytest.mark.parametrize("extra", [[], ["--chart", "x.png", "--url", "http://127.0.0.1:9200"]])
+def test_chart_from_measures_nothing_and_needs_chart(tmp_path, extra):
     only = _result(tmp_path / "only.json", "opensearch 3.3.2", [100_000])
-    done = subprocess.run([sys.executable, str(SCRIPT), "--chart-from", str(only)],
-                          capture_output=True, text=True, timeout=300, check=False)
-    assert done.returncode == 2 and "--chart-from needs --chart" in done.stderr
+    done = subprocess.run([sys.executable, str(SCRIPT), "--chart-from", str(only), *extra],
+                          capture_output=True, text=True, timeout=300, check=False, cwd=tmp_path)
+    assert done.returncode == 2 and "--chart-from needs --chart and measures nothing" in done.stderr
+    assert not (tmp_path / "x.png").exists()

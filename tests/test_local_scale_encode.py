@@ -25,8 +25,16 @@ def test_corpus_bert_encodes_every_text_with_at_most_top_k_features(tmp_path):
     done = subprocess.run(command, capture_output=True, text=True, timeout=600, check=False)
     assert done.returncode == 0, done.stderr[-3000:]
     rows = json.loads(out.read_text())["encode"]
-    assert [row["docs"] for row in rows] == [40, 150]
+    assert [(row["docs"], row["vectors"]) for row in rows] == [(40, 40), (150, 150)]  # one line per text
+    assert all(row["max_features"] == 5 for row in rows)  # a random model fills any cap: top-k is what holds it
     assert all(row["peak_rss_mb"] > 0 and row["seconds"] > 0 for row in rows)
-    # 150 lines of {"id": ..., "features": {5 names}}: more bytes than 40 such lines, and bounded by top-k (~120 bytes a line).
-    assert rows[1]["output_bytes"] > 3 * rows[0]["output_bytes"]
-    assert rows[1]["output_bytes"] < 150 * 200  # without --top-k each line holds ~100 features, ~2 kB
+
+
+def test_top_k_is_checked_before_any_work(tmp_path):
+    command = [sys.executable, str(ROOT / "benchmarks" / "local_scale.py"), "--corpora", str(tmp_path),
+               "--encode-model", "corpus-bert", "--encode-top-k", "0", "--encode-only"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300, check=False)
+    assert done.returncode == 2 and "expected a whole number >= 1, got '0'" in done.stderr
+    alone = subprocess.run([*command[:4], "--encode-top-k", "5"], capture_output=True, text=True, timeout=300,
+                           check=False)
+    assert alone.returncode == 2 and "need --encode-model" in alone.stderr
