@@ -8,7 +8,9 @@ query vectors, the BEIR corpus and judgments) and keeps a small stats JSON: the 
 document and per query (quantiles), each term's document frequency by frequency rank (at
 log-spaced ranks), the weight distribution per document-frequency decile (a FLOPS-trained model
 gives frequent terms small weights, so weight and frequency are not independent), how much of a
-query a relevant document holds, and the text's Zipf exponent and lengths.
+query a relevant document holds, where the weights of the terms they share sit in their deciles
+(a trained model weights them high on both sides: that is what lets a pruned query keep its
+answer), and the text's Zipf exponent and lengths.
 
 ``generate`` samples N documents and Q queries from that JSON with a seed and streams them to a
 BEIR directory (``corpus.jsonl``, ``queries.jsonl``, ``qrels/test.tsv``) plus ``vectors.jsonl``
@@ -16,7 +18,10 @@ and ``query-vectors.jsonl`` (``splade-es encode --json`` lines), one block of do
 1M documents never sit in memory. Feature ``t<r>`` is the term of document-frequency rank ``r``;
 word ``w<r>`` the text word of Zipf rank ``r``. Each query is written from one source document (its
 one judged answer): the fitted share of its features from that document, the rest drawn by document
-frequency; its text is words of that document plus background words.
+frequency; the shared terms' weights, in the query and in the answer, take their fitted places in
+their deciles (stats without ``weight_places``, from before the coupling, draw them like any
+other); its text is words of that document plus background words. Terms are drawn so that each
+keeps its fitted document frequency (``_calibrated``).
 
     splade-es encode --model M --input docs.jsonl --output doc-vectors.jsonl
     splade-es encode --model M --query --input queries.jsonl --output query-vectors.jsonl
@@ -68,12 +73,27 @@ def _bucket_of(ranks: np.ndarray, vocabulary: int) -> np.ndarray:
     return np.minimum((np.log1p(ranks) / np.log1p(vocabulary) * BUCKETS).astype(int), BUCKETS - 1)
 
 
-def _weights_by_bucket(vectors: list[dict[str, float]], rank: dict[str, int], vocabulary: int) -> list[list[float]]:
-    terms = [t for v in vectors for t in v if t in rank]
-    weights = np.array([v[t] for v in vectors for t in v if t in rank], dtype=np.float64)
-    buckets = _bucket_of(np.array([rank[t] for t in terms]), vocabulary)
-    everything = _quantiles(weights)
-    return [_quantiles(weights[buckets == b]) if (buckets == b).sum() >= 20 else everything for b in range(BUCKETS)]
+class DecileWeights:
+    """The sorted weights of each document-frequency decile (all of them where a decile has too few),
+    so a weight's place within its decile can be read back."""
+
+    def __init__(self, vectors: list[dict[str, float]], rank: dict[str, int], vocabulary: int) -> None:
+        self.rank, self.vocabulary = rank, vocabulary
+        terms = [t for v in vectors for t in v if t in rank]
+        weights = np.array([v[t] for v in vectors for t in v if t in rank], dtype=np.float64)
+        buckets = _bucket_of(np.array([rank[t] for t in terms], dtype=np.int64), vocabulary)
+        everything = np.sort(weights)
+        self.sorted = [np.sort(weights[buckets == b]) if (buckets == b).sum() >= 20 else everything
+                       for b in range(BUCKETS)]
+
+    def table(self) -> list[list[float]]:
+        return [_quantiles(values) for values in self.sorted]
+
+    def percentile(self, term: str, weight: float) -> float:
+        """Mid-rank of ``weight`` among its decile's weights, in [0, 1]."""
+        values = self.sorted[int(_bucket_of(np.array([self.rank[term]]), self.vocabulary)[0])]
+        below, upto = np.searchsorted(values, weight, "left"), np.searchsorted(values, weight, "right")
+        return float((below + upto) / 2 / values.size)
 
 
 def _words(text: str) -> list[str]:
@@ -98,9 +118,21 @@ def fit(doc_vectors: Path, query_vectors: Path, beir: Path, doc_top_k: int | Non
             qid, did, grade = line.split()[:3]
             if qid in queries and did in docs and int(grade) > best.get(qid, (0, ""))[0]:
                 best[qid] = (int(grade), did)
+    doc_weights = DecileWeights(list(docs.values()), rank, vocabulary)
+    query_weights = DecileWeights(list(queries.values()), rank, vocabulary)
+    # Where the weights of the terms a query shares with its answer sit in their deciles: a trained
+    # model weights those heavier, on both sides, and that is what makes pruning keep the answer.
+    places: dict[str, list[float]] = {"query_shared": [], "query_other": [], "doc_shared": []}
     for qid, (_, did) in best.items():
         if queries[qid]:
             overlap.append(sum(t in docs[did] for t in queries[qid]) / len(queries[qid]))
+        for term, weight in queries[qid].items():
+            if term not in rank:
+                continue
+            shared = term in docs[did]
+            places["query_shared" if shared else "query_other"].append(query_weights.percentile(term, weight))
+            if shared:
+                places["doc_shared"].append(doc_weights.percentile(term, docs[did][term]))
     word_counts: collections.Counter[str] = collections.Counter()
     doc_words, query_words = [], []
     for name, lengths in (("corpus.jsonl", doc_words), ("queries.jsonl", query_words)):
@@ -123,12 +155,31 @@ def fit(doc_vectors: Path, query_vectors: Path, beir: Path, doc_top_k: int | Non
         "query_features": _quantiles([len(v) for v in queries.values()]),
         "df_ranks": [int(r) for r in points],
         "df_fraction": [round(df[ordered[r]] / len(docs), 8) for r in points],
-        "doc_weights_by_df_decile": _weights_by_bucket(list(docs.values()), rank, vocabulary),
-        "query_weights_by_df_decile": _weights_by_bucket(list(queries.values()), rank, vocabulary),
+        "doc_weights_by_df_decile": doc_weights.table(),
+        "query_weights_by_df_decile": query_weights.table(),
         "query_overlap": round(float(np.mean(overlap)), 4) if overlap else 0.5,
+        # Quantiles of those places (uniform where fewer than 20 were seen: no coupling learnt).
+        "weight_places": {name: _quantiles(values) if len(values) >= 20 else _quantiles(QUANTILES)
+                          for name, values in places.items()},
         "text": {"zipf_s": round(float(zipf_s), 4), "vocabulary": len(word_counts),
                  "doc_words": _quantiles(doc_words), "query_words": _quantiles(query_words)},
     }
+
+
+def _calibrated(fraction: np.ndarray, length: float, rounds: int = 60) -> np.ndarray:
+    """Draw probabilities under which a document of ``length`` features holds each term with its
+    fitted document frequency ``fraction``. Drawing by ``fraction`` itself would not: ``terms``
+    draws with replacement and drops repeats, so frequent terms (drawn twice as often as kept)
+    would fall a quarter short of their document frequency."""
+    draws = int(length * OVERSAMPLE) + 4
+    target = fraction / fraction.sum() * length  # expected times each term is held, summing to length
+    draw = fraction / fraction.sum()
+    for _ in range(rounds):
+        seen = -np.expm1(draws * np.log1p(-np.minimum(draw, 1 - 1e-12)))  # P(drawn at least once)
+        held = seen * min(1.0, length / seen.sum())  # then ``length`` of the distinct ones are kept
+        draw = draw * np.clip(target / np.maximum(held, 1e-300), 0.5, 2.0)
+        draw /= draw.sum()
+    return draw
 
 
 class Sampler:
@@ -136,11 +187,17 @@ class Sampler:
 
     def __init__(self, stats: dict, seed: int) -> None:
         self.rng = np.random.default_rng(seed)
+        # The query-answer coupling (stats with "weight_places") draws from a generator of its own,
+        # so that it moves only the answers' weights and the queries: the rest of the corpus is the
+        # same, seed for seed, with or without it.
+        self.places = stats.get("weight_places")
+        self.pairs = np.random.default_rng([seed, 1])
         self.vocabulary = int(stats["vocabulary"])
         ranks = np.arange(self.vocabulary)
         # Document frequency at every rank, interpolated log-log between the kept points.
         fraction = np.exp(np.interp(np.log1p(ranks), np.log1p(stats["df_ranks"]), np.log(stats["df_fraction"])))
-        self.term_cdf = np.cumsum(fraction) / fraction.sum()
+        draw = _calibrated(fraction, float(np.mean(stats["doc_features"])))
+        self.term_cdf = np.cumsum(draw) / draw.sum()
         self.bucket = _bucket_of(ranks, self.vocabulary)
         self.stats = stats
         text = stats["text"]
@@ -148,13 +205,19 @@ class Sampler:
         word_p = 1.0 / np.arange(1, self.words + 1) ** text["zipf_s"]
         self.word_cdf = np.cumsum(word_p) / word_p.sum()
 
-    def lengths(self, quantiles: list[float], n: int, low: int = 1) -> np.ndarray:
-        return np.maximum(np.round(np.interp(self.rng.random(n), QUANTILES, quantiles)).astype(int), low)
+    def lengths(self, quantiles: list[float], n: int, low: int = 1, rng: np.random.Generator | None = None) -> np.ndarray:
+        chance = (rng or self.rng).random(n)
+        return np.maximum(np.round(np.interp(chance, QUANTILES, quantiles)).astype(int), low)
 
-    def weights(self, terms: np.ndarray, by_decile: list[list[float]]) -> np.ndarray:
-        """One weight per term, from the weight quantiles of its document-frequency decile."""
+    def weights(self, terms: np.ndarray, by_decile: list[list[float]], place: str | None = None) -> np.ndarray:
+        """One weight per term, from the weight quantiles of its document-frequency decile; with
+        ``place`` (a key of the stats' ``weight_places``) its place in the decile follows that fit
+        instead of being uniform."""
         table = np.asarray(by_decile)
-        chance = self.rng.random(terms.size)
+        if place is None:
+            chance = self.rng.random(terms.size)
+        else:
+            chance = np.interp(self.pairs.random(terms.size), QUANTILES, self.places[place])
         weights = np.empty(terms.size)
         for bucket in np.unique(self.bucket[terms]):
             mine = self.bucket[terms] == bucket
@@ -184,7 +247,8 @@ def generate(stats: dict, docs: int, queries: int, seed: int, out: Path) -> dict
     sampler = Sampler(stats, seed)
     sources = np.sort(sampler.rng.choice(docs, size=min(queries, docs), replace=False))
     wanted = set(sources.tolist())
-    kept: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # source documents' terms and words, for the queries
+    # Source documents' terms and words, and with the coupling the query's length and shared terms.
+    kept: dict[int, tuple[np.ndarray, np.ndarray, int, np.ndarray]] = {}
     (out / "qrels").mkdir(parents=True, exist_ok=True)
     nnz = 0
     with (out / "corpus.jsonl").open("wb") as corpus, (out / "vectors.jsonl").open("wb") as vectors:
@@ -197,28 +261,42 @@ def generate(stats: dict, docs: int, queries: int, seed: int, out: Path) -> dict
                 position = start + offset
                 terms = sampler.terms(int(lengths[offset]))
                 words = sampler.text(int(word_counts[offset]))
+                weights = sampler.weights(terms, stats["doc_weights_by_df_decile"])
                 nnz += terms.size
                 if position in wanted:
-                    kept[position] = (terms, words)
+                    kept[position] = (terms, words, 0, terms[:0])
+                    if sampler.places:
+                        # The query is known here: its shared terms get the weights answers give them.
+                        length = int(sampler.lengths(stats["query_features"], 1, rng=sampler.pairs)[0])
+                        shared = np.sort(sampler.pairs.permutation(terms)[: round(stats["query_overlap"] * length)])
+                        mine = np.isin(terms, shared)
+                        weights[mine] = sampler.weights(shared, stats["doc_weights_by_df_decile"], "doc_shared")
+                        kept[position] = (terms, words, length, shared)
                 corpus_lines.append(orjson.dumps({"_id": f"d{position}", "title": "", "text": _sentence(words)}))
-                vector_lines.append(orjson.dumps({"id": f"d{position}", "features": _features(
-                    terms, sampler.weights(terms, stats["doc_weights_by_df_decile"]))}))
+                vector_lines.append(orjson.dumps({"id": f"d{position}", "features": _features(terms, weights)}))
             corpus.write(b"\n".join(corpus_lines) + b"\n")
             vectors.write(b"\n".join(vector_lines) + b"\n")
-    lengths = sampler.lengths(stats["query_features"], sources.size)
+    lengths = sampler.lengths(stats["query_features"], sources.size)  # the coupling drew its own; drawn anyway
     word_counts = sampler.lengths(stats["text"]["query_words"], sources.size)
     with ((out / "queries.jsonl").open("wb") as text_out, (out / "query-vectors.jsonl").open("wb") as vector_out,
           (out / "qrels" / "test.tsv").open("w") as qrels):
         qrels.write("query-id\tcorpus-id\tscore\n")
         for i, source in enumerate(sources.tolist()):
-            terms, words = kept[source]
-            own = int(round(stats["query_overlap"] * lengths[i]))
-            chosen = np.union1d(sampler.rng.permutation(terms)[:own], sampler.terms(int(lengths[i]) - own))
+            terms, words, length, shared = kept[source]
+            if sampler.places:
+                others = np.setdiff1d(sampler.terms(length - shared.size), terms)
+                chosen = np.concatenate([shared, others])
+                weights = np.concatenate([
+                    sampler.weights(shared, stats["query_weights_by_df_decile"], "query_shared"),
+                    sampler.weights(others, stats["query_weights_by_df_decile"], "query_other")])
+            else:
+                own = int(round(stats["query_overlap"] * lengths[i]))
+                chosen = np.union1d(sampler.rng.permutation(terms)[:own], sampler.terms(int(lengths[i]) - own))
+                weights = sampler.weights(chosen, stats["query_weights_by_df_decile"])
             text = np.concatenate([sampler.rng.permutation(words)[: max(1, int(word_counts[i]) // 2)],
                                    sampler.text(int(word_counts[i]) - int(word_counts[i]) // 2)])
             text_out.write(orjson.dumps({"_id": f"q{i}", "text": _sentence(text)}) + b"\n")
-            vector_out.write(orjson.dumps({"id": f"q{i}", "features": _features(
-                chosen, sampler.weights(chosen, stats["query_weights_by_df_decile"]))}) + b"\n")
+            vector_out.write(orjson.dumps({"id": f"q{i}", "features": _features(chosen, weights)}) + b"\n")
             qrels.write(f"q{i}\td{source}\t1\n")
     return {"docs": docs, "queries": int(sources.size), "seed": seed, "mean_doc_features": round(nnz / docs, 2),
             "out": str(out)}
