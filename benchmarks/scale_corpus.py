@@ -9,8 +9,8 @@ document and per query (quantiles), each term's document frequency by frequency 
 log-spaced ranks), the weight distribution per document-frequency decile (a FLOPS-trained model
 gives frequent terms small weights, so weight and frequency are not independent), how much of a
 query a relevant document holds, where the weights of the terms they share sit in their deciles
-(a trained model weights them high on both sides: that is what lets a pruned query keep its
-answer), and the text's Zipf exponent and lengths.
+(a trained model weights them higher than its other terms, on both sides: that is what lets a
+pruned query keep its answer), and the text's Zipf exponent and lengths.
 
 ``generate`` samples N documents and Q queries from that JSON with a seed and streams them to a
 BEIR directory (``corpus.jsonl``, ``queries.jsonl``, ``qrels/test.tsv``) plus ``vectors.jsonl``
@@ -22,6 +22,12 @@ frequency; the shared terms' weights, in the query and in the answer, take their
 their deciles (stats without ``weight_places``, from before the coupling, draw them like any
 other); its text is words of that document plus background words. Terms are drawn so that each
 keeps its fitted document frequency (``_calibrated``).
+
+What it does not model, so what pruning costs on a generated corpus is a proxy, not a forecast:
+which of its answer's terms a query shares is picked uniformly (a model may share rare terms more
+often than frequent ones); a place is one distribution pooled over all deciles; and a shared term's
+place in the query and its place in the answer are drawn independently (in a model they may go
+together). Each of these can make pruning look better or worse than on the model's real output.
 
     splade-es encode --model M --input docs.jsonl --output doc-vectors.jsonl
     splade-es encode --model M --query --input queries.jsonl --output query-vectors.jsonl
@@ -121,7 +127,7 @@ def fit(doc_vectors: Path, query_vectors: Path, beir: Path, doc_top_k: int | Non
     doc_weights = DecileWeights(list(docs.values()), rank, vocabulary)
     query_weights = DecileWeights(list(queries.values()), rank, vocabulary)
     # Where the weights of the terms a query shares with its answer sit in their deciles: a trained
-    # model weights those heavier, on both sides, and that is what makes pruning keep the answer.
+    # model weights those heavier than the rest, on both sides, which is what lets pruning keep the answer.
     places: dict[str, list[float]] = {"query_shared": [], "query_other": [], "doc_shared": []}
     for qid, (_, did) in best.items():
         if queries[qid]:
@@ -205,7 +211,8 @@ class Sampler:
         word_p = 1.0 / np.arange(1, self.words + 1) ** text["zipf_s"]
         self.word_cdf = np.cumsum(word_p) / word_p.sum()
 
-    def lengths(self, quantiles: list[float], n: int, low: int = 1, rng: np.random.Generator | None = None) -> np.ndarray:
+    def lengths(self, quantiles: list[float], n: int, low: int = 1,
+                rng: np.random.Generator | None = None) -> np.ndarray:
         chance = (rng or self.rng).random(n)
         return np.maximum(np.round(np.interp(chance, QUANTILES, quantiles)).astype(int), low)
 
@@ -229,6 +236,16 @@ class Sampler:
         drawn = np.unique(np.searchsorted(self.term_cdf, self.rng.random(int(count * OVERSAMPLE) + 4)))
         drawn = np.minimum(drawn, self.vocabulary - 1)
         return np.sort(self.rng.permutation(drawn)[:count])
+
+    def terms_besides(self, count: int, taken: np.ndarray) -> np.ndarray:
+        """``count`` distinct terms drawn by document frequency, none of them in ``taken``: a query's
+        terms beyond those it shares with its answer (drawing ``count`` and dropping the answer's
+        would leave the query short by the terms that happened to be the answer's)."""
+        count = min(count, self.vocabulary - np.unique(taken).size)
+        found = taken[:0]
+        while found.size < count:
+            found = np.union1d(found, np.setdiff1d(self.terms(count - found.size), taken))
+        return np.sort(self.rng.permutation(found)[:count])
 
     def text(self, count: int) -> np.ndarray:
         return np.minimum(np.searchsorted(self.word_cdf, self.rng.random(count)), self.words - 1)
@@ -284,7 +301,7 @@ def generate(stats: dict, docs: int, queries: int, seed: int, out: Path) -> dict
         for i, source in enumerate(sources.tolist()):
             terms, words, length, shared = kept[source]
             if sampler.places:
-                others = np.setdiff1d(sampler.terms(length - shared.size), terms)
+                others = sampler.terms_besides(length - shared.size, terms)
                 chosen = np.concatenate([shared, others])
                 weights = np.concatenate([
                     sampler.weights(shared, stats["query_weights_by_df_decile"], "query_shared"),
