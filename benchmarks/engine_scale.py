@@ -16,15 +16,24 @@ first) and one engine (``--url``), every load runs in its own process, so its pe
   index, whose peak RSS should not grow with the corpus either.
 
 Then each index is flushed and force-merged to one segment (so sizes and query times compare
-like with like), its primary store size read, and the queries run one at a time, ``size`` 10 without sources: BM25 (BEIR's ``multi_match``), the full
-SPLADE query, its ``--top-k`` heaviest terms, two-phase (``--two-phase`` terms first, the rest
-rescoring a window of 100), and the full query on the pruned index. Each method reports the
-engine's ``took`` p50/p99, QPS of one client, recall@10 against the full query's top 10 (the
-exact ranking), and nDCG@10 against the generated judgments (pytrec_eval).
+like with like), its primary store size read, and the queries run one at a time, ``size`` 10
+without sources: BM25 (BEIR's ``multi_match``), the full SPLADE query, its ``--top-k`` heaviest
+terms, two-phase (``--two-phase`` terms first, the rest rescoring a window of 100), and the full
+query on the pruned index. Each method reports the engine's ``took`` p50/p99, QPS of one client,
+recall@10 against the full query's top 10 (the exact ranking), and nDCG@10 against the generated
+judgments (pytrec_eval).
 
     URL=$(splade-es engine start --kind opensearch --heap 2g --port 0 | tail -n 1)
     python benchmarks/engine_scale.py --url "$URL" --corpora /tmp/scale-100k,/tmp/scale-300k,/tmp/scale-1m \\
         --out benchmarks/results/engine_scale_os219.json --chart benchmarks/results/engine_scale_os219.png
+
+Loading a million documents four times takes most of an hour; the query settings take seconds.
+``--reuse`` times other settings (``--top-k``, ``--two-phase``) on the indices the last run left,
+loading nothing: the run marked them with its corpus's fingerprint, and indices marked with another
+corpus (or none) are refused.
+
+    python benchmarks/engine_scale.py --url "$URL" --corpora /tmp/scale-1m --reuse --top-k 32 --two-phase 16 \\
+        --out benchmarks/results/engine_scale_os219_sweep.json
 
 Nothing here keeps a corpus in memory: a million documents stream through every step.
 """
@@ -32,6 +41,7 @@ Nothing here keeps a corpus in memory: a million documents stream through every 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import platform
@@ -49,6 +59,8 @@ from memory import peak_rss_bytes
 
 INDICES = {"bulk": "scale-bulk", "ingest": "scale-splade", "pruned": "scale-pruned", "text": "scale-text"}
 MODEL = "generated"  # the name recorded in the indices' _meta (the vectors come from the generator)
+QUERIED = ("ingest", "pruned")  # the indices the queries run on: what --reuse needs to find
+MARK = "benchmark_corpus"  # their _meta key holding the corpus fingerprint
 
 
 # ---------------------------------------------------------------- loads (child processes)
@@ -242,7 +254,8 @@ def merged_sizes(url: str) -> dict[str, int]:
         engine.settle(index)
         engine.force_merge(index, 1)
         engine.settle(index)  # the merged-away segments' files are dropped only now
-    rows = engine._send("GET", "/_cat/indices/scale-*", params={"format": "json", "bytes": "b", "h": "index,pri.store.size,docs.count"})
+    rows = engine._send("GET", "/_cat/indices/scale-*",
+                        params={"format": "json", "bytes": "b", "h": "index,pri.store.size,docs.count"})
     return {row["index"]: int(row["pri.store.size"]) for row in rows}
 
 
@@ -255,6 +268,51 @@ def lower_quartile_weight(corpus: Path, sample: int = 10_000) -> float:
         for _, line in zip(range(sample), handle):
             weights.extend(orjson.loads(line)["features"].values())
     return round(float(np.percentile(weights, 25)), 4)
+
+
+def fingerprint(corpus: Path) -> str:
+    """A corpus's vectors, identified cheaply: their size and their first and last 64 KiB (a seeded
+    generator's corpora differ from the first line on, and a size or a seed shows in the length)."""
+    path = corpus / "vectors.jsonl"
+    size = path.stat().st_size
+    digest = hashlib.sha256(str(size).encode())
+    with path.open("rb") as handle:
+        digest.update(handle.read(65536))
+        handle.seek(max(0, size - 65536))
+        digest.update(handle.read())
+    return digest.hexdigest()[:16]
+
+
+def _metas(engine) -> dict[str, dict]:
+    """The ``_meta`` of each queried index (empty where there is no such index)."""
+    return {step: (next(iter(engine.mappings(INDICES[step]).values())).get("_meta", {})
+                   if engine.exists(INDICES[step]) else {}) for step in QUERIED}
+
+
+def mark(url: str, corpus: Path) -> None:
+    """Record the loaded corpus's fingerprint next to what ingest recorded, for ``--reuse``."""
+    from splade_es.toolkit.engines.connect import connect
+
+    engine = connect(url)
+    for step, meta in _metas(engine).items():
+        engine.put_meta(INDICES[step], {**meta, MARK: fingerprint(corpus)})
+
+
+def requery(url: str, corpus: Path, args: argparse.Namespace) -> dict:
+    """Only the queries, on the indices an earlier run loaded with this same corpus."""
+    from splade_es.toolkit.engines.connect import connect
+
+    engine = connect(url)
+    wanted = fingerprint(corpus)
+    for step, meta in _metas(engine).items():
+        if meta.get(MARK) != wanted:
+            found = "no such index" if not meta else f"corpus {meta.get(MARK, 'unmarked')}"
+            raise SystemExit(f"--reuse: {INDICES[step]} holds {found}, not {corpus} ({wanted}): "
+                             "run once without --reuse first")
+    metas = _metas(engine)
+    return {"corpus": str(corpus), "docs": engine.count(INDICES["ingest"]), "reused": True,
+            "doc_min_weight": metas["pruned"]["splade_es"]["pruning"]["min_weight"],
+            **measure_queries(url, corpus, args.queries, args.top_k, args.two_phase)}
 
 
 def measure(url: str, corpus: Path, args: argparse.Namespace) -> dict:
@@ -270,8 +328,10 @@ def measure(url: str, corpus: Path, args: argparse.Namespace) -> dict:
              "text": run_child("text", url, corpus, [])}
     loads["ingest"]["ratio_to_bulk"] = round(loads["ingest"]["docs_per_s"] / loads["bulk"]["docs_per_s"], 3)
     sizes = merged_sizes(url)
+    mark(url, corpus)
     docs = loads["ingest"]["docs"]
-    disk = {step: {"bytes": sizes[INDICES[step]], "gb_per_million_docs": round(sizes[INDICES[step]] / docs * 1e6 / 1e9, 3)}
+    disk = {step: {"bytes": sizes[INDICES[step]],
+                   "gb_per_million_docs": round(sizes[INDICES[step]] / docs * 1e6 / 1e9, 3)}
             for step in ("ingest", "pruned", "text")}
     return {"corpus": str(corpus), "docs": docs, "doc_min_weight": doc_min_weight, "loads": loads, "disk": disk,
             "eval": run_child("eval", url, corpus, []),
@@ -329,6 +389,9 @@ def main() -> None:
     parser.add_argument("--doc-min-weight", type=float,
                         help="static document pruning of the pruned index (default: the stored weights' lower "
                              "quartile, so about a quarter of the postings go)")
+    parser.add_argument("--reuse", action="store_true",
+                        help="load nothing: time the queries (other --top-k / --two-phase) on the indices the last "
+                             "run left, which must hold this one corpus")
     parser.add_argument("--out", type=Path)
     parser.add_argument("--chart", type=Path, help="a PNG of p50 against corpus size per method")
     parser.add_argument("--chart-from", type=Path, nargs="+", metavar="JSON",
@@ -346,6 +409,9 @@ def main() -> None:
     if not args.url or not args.corpora:
         parser.error("--url and --corpora are required (unless --chart-from)")
     corpora = [Path(part) for part in args.corpora.split(",") if part]
+    if args.reuse and (len(corpora) != 1 or args.doc_min_weight is not None):
+        parser.error("--reuse takes one corpus (the one the indices hold) and no --doc-min-weight "
+                     "(the pruned index keeps its own)")
     if args.child:
         extra = json.loads(args.child_extra)
         if args.child == "eval":
@@ -363,7 +429,7 @@ def main() -> None:
               "date": time.strftime("%Y-%m-%d"), "load_average_start": list(os.getloadavg()),
               "command": " ".join(sys.argv), "runs": []}
     for corpus in corpora:
-        result["runs"].append(measure(args.url, corpus, args))
+        result["runs"].append(requery(args.url, corpus, args) if args.reuse else measure(args.url, corpus, args))
         text = json.dumps(result, indent=1)
         if args.out:  # written after each corpus: a long run that stops keeps what it measured
             args.out.write_text(text + "\n")
