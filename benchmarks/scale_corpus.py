@@ -24,10 +24,12 @@ other); its text is words of that document plus background words. Terms are draw
 keeps its fitted document frequency (``_calibrated``).
 
 What it does not model, so what pruning costs on a generated corpus is a proxy, not a forecast:
-which of its answer's terms a query shares is picked uniformly (a model may share rare terms more
-often than frequent ones); a place is one distribution pooled over all deciles; and a shared term's
-place in the query and its place in the answer are drawn independently (in a model they may go
-together). Each of these can make pruning look better or worse than on the model's real output.
+every query shares the same fraction of its terms with its answer (real queries vary, and those
+sharing little are the ones pruning hurts), and has exactly one judged answer; which of the
+answer's terms it shares is picked uniformly (a model may share rare terms more often than frequent
+ones); a place is one distribution pooled over all deciles; and a shared term's place in the query
+and its place in the answer are drawn independently (in a model they may go together). Each of
+these can make pruning look better or worse than on the model's real output.
 
     splade-es encode --model M --input docs.jsonl --output doc-vectors.jsonl
     splade-es encode --model M --query --input queries.jsonl --output query-vectors.jsonl
@@ -237,15 +239,21 @@ class Sampler:
         drawn = np.minimum(drawn, self.vocabulary - 1)
         return np.sort(self.rng.permutation(drawn)[:count])
 
-    def terms_besides(self, count: int, taken: np.ndarray) -> np.ndarray:
+    def terms_besides(self, count: int, taken: np.ndarray, rounds: int = 50) -> np.ndarray:
         """``count`` distinct terms drawn by document frequency, none of them in ``taken``: a query's
         terms beyond those it shares with its answer (drawing ``count`` and dropping the answer's
-        would leave the query short by the terms that happened to be the answer's)."""
+        would leave the query short by the terms that happened to be the answer's, and its overlap
+        with the answer above the fitted one by those it drew that were). Where ``rounds`` of
+        drawing cannot find enough (nearly the whole vocabulary taken, the rest too rare to come
+        up), the last are drawn uniformly from what is left."""
         count = min(count, self.vocabulary - np.unique(taken).size)
         found = taken[:0]
-        while found.size < count:
+        for _ in range(rounds):
+            if found.size == count:
+                return found
             found = np.union1d(found, np.setdiff1d(self.terms(count - found.size), taken))
-        return np.sort(self.rng.permutation(found)[:count])
+        left = np.setdiff1d(np.arange(self.vocabulary), np.union1d(found, taken))
+        return np.union1d(found, self.rng.choice(left, size=count - found.size, replace=False))
 
     def text(self, count: int) -> np.ndarray:
         return np.minimum(np.searchsorted(self.word_cdf, self.rng.random(count)), self.words - 1)
@@ -308,7 +316,8 @@ def generate(stats: dict, docs: int, queries: int, seed: int, out: Path) -> dict
                     sampler.weights(others, stats["query_weights_by_df_decile"], "query_other")])
             else:
                 own = int(round(stats["query_overlap"] * lengths[i]))
-                chosen = np.union1d(sampler.rng.permutation(terms)[:own], sampler.terms(int(lengths[i]) - own))
+                chosen = np.union1d(sampler.rng.permutation(terms)[:own],
+                                    sampler.terms_besides(int(lengths[i]) - own, terms))
                 weights = sampler.weights(chosen, stats["query_weights_by_df_decile"])
             text = np.concatenate([sampler.rng.permutation(words)[: max(1, int(word_counts[i]) // 2)],
                                    sampler.text(int(word_counts[i]) - int(word_counts[i]) // 2)])
