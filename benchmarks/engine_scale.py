@@ -28,9 +28,10 @@ judgments (pytrec_eval).
         --out benchmarks/results/engine_scale_os219.json --chart benchmarks/results/engine_scale_os219.png
 
 Loading a million documents four times takes most of an hour; the query settings take seconds.
-``--reuse`` times other settings (``--top-k``, ``--two-phase``) on the indices the last run left,
-loading nothing: the run marked them with its corpus's fingerprint, and indices marked with another
-corpus (or none) are refused.
+``--reuse`` times other settings (``--top-k``, ``--two-phase``) on the indices the last run left
+(``--index-prefix``, default ``scale-``), loading nothing: the run marked them with its corpus's
+path and fingerprint (the sha256 of ``vectors.jsonl``), and indices marked with another corpus, or
+not marked, are refused.
 
     python benchmarks/engine_scale.py --url "$URL" --corpora /tmp/scale-1m --reuse --top-k 32 --two-phase 16 \\
         --out benchmarks/results/engine_scale_os219_sweep.json
@@ -57,10 +58,15 @@ import orjson
 
 from memory import peak_rss_bytes
 
-INDICES = {"bulk": "scale-bulk", "ingest": "scale-splade", "pruned": "scale-pruned", "text": "scale-text"}
+SUFFIXES = {"bulk": "bulk", "ingest": "splade", "pruned": "pruned", "text": "text"}  # index name per load
 MODEL = "generated"  # the name recorded in the indices' _meta (the vectors come from the generator)
 QUERIED = ("ingest", "pruned")  # the indices the queries run on: what --reuse needs to find
-MARK = "benchmark_corpus"  # their _meta key holding the corpus fingerprint
+MARK = "benchmark_corpus"  # their _meta key recording which corpus they hold
+
+
+def index_names(prefix: str) -> dict[str, str]:
+    """Each load's index: ``<prefix>bulk``, ``<prefix>splade``, ``<prefix>pruned``, ``<prefix>text``."""
+    return {step: f"{prefix}{suffix}" for step, suffix in SUFFIXES.items()}
 
 
 # ---------------------------------------------------------------- loads (child processes)
@@ -146,20 +152,20 @@ def ingest_load(url: str, corpus: Path, index: str, extra: list[str]) -> dict:
     return {"docs": summary["indexed"] + summary.get("resumed", 0), "seconds": done["seconds"]}
 
 
-def eval_run(url: str, corpus: Path) -> dict:
+def eval_run(url: str, corpus: Path, index: str) -> dict:
     """``splade-es eval`` of every generated query (precomputed vectors, 1,000 hits each) on the ingested
     index: its wall time and, from the caller, its peak RSS, which should not grow with the corpus."""
-    done = _cli(["eval", "--dataset", str(corpus), "--index", INDICES["ingest"], "--url", url, "--query-vectors",
+    done = _cli(["eval", "--dataset", str(corpus), "--index", index, "--url", url, "--query-vectors",
                  str(corpus / "query-vectors.jsonl"), "--no-tuned", "--no-progress", "--json"])
     summary = done["summary"]
     return {"docs": summary["index_docs"], "queries": summary["queries"], "seconds": done["seconds"],
             "ndcg@10": round(summary["metrics"]["ndcg@10"], 4)}
 
 
-def run_child(step: str, url: str, corpus: Path, extra: list[str]) -> dict:
+def run_child(step: str, url: str, corpus: Path, prefix: str, extra: list[str]) -> dict:
     """One load in a fresh interpreter; its wall time, docs/s and own peak RSS."""
     command = [sys.executable, __file__, "--child", step, "--url", url, "--corpora", str(corpus),
-               "--child-extra", json.dumps(extra)]
+               "--index-prefix", prefix, "--child-extra", json.dumps(extra)]
     done = subprocess.run(command, capture_output=True, text=True, check=False)
     if done.returncode != 0:
         raise SystemExit(f"step {step} on {corpus} failed:\n{done.stderr[-3000:]}")
@@ -182,7 +188,7 @@ def _queries(corpus: Path, texts: dict[str, str], limit: int) -> list[tuple[str,
     return found
 
 
-def measure_queries(url: str, corpus: Path, limit: int, top_k: int, two_phase: int) -> dict:
+def measure_queries(url: str, corpus: Path, names: dict[str, str], limit: int, top_k: int, two_phase: int) -> dict:
     """Each method's latency, recall@10 against the full query and nDCG@10."""
     from splade_es.toolkit.engines.connect import connect
     from splade_es.toolkit.eval.beir import load_beir
@@ -194,16 +200,16 @@ def measure_queries(url: str, corpus: Path, limit: int, top_k: int, two_phase: i
     engine = connect(url)
     dataset = load_beir(corpus)
     queries = _queries(corpus, dataset.queries, limit)
-    exact = Searcher(engine, INDICES["ingest"], use_tuned=False)
-    phased = Searcher(engine, INDICES["ingest"], two_phase=two_phase, use_tuned=False)
-    pruned = Searcher(engine, INDICES["pruned"], use_tuned=False)
+    exact = Searcher(engine, names["ingest"], use_tuned=False)
+    phased = Searcher(engine, names["ingest"], two_phase=two_phase, use_tuned=False)
+    pruned = Searcher(engine, names["pruned"], use_tuned=False)
     methods = {
-        "bm25": lambda text, vector: (INDICES["ingest"], exact.body(exact.bm25_query(text), 10)),
-        "splade full": lambda text, vector: (INDICES["ingest"], exact.sparse_body(vector, 10)),
-        f"splade top-{top_k}": lambda text, vector: (INDICES["ingest"],
+        "bm25": lambda text, vector: (names["ingest"], exact.body(exact.bm25_query(text), 10)),
+        "splade full": lambda text, vector: (names["ingest"], exact.sparse_body(vector, 10)),
+        f"splade top-{top_k}": lambda text, vector: (names["ingest"],
                                                      exact.sparse_body(split_heaviest(vector, top_k)[0], 10)),
-        f"two-phase {two_phase}": lambda text, vector: (INDICES["ingest"], phased.sparse_body(vector, 10)),
-        "splade full, pruned documents": lambda text, vector: (INDICES["pruned"], pruned.sparse_body(vector, 10)),
+        f"two-phase {two_phase}": lambda text, vector: (names["ingest"], phased.sparse_body(vector, 10)),
+        "splade full, pruned documents": lambda text, vector: (names["pruned"], pruned.sparse_body(vector, 10)),
     }
     for _, text, vector in queries[:20]:  # warm-up: caches and JIT, untimed
         for build in methods.values():
@@ -245,17 +251,17 @@ def _top10(run: dict[str, float]) -> set[str]:
     return {doc for doc, _ in sorted(run.items(), key=lambda item: (-item[1], item[0]))[:10]}
 
 
-def merged_sizes(url: str) -> dict[str, int]:
+def merged_sizes(url: str, names: dict[str, str]) -> dict[str, int]:
     """Each index flushed and merged to one segment, then its primary store size in bytes."""
     from splade_es.toolkit.engines.connect import connect
 
     engine = connect(url, timeout=3600)  # merging a million documents takes minutes
-    for index in INDICES.values():  # one segment each: sizes and query times of alike indices
+    for index in names.values():  # one segment each: sizes and query times of alike indices
         engine.settle(index)
         engine.force_merge(index, 1)
         engine.settle(index)  # the merged-away segments' files are dropped only now
-    rows = engine._send("GET", "/_cat/indices/scale-*",
-                        params={"format": "json", "bytes": "b", "h": "index,pri.store.size,docs.count"})
+    rows = engine._send("GET", f"/_cat/indices/{','.join(names.values())}",
+                        params={"format": "json", "bytes": "b", "h": "index,pri.store.size"})
     return {row["index"]: int(row["pri.store.size"]) for row in rows}
 
 
@@ -271,71 +277,70 @@ def lower_quartile_weight(corpus: Path, sample: int = 10_000) -> float:
 
 
 def fingerprint(corpus: Path) -> str:
-    """A corpus's vectors, identified cheaply: their size and their first and last 64 KiB (a seeded
-    generator's corpora differ from the first line on, and a size or a seed shows in the length)."""
-    path = corpus / "vectors.jsonl"
-    size = path.stat().st_size
-    digest = hashlib.sha256(str(size).encode())
-    with path.open("rb") as handle:
-        digest.update(handle.read(65536))
-        handle.seek(max(0, size - 65536))
-        digest.update(handle.read())
+    """The sha256 of the corpus's ``vectors.jsonl``, whole: two generated corpora of one seed, with
+    and without the query coupling, differ only in their few hundred judged documents (a few
+    seconds per GB, next to the minutes of loading)."""
+    digest = hashlib.sha256()
+    with (corpus / "vectors.jsonl").open("rb") as handle:
+        while block := handle.read(1 << 22):
+            digest.update(block)
     return digest.hexdigest()[:16]
 
 
-def _metas(engine) -> dict[str, dict]:
-    """The ``_meta`` of each queried index (empty where there is no such index)."""
-    return {step: (next(iter(engine.mappings(INDICES[step]).values())).get("_meta", {})
-                   if engine.exists(INDICES[step]) else {}) for step in QUERIED}
-
-
-def mark(url: str, corpus: Path) -> None:
-    """Record the loaded corpus's fingerprint next to what ingest recorded, for ``--reuse``."""
+def mark(url: str, corpus: Path, names: dict[str, str]) -> None:
+    """Record which corpus the queried indices hold, next to what ingest recorded, for ``--reuse``."""
     from splade_es.toolkit.engines.connect import connect
 
     engine = connect(url)
-    for step, meta in _metas(engine).items():
-        engine.put_meta(INDICES[step], {**meta, MARK: fingerprint(corpus)})
+    for step in QUERIED:
+        meta = next(iter(engine.mappings(names[step]).values())).get("_meta", {})
+        engine.put_meta(names[step], {**meta, MARK: {"fingerprint": fingerprint(corpus), "corpus": str(corpus)}})
 
 
-def requery(url: str, corpus: Path, args: argparse.Namespace) -> dict:
+def requery(url: str, corpus: Path, names: dict[str, str], args: argparse.Namespace) -> dict:
     """Only the queries, on the indices an earlier run loaded with this same corpus."""
     from splade_es.toolkit.engines.connect import connect
 
     engine = connect(url)
-    wanted = fingerprint(corpus)
-    for step, meta in _metas(engine).items():
-        if meta.get(MARK) != wanted:
-            found = "no such index" if not meta else f"corpus {meta.get(MARK, 'unmarked')}"
-            raise SystemExit(f"--reuse: {INDICES[step]} holds {found}, not {corpus} ({wanted}): "
+    wanted, metas = fingerprint(corpus), {}
+    for step in QUERIED:
+        index = names[step]
+        if not engine.exists(index):
+            raise SystemExit(f"--reuse: {index} does not exist: run once without --reuse first")
+        metas[step] = next(iter(engine.mappings(index).values())).get("_meta", {})
+        held = metas[step].get(MARK)
+        if not isinstance(held, dict) or "fingerprint" not in held:
+            raise SystemExit(f"--reuse: {index} has no {MARK} mark (not loaded by this script): "
                              "run once without --reuse first")
-    metas = _metas(engine)
-    return {"corpus": str(corpus), "docs": engine.count(INDICES["ingest"]), "reused": True,
+        if held["fingerprint"] != wanted:
+            raise SystemExit(f"--reuse: {index} holds {held.get('corpus')} ({held['fingerprint']}), not {corpus} "
+                             f"({wanted}): run once without --reuse first")
+    return {"corpus": str(corpus), "docs": engine.count(names["ingest"]), "reused": True,
             "doc_min_weight": metas["pruned"]["splade_es"]["pruning"]["min_weight"],
-            **measure_queries(url, corpus, args.queries, args.top_k, args.two_phase)}
+            **measure_queries(url, corpus, names, args.queries, args.top_k, args.two_phase)}
 
 
-def measure(url: str, corpus: Path, args: argparse.Namespace) -> dict:
+def measure(url: str, corpus: Path, names: dict[str, str], args: argparse.Namespace) -> dict:
     doc_min_weight = args.doc_min_weight if args.doc_min_weight is not None else lower_quartile_weight(corpus)
     from splade_es.toolkit.engines.connect import connect
 
     engine = connect(url)
-    for index in INDICES.values():  # ingest adds to an existing index: every load starts empty
+    for index in names.values():  # ingest adds to an existing index: every load starts empty
         engine.delete_index(index)
-    loads = {"bulk": run_child("bulk", url, corpus, []),
-             "ingest": run_child("ingest", url, corpus, []),
-             "pruned": run_child("pruned", url, corpus, ["--doc-min-weight", str(doc_min_weight)]),
-             "text": run_child("text", url, corpus, [])}
+    prefix = args.index_prefix
+    loads = {"bulk": run_child("bulk", url, corpus, prefix, []),
+             "ingest": run_child("ingest", url, corpus, prefix, []),
+             "pruned": run_child("pruned", url, corpus, prefix, ["--doc-min-weight", str(doc_min_weight)]),
+             "text": run_child("text", url, corpus, prefix, [])}
     loads["ingest"]["ratio_to_bulk"] = round(loads["ingest"]["docs_per_s"] / loads["bulk"]["docs_per_s"], 3)
-    sizes = merged_sizes(url)
-    mark(url, corpus)
+    sizes = merged_sizes(url, names)
+    mark(url, corpus, names)
     docs = loads["ingest"]["docs"]
-    disk = {step: {"bytes": sizes[INDICES[step]],
-                   "gb_per_million_docs": round(sizes[INDICES[step]] / docs * 1e6 / 1e9, 3)}
+    disk = {step: {"bytes": sizes[names[step]], "gb_per_million_docs": round(sizes[names[step]] / docs * 1e6 / 1e9, 3)}
             for step in ("ingest", "pruned", "text")}
     return {"corpus": str(corpus), "docs": docs, "doc_min_weight": doc_min_weight, "loads": loads, "disk": disk,
-            "eval": run_child("eval", url, corpus, []),
-            **measure_queries(url, corpus, args.queries, args.top_k, args.two_phase)}
+            "eval": run_child("eval", url, corpus, prefix, []),
+            **measure_queries(url, corpus, names, args.queries, args.top_k, args.two_phase)}
 
 
 def chart(records: list[dict], path: Path, title: str) -> None:
@@ -381,7 +386,7 @@ def merged_results(paths: list[Path]) -> tuple[str, list[dict]]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--url", help="one engine node (a scratch cluster: scale-* indices are replaced)")
+    parser.add_argument("--url", help="one engine node (a scratch cluster: the --index-prefix indices are replaced)")
     parser.add_argument("--corpora", help="comma-separated generated corpus directories, smallest first")
     parser.add_argument("--queries", type=int, default=200, help="queries per method (default 200)")
     parser.add_argument("--top-k", type=int, default=16, help="terms kept by the pruned query (default 16)")
@@ -392,12 +397,14 @@ def main() -> None:
     parser.add_argument("--reuse", action="store_true",
                         help="load nothing: time the queries (other --top-k / --two-phase) on the indices the last "
                              "run left, which must hold this one corpus")
+    parser.add_argument("--index-prefix", default="scale-",
+                        help="names of the four indices: PREFIX{bulk,splade,pruned,text} (default scale-)")
     parser.add_argument("--out", type=Path)
     parser.add_argument("--chart", type=Path, help="a PNG of p50 against corpus size per method")
     parser.add_argument("--chart-from", type=Path, nargs="+", metavar="JSON",
                         help="measure nothing: draw --chart from earlier --out files of one engine (sizes run in "
                              "separate sessions), their runs merged by corpus size")
-    parser.add_argument("--child", choices=[*INDICES, "eval"], help=argparse.SUPPRESS)
+    parser.add_argument("--child", choices=[*SUFFIXES, "eval"], help=argparse.SUPPRESS)
     parser.add_argument("--child-extra", default="[]", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.chart_from:
@@ -409,17 +416,19 @@ def main() -> None:
     if not args.url or not args.corpora:
         parser.error("--url and --corpora are required (unless --chart-from)")
     corpora = [Path(part) for part in args.corpora.split(",") if part]
-    if args.reuse and (len(corpora) != 1 or args.doc_min_weight is not None):
-        parser.error("--reuse takes one corpus (the one the indices hold) and no --doc-min-weight "
-                     "(the pruned index keeps its own)")
+    if args.reuse and len(corpora) != 1:
+        parser.error(f"--reuse takes one corpus, the one the indices hold ({len(corpora)} given)")
+    if args.reuse and args.doc_min_weight is not None:
+        parser.error("--reuse takes no --doc-min-weight: the pruned index keeps the threshold it was loaded with")
+    names = index_names(args.index_prefix)
     if args.child:
         extra = json.loads(args.child_extra)
         if args.child == "eval":
-            record = eval_run(args.url, corpora[0])
+            record = eval_run(args.url, corpora[0], names["ingest"])
         elif args.child in ("bulk", "text"):
-            record = bulk_load(args.url, corpora[0], INDICES[args.child], args.child == "text")
+            record = bulk_load(args.url, corpora[0], names[args.child], args.child == "text")
         else:
-            record = ingest_load(args.url, corpora[0], INDICES[args.child], extra)
+            record = ingest_load(args.url, corpora[0], names[args.child], extra)
         print(json.dumps({**record, "peak_rss_mb": round(peak_rss_bytes() / 2**20, 1)}))
         return
     from splade_es.toolkit.engines.connect import connect
@@ -429,7 +438,8 @@ def main() -> None:
               "date": time.strftime("%Y-%m-%d"), "load_average_start": list(os.getloadavg()),
               "command": " ".join(sys.argv), "runs": []}
     for corpus in corpora:
-        result["runs"].append(requery(args.url, corpus, args) if args.reuse else measure(args.url, corpus, args))
+        measured = requery if args.reuse else measure
+        result["runs"].append(measured(args.url, corpus, names, args))
         text = json.dumps(result, indent=1)
         if args.out:  # written after each corpus: a long run that stops keeps what it measured
             args.out.write_text(text + "\n")
