@@ -46,6 +46,7 @@ import hashlib
 import json
 import os
 import platform
+import re
 import subprocess
 import sys
 import tempfile
@@ -62,6 +63,17 @@ SUFFIXES = {"bulk": "bulk", "ingest": "splade", "pruned": "pruned", "text": "tex
 MODEL = "generated"  # the name recorded in the indices' _meta (the vectors come from the generator)
 QUERIED = ("ingest", "pruned")  # the indices the queries run on: what --reuse needs to find
 MARK = "benchmark_corpus"  # their _meta key recording which corpus they hold
+# What a run reads of a corpus directory; the fingerprint covers the vectors, queries and judgments.
+CORPUS_FILES = ("corpus.jsonl", "vectors.jsonl", "query-vectors.jsonl", "queries.jsonl", "qrels/test.tsv")
+FINGERPRINTED = ("vectors.jsonl", "query-vectors.jsonl", "qrels/test.tsv")
+
+
+def index_prefix(value: str) -> str:
+    """An ``--index-prefix``: a plain index-name start, never empty, a wildcard or a list (the four
+    indices are deleted by name before every load)."""
+    if not re.fullmatch(r"[a-z0-9][a-z0-9._-]*", value):
+        raise argparse.ArgumentTypeError(f"{value!r} is not a lowercase index-name prefix ([a-z0-9][a-z0-9._-]*)")
+    return value
 
 
 def index_names(prefix: str) -> dict[str, str]:
@@ -254,13 +266,14 @@ def _top10(run: dict[str, float]) -> set[str]:
 def merged_sizes(url: str, names: dict[str, str]) -> dict[str, int]:
     """Each index flushed and merged to one segment, then its primary store size in bytes."""
     from splade_es.toolkit.engines.connect import connect
+    from splade_es.toolkit.engines.rest import url_part
 
     engine = connect(url, timeout=3600)  # merging a million documents takes minutes
     for index in names.values():  # one segment each: sizes and query times of alike indices
         engine.settle(index)
         engine.force_merge(index, 1)
         engine.settle(index)  # the merged-away segments' files are dropped only now
-    rows = engine._send("GET", f"/_cat/indices/{','.join(names.values())}",
+    rows = engine._send("GET", f"/_cat/indices/{','.join(url_part(name) for name in names.values())}",
                         params={"format": "json", "bytes": "b", "h": "index,pri.store.size"})
     return {row["index"]: int(row["pri.store.size"]) for row in rows}
 
@@ -277,13 +290,15 @@ def lower_quartile_weight(corpus: Path, sample: int = 10_000) -> float:
 
 
 def fingerprint(corpus: Path) -> str:
-    """The sha256 of the corpus's ``vectors.jsonl``, whole: two generated corpora of one seed, with
-    and without the query coupling, differ only in their few hundred judged documents (a few
-    seconds per GB, next to the minutes of loading)."""
+    """The sha256 of the corpus's vectors, queries and judgments, whole: two generated corpora of one
+    seed, with and without the query coupling, differ only in their few hundred judged documents
+    and their queries (a few seconds per GB, next to the minutes of loading)."""
     digest = hashlib.sha256()
-    with (corpus / "vectors.jsonl").open("rb") as handle:
-        while block := handle.read(1 << 22):
-            digest.update(block)
+    for name in FINGERPRINTED:
+        digest.update(name.encode() + b"\0")
+        with (corpus / name).open("rb") as handle:
+            while block := handle.read(1 << 22):
+                digest.update(block)
     return digest.hexdigest()[:16]
 
 
@@ -292,9 +307,10 @@ def mark(url: str, corpus: Path, names: dict[str, str]) -> None:
     from splade_es.toolkit.engines.connect import connect
 
     engine = connect(url)
+    held = {"fingerprint": fingerprint(corpus), "corpus": str(corpus)}
     for step in QUERIED:
         meta = next(iter(engine.mappings(names[step]).values())).get("_meta", {})
-        engine.put_meta(names[step], {**meta, MARK: {"fingerprint": fingerprint(corpus), "corpus": str(corpus)}})
+        engine.put_meta(names[step], {**meta, MARK: held})
 
 
 def requery(url: str, corpus: Path, names: dict[str, str], args: argparse.Namespace) -> dict:
@@ -302,16 +318,19 @@ def requery(url: str, corpus: Path, names: dict[str, str], args: argparse.Namesp
     from splade_es.toolkit.engines.connect import connect
 
     engine = connect(url)
-    wanted, metas = fingerprint(corpus), {}
-    for step in QUERIED:
+    metas = {}
+    for step in QUERIED:  # every index there and marked before the corpus is hashed
         index = names[step]
         if not engine.exists(index):
             raise SystemExit(f"--reuse: {index} does not exist: run once without --reuse first")
         metas[step] = next(iter(engine.mappings(index).values())).get("_meta", {})
         held = metas[step].get(MARK)
         if not isinstance(held, dict) or "fingerprint" not in held:
-            raise SystemExit(f"--reuse: {index} has no {MARK} mark (not loaded by this script): "
-                             "run once without --reuse first")
+            raise SystemExit(f"--reuse: {index} has no {MARK} mark of this script's (not loaded by it, or by an "
+                             "older version): run once without --reuse first")
+    wanted = fingerprint(corpus)
+    for step in QUERIED:
+        index, held = names[step], metas[step][MARK]
         if held["fingerprint"] != wanted:
             raise SystemExit(f"--reuse: {index} holds {held.get('corpus')} ({held['fingerprint']}), not {corpus} "
                              f"({wanted}): run once without --reuse first")
@@ -397,7 +416,7 @@ def main() -> None:
     parser.add_argument("--reuse", action="store_true",
                         help="load nothing: time the queries (other --top-k / --two-phase) on the indices the last "
                              "run left, which must hold this one corpus")
-    parser.add_argument("--index-prefix", default="scale-",
+    parser.add_argument("--index-prefix", default="scale-", type=index_prefix,
                         help="names of the four indices: PREFIX{bulk,splade,pruned,text} (default scale-)")
     parser.add_argument("--out", type=Path)
     parser.add_argument("--chart", type=Path, help="a PNG of p50 against corpus size per method")
@@ -420,6 +439,11 @@ def main() -> None:
         parser.error(f"--reuse takes one corpus, the one the indices hold ({len(corpora)} given)")
     if args.reuse and args.doc_min_weight is not None:
         parser.error("--reuse takes no --doc-min-weight: the pruned index keeps the threshold it was loaded with")
+    for corpus in corpora:
+        missing = [name for name in CORPUS_FILES if not (corpus / name).is_file()]
+        if missing:
+            parser.error(f"{corpus}: not a generated corpus (no {', '.join(missing)}; "
+                         "see benchmarks/scale_corpus.py generate)")
     names = index_names(args.index_prefix)
     if args.child:
         extra = json.loads(args.child_extra)

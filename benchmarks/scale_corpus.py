@@ -315,9 +315,8 @@ def generate(stats: dict, docs: int, queries: int, seed: int, out: Path) -> dict
                     sampler.weights(shared, stats["query_weights_by_df_decile"], "query_shared"),
                     sampler.weights(others, stats["query_weights_by_df_decile"], "query_other")])
             else:
-                own = int(round(stats["query_overlap"] * lengths[i]))
-                chosen = np.union1d(sampler.rng.permutation(terms)[:own],
-                                    sampler.terms_besides(int(lengths[i]) - own, terms))
+                own = sampler.rng.permutation(terms)[: int(round(stats["query_overlap"] * lengths[i]))]
+                chosen = np.union1d(own, sampler.terms_besides(int(lengths[i]) - own.size, terms))
                 weights = sampler.weights(chosen, stats["query_weights_by_df_decile"])
             text = np.concatenate([sampler.rng.permutation(words)[: max(1, int(word_counts[i]) // 2)],
                                    sampler.text(int(word_counts[i]) - int(word_counts[i]) // 2)])

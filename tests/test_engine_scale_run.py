@@ -27,9 +27,9 @@ def _generate(out: Path, docs: int, seed: int = 5) -> Path:
     return out
 
 
-def _run(url: str, corpus: str | Path, out: Path, *extra: str) -> subprocess.CompletedProcess:
+def _run(url: str, corpus: str | Path, out: Path, *extra: str, prefix: str = PREFIX) -> subprocess.CompletedProcess:
     command = [sys.executable, str(SCRIPT), "--url", url, "--corpora", str(corpus), "--queries", "30",
-               "--index-prefix", PREFIX, "--out", str(out), *extra]
+               "--index-prefix", prefix, "--out", str(out), *extra]
     return subprocess.run(command, capture_output=True, text=True, timeout=900, check=False)
 
 
@@ -72,8 +72,9 @@ def test_a_run_loads_every_document_and_measures_every_form(first_run):
 def _uuids(url: str) -> dict[str, str]:
     from splade_es.toolkit.engines.connect import connect
 
+    names = ",".join(PREFIX + suffix for suffix in ("bulk", "splade", "pruned", "text"))
     with connect(url) as engine:
-        settings = engine._send("GET", f"/{PREFIX}*/_settings")
+        settings = engine._send("GET", f"/{names}/_settings")
     return {index: body["settings"]["index"]["uuid"] for index, body in settings.items()}
 
 
@@ -120,26 +121,49 @@ def test_reuse_refuses_indices_it_did_not_mark(first_run):
     from splade_es.toolkit.engines.connect import connect
 
     url, corpus, tmp, _ = first_run
-    done = _run(url, corpus, tmp / "refused.json", "--reuse", "--index-prefix", f"{PREFIX}absent-")
+    done = _run(url, corpus, tmp / "refused.json", "--reuse", prefix=f"{PREFIX}absent-")
     assert done.returncode == 1 and not (tmp / "refused.json").exists()
     assert done.stderr.strip().splitlines()[-1] == (
         f"--reuse: {PREFIX}absent-splade does not exist: run once without --reuse first")
     with connect(url) as engine:  # dropped with the others by the fixture's finalizer (same prefix)
         for suffix in ("bare-splade", "bare-pruned"):
             engine.create_index(PREFIX + suffix, {})
-    done = _run(url, corpus, tmp / "refused.json", "--reuse", "--index-prefix", f"{PREFIX}bare-")
+    done = _run(url, corpus, tmp / "refused.json", "--reuse", prefix=f"{PREFIX}bare-")
     assert done.returncode == 1 and not (tmp / "refused.json").exists()
     assert done.stderr.strip().splitlines()[-1] == (
-        f"--reuse: {PREFIX}bare-splade has no benchmark_corpus mark (not loaded by this script): "
-        "run once without --reuse first")
+        f"--reuse: {PREFIX}bare-splade has no benchmark_corpus mark of this script's (not loaded by it, or by an "
+        "older version): run once without --reuse first")
 
 
 @pytest.mark.parametrize(("corpora", "extra", "message"), [
-    ("a,b", [], "--reuse takes one corpus, the one the indices hold (2 given)"),
-    ("a", ["--doc-min-weight", "0.5"], "--reuse takes no --doc-min-weight"),
+    ("a,b", ["--reuse"], "--reuse takes one corpus, the one the indices hold (2 given)"),
+    ("a", ["--reuse", "--doc-min-weight", "0.5"], "--reuse takes no --doc-min-weight"),
+    ("{tmp}", [], "{tmp}: not a generated corpus (no corpus.jsonl, vectors.jsonl, query-vectors.jsonl"),
+    ("a", ["--index-prefix", "*"], "'*' is not a lowercase index-name prefix"),
+    ("a", ["--index-prefix", ""], "'' is not a lowercase index-name prefix"),
 ])
-def test_reuse_refuses_what_it_cannot_honour(tmp_path, corpora, extra, message):
-    """Refused before any engine is asked (the URL leads nowhere)."""
-    done = _run("http://127.0.0.1:9", corpora, tmp_path / "refused.json", "--reuse", *extra)
-    assert done.returncode == 2 and message in done.stderr.strip().splitlines()[-1]
+def test_refuses_what_it_cannot_honour(tmp_path, corpora, extra, message):
+    """Refused in one line before any engine is asked (the URL leads nowhere)."""
+    done = _run("http://127.0.0.1:9", corpora.format(tmp=tmp_path), tmp_path / "refused.json", *extra)
+    assert done.returncode == 2 and message.format(tmp=tmp_path) in done.stderr.strip().splitlines()[-1]
     assert not (tmp_path / "refused.json").exists()
+
+
+def test_fingerprint_sees_one_byte_in_the_middle_and_the_queries(tmp_path):
+    """A coupled corpus and its blind twin differ only in a few judged documents, anywhere in the
+    file, and in their queries: either shows in the fingerprint."""
+    sys.path.insert(0, str(SCRIPT.parent))
+    try:
+        from engine_scale import fingerprint
+    finally:
+        sys.path.remove(str(SCRIPT.parent))
+    lines = b"".join(b'{"id": "d%d", "features": {"t1": 0.5}}\n' % i for i in range(20_000))  # ~780 KB
+    prints = []
+    for name, vectors, queries in (("a", lines, b"q\n"), ("b", lines.replace(b'"d10000"', b'"d10001"', 1), b"q\n"),
+                                   ("c", lines, b"r\n"), ("d", lines, b"q\n")):
+        (tmp_path / name / "qrels").mkdir(parents=True)
+        (tmp_path / name / "vectors.jsonl").write_bytes(vectors)
+        (tmp_path / name / "query-vectors.jsonl").write_bytes(queries)
+        (tmp_path / name / "qrels" / "test.tsv").write_bytes(b"query-id\tcorpus-id\tscore\n")
+        prints.append(fingerprint(tmp_path / name))
+    assert prints[0] == prints[3] and len(set(prints[:3])) == 3
