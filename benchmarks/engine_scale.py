@@ -30,8 +30,8 @@ judgments (pytrec_eval).
 Loading a million documents four times takes most of an hour; the query settings take seconds.
 ``--reuse`` times other settings (``--top-k``, ``--two-phase``) on the indices the last run left
 (``--index-prefix``, default ``scale-``), loading nothing: the run marked them with its corpus's
-path and fingerprint (the sha256 of ``vectors.jsonl``), and indices marked with another corpus, or
-not marked, are refused.
+path and fingerprint (the sha256 of its vectors, query vectors and judgments), and indices marked
+with another corpus, or not marked, are refused.
 
     python benchmarks/engine_scale.py --url "$URL" --corpora /tmp/scale-1m --reuse --top-k 32 --two-phase 16 \\
         --out benchmarks/results/engine_scale_os219_sweep.json
