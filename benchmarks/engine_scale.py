@@ -62,7 +62,7 @@ from memory import peak_rss_bytes
 SUFFIXES = {"bulk": "bulk", "ingest": "splade", "pruned": "pruned", "text": "text"}  # index name per load
 MODEL = "generated"  # the name recorded in the indices' _meta (the vectors come from the generator)
 QUERIED = ("ingest", "pruned")  # the indices the queries run on: what --reuse needs to find
-MARK = "benchmark_corpus"  # their _meta key recording which corpus they hold
+MARK = "benchmark_corpus"  # their _meta.splade_es entry recording which corpus they hold
 # What a run reads of a corpus directory; the fingerprint covers the vectors, queries and judgments.
 CORPUS_FILES = ("corpus.jsonl", "vectors.jsonl", "query-vectors.jsonl", "queries.jsonl", "qrels/test.tsv")
 FINGERPRINTED = ("vectors.jsonl", "query-vectors.jsonl", "qrels/test.tsv")
@@ -305,17 +305,18 @@ def fingerprint(corpus: Path) -> str:
 def mark(url: str, corpus: Path, names: dict[str, str]) -> None:
     """Record which corpus the queried indices hold, next to what ingest recorded, for ``--reuse``."""
     from splade_es.toolkit.engines.connect import connect
+    from splade_es.toolkit.ingest import set_splade_meta
 
     engine = connect(url)
     held = {"fingerprint": fingerprint(corpus), "corpus": str(corpus)}
     for step in QUERIED:
-        meta = next(iter(engine.mappings(names[step]).values())).get("_meta", {})
-        engine.put_meta(names[step], {**meta, MARK: held})
+        set_splade_meta(engine, names[step], MARK, held)
 
 
 def requery(url: str, corpus: Path, names: dict[str, str], args: argparse.Namespace) -> dict:
     """Only the queries, on the indices an earlier run loaded with this same corpus."""
     from splade_es.toolkit.engines.connect import connect
+    from splade_es.toolkit.ingest import splade_meta
 
     engine = connect(url)
     metas = {}
@@ -323,7 +324,7 @@ def requery(url: str, corpus: Path, names: dict[str, str], args: argparse.Namesp
         index = names[step]
         if not engine.exists(index):
             raise SystemExit(f"--reuse: {index} does not exist: run once without --reuse first")
-        metas[step] = next(iter(engine.mappings(index).values())).get("_meta", {})
+        metas[step] = splade_meta(engine, index)
         held = metas[step].get(MARK)
         if not isinstance(held, dict) or "fingerprint" not in held:
             raise SystemExit(f"--reuse: {index} has no {MARK} mark of this script's (not loaded by it, or by an "
@@ -335,7 +336,7 @@ def requery(url: str, corpus: Path, names: dict[str, str], args: argparse.Namesp
             raise SystemExit(f"--reuse: {index} holds {held.get('corpus')} ({held['fingerprint']}), not {corpus} "
                              f"({wanted}): run once without --reuse first")
     return {"corpus": str(corpus), "docs": engine.count(names["ingest"]), "reused": True,
-            "doc_min_weight": metas["pruned"]["splade_es"]["pruning"]["min_weight"],
+            "doc_min_weight": metas["pruned"]["pruning"]["min_weight"],
             **measure_queries(url, corpus, names, args.queries, args.top_k, args.two_phase)}
 
 

@@ -19,6 +19,15 @@ SCRIPT = ROOT / "benchmarks" / "engine_scale.py"
 PREFIX = f"test-scale-{uuid.uuid4().hex[:8]}-"  # never a benchmark's own scale-* indices
 
 
+@pytest.fixture
+def fingerprint(monkeypatch):
+    """The script's own corpus fingerprint (benchmarks/ is not a package)."""
+    monkeypatch.syspath_prepend(str(SCRIPT.parent))
+    from engine_scale import fingerprint
+
+    return fingerprint
+
+
 def _generate(out: Path, docs: int, seed: int = 5) -> Path:
     command = [sys.executable, str(ROOT / "benchmarks" / "scale_corpus.py"), "generate", "--stats",
                str(ROOT / "benchmarks" / "results" / "scale_stats_cranfield_quickstart.json"),
@@ -98,17 +107,12 @@ def test_reuse_times_other_settings_without_loading(first_run):
 
 
 @pytest.mark.parametrize(("docs", "seed"), [(300, 5), (600, 6)])
-def test_reuse_refuses_indices_of_another_corpus(first_run, docs, seed):
+def test_reuse_refuses_indices_of_another_corpus(first_run, fingerprint, docs, seed):
     """Another size, or the same size from another seed: the indices hold another corpus."""
     url, corpus, tmp, _ = first_run
     other = _generate(tmp / f"other-{docs}-{seed}", docs, seed)
     done = _run(url, other, tmp / "refused.json", "--reuse")
     assert done.returncode == 1
-    sys.path.insert(0, str(SCRIPT.parent))
-    try:
-        from engine_scale import fingerprint
-    finally:
-        sys.path.remove(str(SCRIPT.parent))
     held, offered = fingerprint(corpus), fingerprint(other)
     assert held != offered
     assert done.stderr.strip().splitlines()[-1] == (
@@ -149,14 +153,9 @@ def test_refuses_what_it_cannot_honour(tmp_path, corpora, extra, message):
     assert not (tmp_path / "refused.json").exists()
 
 
-def test_fingerprint_sees_one_byte_in_the_middle_and_the_queries(tmp_path):
+def test_fingerprint_sees_one_byte_in_the_middle_and_the_queries(tmp_path, fingerprint):
     """A coupled corpus and its blind twin differ only in a few judged documents, anywhere in the
     file, and in their queries: either shows in the fingerprint."""
-    sys.path.insert(0, str(SCRIPT.parent))
-    try:
-        from engine_scale import fingerprint
-    finally:
-        sys.path.remove(str(SCRIPT.parent))
     lines = b"".join(b'{"id": "d%d", "features": {"t1": 0.5}}\n' % i for i in range(20_000))  # ~780 KB
     prints = []
     for name, vectors, queries in (("a", lines, b"q\n"), ("b", lines.replace(b'"d10000"', b'"d10001"', 1), b"q\n"),
