@@ -17,11 +17,14 @@ first) and one engine (``--url``), every load runs in its own process, so its pe
 
 Then each index is flushed and force-merged to one segment (so sizes and query times compare
 like with like), its primary store size read, and the queries run one at a time, ``size`` 10
-without sources: BM25 (BEIR's ``multi_match``), the full SPLADE query, its ``--top-k`` heaviest
-terms, two-phase (``--two-phase`` terms first, the rest rescoring a window of 100), and the full
-query on the pruned index. Each method reports the engine's ``took`` p50/p99, QPS of one client,
-recall@10 against the full query's top 10 (the exact ranking), and nDCG@10 against the generated
-judgments (pytrec_eval).
+without sources, the methods taking turns query by query: BM25 (BEIR's ``multi_match``), the full
+SPLADE query, its ``--top-k`` heaviest terms, two-phase (``--two-phase`` terms first, the rest
+rescoring a window of 100 per shard), and the full query on the pruned index (``--top-k`` and
+``--two-phase`` take lists: one method per value). Each method reports the engine's ``took``
+p50/p99, the client's p50, both medians over BM25's, QPS of one client, recall@10 against the
+full query's top 10 (the exact ranking), and nDCG@10 against the generated judgments
+(pytrec_eval). ``--shards`` lays every index out in that many primary shards (replicas stay the
+cluster's default, unassigned on one node).
 
     URL=$(splade-es engine start --kind opensearch --heap 2g --port 0 | tail -n 1)
     python benchmarks/engine_scale.py --url "$URL" --corpora /tmp/scale-100k,/tmp/scale-300k,/tmp/scale-1m \\
@@ -99,16 +102,16 @@ def _documents(corpus: Path, with_vectors: bool) -> Iterator[tuple[object, dict[
         yield document, features
 
 
-def bulk_load(url: str, corpus: Path, index: str, text_only: bool) -> dict:
+def bulk_load(url: str, corpus: Path, index: str, text_only: bool, shards: int) -> dict:
     """The same documents as ``ingest`` writes, through the client's own streaming bulk helper."""
     from splade_es.toolkit.engines.connect import connect
     from splade_es.toolkit.layouts import SpladeLayout
-    from splade_es.toolkit.mappings import VectorIndexSpec, choose_field_type, index_body
+    from splade_es.toolkit.mappings import VectorIndexSpec, choose_field_type, index_body, with_shards
 
     engine = connect(url)
     spec = VectorIndexSpec(MODEL, None, {}, field_type=choose_field_type(engine.info.capabilities, None, url))
     layout = SpladeLayout(spec)
-    body = index_body(engine.info, spec)
+    body = with_shards(index_body(engine.info, spec), shards, None)
     if text_only:
         body["mappings"]["properties"] = {name: field for name, field in body["mappings"]["properties"].items()
                                           if field.get("type") == "text"}
@@ -174,10 +177,10 @@ def eval_run(url: str, corpus: Path, index: str) -> dict:
             "ndcg@10": round(summary["metrics"]["ndcg@10"], 4)}
 
 
-def run_child(step: str, url: str, corpus: Path, prefix: str, extra: list[str]) -> dict:
+def run_child(step: str, url: str, corpus: Path, prefix: str, shards: int, extra: list[str]) -> dict:
     """One load in a fresh interpreter; its wall time, docs/s and own peak RSS."""
     command = [sys.executable, __file__, "--child", step, "--url", url, "--corpora", str(corpus),
-               "--index-prefix", prefix, "--child-extra", json.dumps(extra)]
+               "--index-prefix", prefix, "--shards", str(shards), "--child-extra", json.dumps(extra)]
     done = subprocess.run(command, capture_output=True, text=True, check=False)
     if done.returncode != 0:
         raise SystemExit(f"step {step} on {corpus} failed:\n{done.stderr[-3000:]}")
@@ -200,8 +203,11 @@ def _queries(corpus: Path, texts: dict[str, str], limit: int) -> list[tuple[str,
     return found
 
 
-def measure_queries(url: str, corpus: Path, names: dict[str, str], limit: int, top_k: int, two_phase: int) -> dict:
-    """Each method's latency, recall@10 against the full query and nDCG@10."""
+def measure_queries(url: str, corpus: Path, names: dict[str, str], args: argparse.Namespace) -> dict:
+    """Each method's latency, its medians against BM25's, recall@10 against the full query and nDCG@10.
+
+    The methods take turns query by query (:func:`schedule`), so a slow moment of this shared machine
+    lands on all of them alike and the ratios to BM25 are side by side, not minutes apart."""
     from splade_es.toolkit.engines.connect import connect
     from splade_es.toolkit.eval.beir import load_beir
     from splade_es.toolkit.eval.metrics import evaluate
@@ -211,35 +217,38 @@ def measure_queries(url: str, corpus: Path, names: dict[str, str], limit: int, t
 
     engine = connect(url)
     dataset = load_beir(corpus)
-    queries = _queries(corpus, dataset.queries, limit)
+    queries = _queries(corpus, dataset.queries, args.queries)
     exact = Searcher(engine, names["ingest"], use_tuned=False)
-    phased = Searcher(engine, names["ingest"], two_phase=two_phase, use_tuned=False)
     pruned = Searcher(engine, names["pruned"], use_tuned=False)
     methods = {
         "bm25": lambda text, vector: (names["ingest"], exact.body(exact.bm25_query(text), 10)),
         "splade full": lambda text, vector: (names["ingest"], exact.sparse_body(vector, 10)),
-        f"splade top-{top_k}": lambda text, vector: (names["ingest"],
-                                                     exact.sparse_body(split_heaviest(vector, top_k)[0], 10)),
-        f"two-phase {two_phase}": lambda text, vector: (names["ingest"], phased.sparse_body(vector, 10)),
-        "splade full, pruned documents": lambda text, vector: (names["pruned"], pruned.sparse_body(vector, 10)),
     }
+    for k in args.top_k:
+        methods[f"splade top-{k}"] = (lambda k: lambda text, vector: (
+            names["ingest"], exact.sparse_body(split_heaviest(vector, k)[0], 10)))(k)
+    for n in args.two_phase:
+        phased = Searcher(engine, names["ingest"], two_phase=n, use_tuned=False)
+        methods[f"two-phase {n}"] = (lambda phased: lambda text, vector: (
+            names["ingest"], phased.sparse_body(vector, 10)))(phased)
+    methods["splade full, pruned documents"] = lambda text, vector: (names["pruned"], pruned.sparse_body(vector, 10))
     for _, text, vector in queries[:20]:  # warm-up: caches and JIT, untimed
         for build in methods.values():
             engine.search(*_no_source(build(text, vector)))
     runs: dict[str, dict[str, dict[str, float]]] = {name: {} for name in methods}
     timings: dict[str, dict[str, list[float]]] = {name: {"took": [], "wall": []} for name in methods}
-    for rounds in (list(methods), list(reversed(methods))):  # both orders: no method always runs first
-        for name in rounds:
-            for query_id, text, vector in queries:
-                index, body = _no_source(methods[name](text, vector))
-                started = time.perf_counter()
-                reply = engine.search(index, body)
-                timings[name]["wall"].append((time.perf_counter() - started) * 1000)
-                timings[name]["took"].append(float(reply["took"]))
-                runs[name][query_id] = {hit["_id"]: float(hit["_score"]) for hit in reply["hits"]["hits"]}
+    for position, name in schedule(list(methods), len(queries)):
+        query_id, text, vector = queries[position]
+        index, body = _no_source(methods[name](text, vector))
+        started = time.perf_counter()
+        reply = engine.search(index, body)
+        timings[name]["wall"].append((time.perf_counter() - started) * 1000)
+        timings[name]["took"].append(float(reply["took"]))
+        runs[name][query_id] = {hit["_id"]: float(hit["_score"]) for hit in reply["hits"]["hits"]}
     wanted = {q for q, _, _ in queries}
     qrels = {q: judged for q, judged in dataset.qrels.items() if q in wanted}
     reference = runs["splade full"]
+    bm25 = {kind: float(np.median(timings["bm25"][kind])) for kind in ("took", "wall")}
     results = {}
     for name, run in runs.items():
         means, _ = evaluate(qrels, run)
@@ -248,10 +257,44 @@ def measure_queries(url: str, corpus: Path, names: dict[str, str], limit: int, t
         took, wall = percentiles(timings[name]["took"]), timings[name]["wall"]
         results[name] = {"took_ms": {"p50": took["p50"], "p99": took["p99"]},
                          "client_ms": {"p50": percentiles(wall)["p50"]},
+                         "p50_vs_bm25": {"took": _ratio(float(np.median(timings[name]["took"])), bm25["took"]),
+                                         "client": _ratio(float(np.median(wall)), bm25["wall"])},
                          "qps_one_client": round(1000 * len(wall) / sum(wall), 1),
                          "recall@10_vs_full": round(float(np.mean(recall)), 4),
                          "ndcg@10": round(float(means["ndcg@10"]), 4)}
-    return {"queries": len(queries), "methods": results}
+    return {"queries": len(queries), "timed_per_method": 2 * len(queries), "order": "interleaved per query",
+            "methods": results}
+
+
+def _ratio(median: float, bm25: float) -> float | None:
+    """A median over BM25's; None where BM25's is 0 (``took`` counts whole milliseconds)."""
+    return round(median / bm25, 2) if bm25 > 0 else None
+
+
+def schedule(methods: list[str], queries: int) -> Iterator[tuple[int, str]]:
+    """(query position, method) in timing order. The methods take turns, the order rotated by one at
+    each step, so none always runs first or right after another; at one step each method runs a
+    different query (method ``j`` is ``j * queries // len(methods)`` queries ahead), so no method
+    finds the postings another just read for the same query still in the CPU's caches. Every
+    method runs every query once per pass; the second pass reverses the order."""
+    stride = max(queries // len(methods), 1)
+    ahead = {name: j * stride for j, name in enumerate(methods)}
+    for order in (methods, methods[::-1]):
+        for step in range(queries):
+            turn = step % len(order)
+            for name in order[turn:] + order[:turn]:
+                yield (step + ahead[name]) % queries, name
+
+
+def _counts(value: str) -> list[int]:
+    """``--top-k`` / ``--two-phase``: comma-separated positive term counts."""
+    try:
+        counts = [int(part) for part in value.split(",")]
+    except ValueError:
+        counts = []
+    if not counts or min(counts) < 1 or len(set(counts)) != len(counts):
+        raise argparse.ArgumentTypeError(f"{value!r} is not a comma-separated list of distinct positive counts")
+    return counts
 
 
 def _no_source(pair: tuple[str, dict]) -> tuple[str, dict]:
@@ -337,7 +380,7 @@ def requery(url: str, corpus: Path, names: dict[str, str], args: argparse.Namesp
                              f"({wanted}): run once without --reuse first")
     return {"corpus": str(corpus), "docs": engine.count(names["ingest"]), "reused": True,
             "doc_min_weight": metas["pruned"]["pruning"]["min_weight"],
-            **measure_queries(url, corpus, names, args.queries, args.top_k, args.two_phase)}
+            "shards": engine.shard_layout(names["ingest"])[0], **measure_queries(url, corpus, names, args)}
 
 
 def measure(url: str, corpus: Path, names: dict[str, str], args: argparse.Namespace) -> dict:
@@ -348,10 +391,12 @@ def measure(url: str, corpus: Path, names: dict[str, str], args: argparse.Namesp
     for index in names.values():  # ingest adds to an existing index: every load starts empty
         engine.delete_index(index)
     prefix = args.index_prefix
-    loads = {"bulk": run_child("bulk", url, corpus, prefix, []),
-             "ingest": run_child("ingest", url, corpus, prefix, []),
-             "pruned": run_child("pruned", url, corpus, prefix, ["--doc-min-weight", str(doc_min_weight)]),
-             "text": run_child("text", url, corpus, prefix, [])}
+    shards = ["--shards", str(args.shards)]
+    loads = {"bulk": run_child("bulk", url, corpus, prefix, args.shards, []),
+             "ingest": run_child("ingest", url, corpus, prefix, args.shards, shards),
+             "pruned": run_child("pruned", url, corpus, prefix, args.shards,
+                                 [*shards, "--doc-min-weight", str(doc_min_weight)]),
+             "text": run_child("text", url, corpus, prefix, args.shards, [])}
     loads["ingest"]["ratio_to_bulk"] = round(loads["ingest"]["docs_per_s"] / loads["bulk"]["docs_per_s"], 3)
     sizes = merged_sizes(url, names)
     mark(url, corpus, names)
@@ -359,26 +404,35 @@ def measure(url: str, corpus: Path, names: dict[str, str], args: argparse.Namesp
     disk = {step: {"bytes": sizes[names[step]], "gb_per_million_docs": round(sizes[names[step]] / docs * 1e6 / 1e9, 3)}
             for step in ("ingest", "pruned", "text")}
     return {"corpus": str(corpus), "docs": docs, "doc_min_weight": doc_min_weight, "loads": loads, "disk": disk,
-            "eval": run_child("eval", url, corpus, prefix, []),
-            **measure_queries(url, corpus, names, args.queries, args.top_k, args.two_phase)}
+            "eval": run_child("eval", url, corpus, prefix, args.shards, []), "shards": args.shards,
+            **measure_queries(url, corpus, names, args)}
 
 
 def chart(records: list[dict], path: Path, title: str) -> None:
+    """p50 against corpus size per method, and each method's p50 over BM25's with the 2x target: the
+    client's round trip, whose resolution the engine's whole-millisecond ``took`` lacks at 100k."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    figure, axis = plt.subplots(figsize=(7, 4.5))
-    for method in records[0]["methods"]:
-        axis.plot([r["docs"] for r in records], [r["methods"][method]["took_ms"]["p50"] for r in records],
-                  marker="o", label=method)
-    axis.set_xscale("log")
-    axis.set_xlabel("documents")
-    axis.set_ylabel("p50 latency (engine took, ms)")
-    axis.set_title(title)
-    axis.grid(True, alpha=0.3)
-    axis.legend(fontsize=8)
+    figure, (latency, ratio) = plt.subplots(1, 2, figsize=(11, 4.5))
+    sizes = [r["docs"] for r in records]
+    markers = "osD^v<>Px*"
+    for number, method in enumerate(records[0]["methods"]):
+        p50 = [r["methods"][method]["client_ms"]["p50"] for r in records]
+        style = {"marker": markers[number % len(markers)], "label": method}
+        latency.plot(sizes, p50, **style)
+        ratio.plot(sizes, [ms / r["methods"]["bm25"]["client_ms"]["p50"] for ms, r in zip(p50, records)], **style)
+    ratio.axhline(2.0, color="black", linestyle="--", linewidth=1, label="target: 2x BM25")
+    latency.set_ylabel("p50 latency (client round trip, ms)")
+    ratio.set_ylabel("p50 / BM25's p50")
+    for axis in (latency, ratio):
+        axis.set_xscale("log")
+        axis.set_xlabel("documents")
+        axis.grid(True, alpha=0.3)
+    ratio.legend(fontsize=7)
+    figure.suptitle(title)
     figure.tight_layout()
     figure.savefig(path, dpi=120)
 
@@ -409,8 +463,12 @@ def main() -> None:
     parser.add_argument("--url", help="one engine node (a scratch cluster: the --index-prefix indices are replaced)")
     parser.add_argument("--corpora", help="comma-separated generated corpus directories, smallest first")
     parser.add_argument("--queries", type=int, default=200, help="queries per method (default 200)")
-    parser.add_argument("--top-k", type=int, default=16, help="terms kept by the pruned query (default 16)")
-    parser.add_argument("--two-phase", type=int, default=8, help="first-phase terms of two-phase search (default 8)")
+    parser.add_argument("--top-k", type=_counts, default=[16], metavar="K,K,...",
+                        help="terms kept by the pruned query, one method per value (default 16)")
+    parser.add_argument("--two-phase", type=_counts, default=[8], metavar="N,N,...",
+                        help="first-phase terms of two-phase search, one method per value (default 8)")
+    parser.add_argument("--shards", type=int, choices=range(1, 65), metavar="N",
+                        help="primary shards of every loaded index (default 1; --reuse keeps the indices' own)")
     parser.add_argument("--doc-min-weight", type=float,
                         help="static document pruning of the pruned index (default: the stored weights' lower "
                              "quartile, so about a quarter of the postings go)")
@@ -420,7 +478,8 @@ def main() -> None:
     parser.add_argument("--index-prefix", default="scale-", type=index_prefix,
                         help="names of the four indices: PREFIX{bulk,splade,pruned,text} (default scale-)")
     parser.add_argument("--out", type=Path)
-    parser.add_argument("--chart", type=Path, help="a PNG of p50 against corpus size per method")
+    parser.add_argument("--chart", type=Path, help="a PNG of the client p50 against corpus size per method, and "
+                        "its ratio to BM25's against the 2x target")
     parser.add_argument("--chart-from", type=Path, nargs="+", metavar="JSON",
                         help="measure nothing: draw --chart from earlier --out files of one engine (sizes run in "
                              "separate sessions), their runs merged by corpus size")
@@ -438,6 +497,9 @@ def main() -> None:
     corpora = [Path(part) for part in args.corpora.split(",") if part]
     if args.reuse and len(corpora) != 1:
         parser.error(f"--reuse takes one corpus, the one the indices hold ({len(corpora)} given)")
+    if args.reuse and args.shards is not None:
+        parser.error("--reuse takes no --shards: the indices keep the layout they were loaded with")
+    args.shards = args.shards or 1
     if args.reuse and args.doc_min_weight is not None:
         parser.error("--reuse takes no --doc-min-weight: the pruned index keeps the threshold it was loaded with")
     for corpus in corpora:
@@ -451,7 +513,7 @@ def main() -> None:
         if args.child == "eval":
             record = eval_run(args.url, corpora[0], names["ingest"])
         elif args.child in ("bulk", "text"):
-            record = bulk_load(args.url, corpora[0], names[args.child], args.child == "text")
+            record = bulk_load(args.url, corpora[0], names[args.child], args.child == "text", args.shards)
         else:
             record = ingest_load(args.url, corpora[0], names[args.child], extra)
         print(json.dumps({**record, "peak_rss_mb": round(peak_rss_bytes() / 2**20, 1)}))

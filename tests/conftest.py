@@ -81,6 +81,16 @@ def minilm_start(tmp_path_factory) -> Path:
 
 
 @pytest.fixture
+def engine_scale(monkeypatch):
+    """benchmarks/engine_scale.py as a module (benchmarks/ is not a package; the script imports its
+    sibling memory.py)."""
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import engine_scale
+
+    return engine_scale
+
+
+@pytest.fixture
 def no_backbone(monkeypatch):
     """Fails the test if a model backbone is loaded (static queries need only the tokenizer and table)."""
     def refuse(*args, **kwargs):

@@ -20,12 +20,9 @@ PREFIX = f"test-scale-{uuid.uuid4().hex[:8]}-"  # never a benchmark's own scale-
 
 
 @pytest.fixture
-def fingerprint(monkeypatch):
-    """The script's own corpus fingerprint (benchmarks/ is not a package)."""
-    monkeypatch.syspath_prepend(str(SCRIPT.parent))
-    from engine_scale import fingerprint
-
-    return fingerprint
+def fingerprint(engine_scale):
+    """The script's own corpus fingerprint."""
+    return engine_scale.fingerprint
 
 
 def _generate(out: Path, docs: int, seed: int = 5) -> Path:
@@ -56,7 +53,7 @@ def first_run(request, tmp_path_factory):
     request.addfinalizer(drop_indices)  # registered first: a failed run is cleaned up too
     tmp = tmp_path_factory.mktemp("engine-scale")
     corpus = _generate(tmp / "corpus", 600)
-    done = _run(url, corpus, tmp / "first.json")
+    done = _run(url, corpus, tmp / "first.json", "--shards", "2")
     assert done.returncode == 0, done.stderr[-3000:]
     return url, corpus, tmp, json.loads((tmp / "first.json").read_text())
 
@@ -64,7 +61,7 @@ def first_run(request, tmp_path_factory):
 def test_a_run_loads_every_document_and_measures_every_form(first_run):
     _, _, _, result = first_run
     run = result["runs"][0]
-    assert run["docs"] == 600
+    assert run["docs"] == 600 and run["shards"] == 2
     assert {step: load["docs"] for step, load in run["loads"].items()} == dict.fromkeys(
         ("bulk", "ingest", "pruned", "text"), 600)
     methods = run["methods"]
@@ -73,6 +70,12 @@ def test_a_run_loads_every_document_and_measures_every_form(first_run):
     for method in ("splade top-16", "two-phase 8", "splade full, pruned documents"):
         assert 0.2 < methods[method]["recall@10_vs_full"] < 1.0, method
     assert methods["splade full"]["ndcg@10"] >= methods["splade top-16"]["ndcg@10"]
+    # Every method timed on every query, twice (the interleaved passes); BM25 is its own yardstick.
+    assert run["timed_per_method"] == 60
+    # (On 600 documents BM25's took median may be 0 ms: no took ratio then, rather than a made-up one.)
+    assert methods["bm25"]["p50_vs_bm25"]["client"] == 1.0
+    took_ratios = {name: method["p50_vs_bm25"]["took"] for name, method in methods.items()}
+    assert took_ratios["bm25"] in (1.0, None) and len({ratio is None for ratio in took_ratios.values()}) == 1
     # The pruned index drops postings: it is smaller than the full one, which is larger than text alone.
     disk = run["disk"]
     assert disk["text"]["bytes"] < disk["pruned"]["bytes"] < disk["ingest"]["bytes"]
@@ -90,20 +93,32 @@ def _uuids(url: str) -> dict[str, str]:
 def test_reuse_times_other_settings_without_loading(first_run):
     url, corpus, tmp, result = first_run
     before = _uuids(url)
-    done = _run(url, corpus, tmp / "again.json", "--reuse", "--top-k", "4", "--two-phase", "2")
+    done = _run(url, corpus, tmp / "again.json", "--reuse", "--top-k", "4,12", "--two-phase", "2,4")
     assert done.returncode == 0, done.stderr[-3000:]
     assert _uuids(url) == before and len(before) == 4  # the same four indices: nothing was recreated
+    for index in before:
+        assert _shards(url, index) == 2, index  # --shards reached every load, bulk and text included
     run = json.loads((tmp / "again.json").read_text())["runs"][0]
-    assert run["reused"] is True and "loads" not in run and run["docs"] == 600
+    assert run["reused"] is True and "loads" not in run and run["docs"] == 600 and run["shards"] == 2
     assert run["doc_min_weight"] == result["runs"][0]["doc_min_weight"]  # read back from the pruned index
-    assert {"splade top-4", "two-phase 2"} <= set(run["methods"])
+    assert set(run["methods"]) == {"bm25", "splade full", "splade top-4", "splade top-12", "two-phase 2",
+                                   "two-phase 4", "splade full, pruned documents"}
     # Same indices, same queries: the exact forms rank as the first run did.
     for method in ("bm25", "splade full", "splade full, pruned documents"):
         assert run["methods"][method]["ndcg@10"] == result["runs"][0]["methods"][method]["ndcg@10"], method
-    # Fewer query terms should not keep more of the exact top 10 than 16 kept (same queries, same
-    # index): true here on average, not per query by construction.
-    assert run["methods"]["splade top-4"]["recall@10_vs_full"] <= result["runs"][0]["methods"]["splade top-16"][
+    # Fewer query terms should not keep more of the exact top 10 (same queries, same index): true
+    # here on average, not per query by construction; two-phase keeps more than its first phase alone.
+    recall = {name: method["recall@10_vs_full"] for name, method in run["methods"].items()}
+    assert recall["splade top-4"] <= recall["splade top-12"] <= result["runs"][0]["methods"]["splade top-16"][
         "recall@10_vs_full"]
+    assert recall["two-phase 4"] >= recall["splade top-4"]
+
+
+def _shards(url: str, index: str) -> int:
+    from splade_es.toolkit.engines.connect import connect
+
+    with connect(url) as engine:
+        return engine.shard_layout(index)[0]
 
 
 @pytest.mark.parametrize(("docs", "seed"), [(300, 5), (600, 6)])
@@ -142,6 +157,11 @@ def test_reuse_refuses_indices_it_did_not_mark(first_run):
 @pytest.mark.parametrize(("corpora", "extra", "message"), [
     ("a,b", ["--reuse"], "--reuse takes one corpus, the one the indices hold (2 given)"),
     ("a", ["--reuse", "--doc-min-weight", "0.5"], "--reuse takes no --doc-min-weight"),
+    ("a", ["--reuse", "--shards", "2"], "--reuse takes no --shards"),
+    ("a", ["--shards", "0"], "argument --shards: invalid choice: 0"),
+    ("a", ["--two-phase", "8,0"], "'8,0' is not a comma-separated list of distinct positive counts"),
+    ("a", ["--top-k", "16,16"], "'16,16' is not a comma-separated list of distinct positive counts"),
+    ("a", ["--top-k", "sixteen"], "'sixteen' is not a comma-separated list of distinct positive counts"),
     ("{tmp}", [], "{tmp}: not a generated corpus (no corpus.jsonl, vectors.jsonl, query-vectors.jsonl"),
     ("a", ["--index-prefix", "*"], "'*' is not a lowercase index-name prefix"),
     ("a", ["--index-prefix", ""], "'' is not a lowercase index-name prefix"),
@@ -166,3 +186,24 @@ def test_fingerprint_sees_one_byte_in_the_middle_and_the_queries(tmp_path, finge
         (tmp_path / name / "qrels" / "test.tsv").write_bytes(b"query-id\tcorpus-id\tscore\n")
         prints.append(fingerprint(tmp_path / name))
     assert prints[0] == prints[3] and len(set(prints[:3])) == 3
+
+
+def test_schedule_times_every_method_on_every_query_twice_and_rotates_the_lead(engine_scale):
+    methods = ["bm25", "full", "top", "phased"]
+    turns = list(engine_scale.schedule(methods, 10))
+    assert len(turns) == 2 * 10 * len(methods)
+    assert {pair: turns.count(pair) for pair in set(turns)} == {(q, m): 2 for q in range(10) for m in methods}
+    steps = [turns[i:i + len(methods)] for i in range(0, len(turns), len(methods))]
+    # At each step every method runs once, each on another query.
+    for step in steps:
+        assert sorted(m for _, m in step) == sorted(methods) and len({q for q, _ in step}) == len(methods)
+    # The lead rotates: each method runs first at a quarter of the steps.
+    leads = [step[0][1] for step in steps]
+    assert {m: leads.count(m) for m in methods} == dict.fromkeys(methods, 5)
+    # The second pass reverses the order: what ran right after BM25 now runs right before it.
+    assert [m for _, m in steps[0]] == methods and [m for _, m in steps[10]] == methods[::-1]
+
+
+def test_schedule_with_fewer_queries_than_methods_still_runs_each_pair_twice(engine_scale):
+    turns = list(engine_scale.schedule(["a", "b", "c"], 2))
+    assert sorted(turns) == sorted([(q, m) for q in range(2) for m in "abc"] * 2)
