@@ -17,14 +17,14 @@ first) and one engine (``--url``), every load runs in its own process, so its pe
 
 Then each index is flushed and force-merged to one segment (so sizes and query times compare
 like with like), its primary store size read, and the queries run one at a time, ``size`` 10
-without sources, the methods taking turns query by query: BM25 (BEIR's ``multi_match``), the full
-SPLADE query, its ``--top-k`` heaviest terms, two-phase (``--two-phase`` terms first, the rest
-rescoring a window of 100 per shard), and the full query on the pruned index (``--top-k`` and
-``--two-phase`` take lists: one method per value). Each method reports the engine's ``took``
-p50/p99, the client's p50, both medians over BM25's, QPS of one client, recall@10 against the
-full query's top 10 (the exact ranking), and nDCG@10 against the generated judgments
-(pytrec_eval). ``--shards`` lays every index out in that many primary shards (replicas stay the
-cluster's default, unassigned on one node).
+without sources, the methods taking turns (:func:`schedule`): BM25 (BEIR's ``multi_match``), the
+full SPLADE query, its ``--top-k`` heaviest terms, two-phase (``--two-phase`` terms first, the
+rest rescoring ``--two-phase-window`` hits per shard), and the full query on the pruned index
+(``--top-k`` and ``--two-phase`` take lists: one method per value). Each method reports the
+engine's ``took`` p50/p99, the client's p50, both medians over BM25's, QPS of one client,
+recall@10 against the full query's top 10 (the exact ranking), and nDCG@10 against the generated
+judgments (pytrec_eval). ``--shards`` lays every index out in that many primary shards (replicas
+stay the cluster's default, unassigned on one node).
 
     URL=$(splade-es engine start --kind opensearch --heap 2g --port 0 | tail -n 1)
     python benchmarks/engine_scale.py --url "$URL" --corpora /tmp/scale-100k,/tmp/scale-300k,/tmp/scale-1m \\
@@ -158,11 +158,12 @@ def _cli(arguments: list[str]) -> dict:
     return {"summary": json.loads(result.stdout.strip().splitlines()[-1]), "seconds": round(seconds, 2)}
 
 
-def ingest_load(url: str, corpus: Path, index: str, extra: list[str]) -> dict:
-    """``splade-es ingest --vectors`` with its defaults."""
+def ingest_load(url: str, corpus: Path, index: str, shards: int, extra: list[str]) -> dict:
+    """``splade-es ingest --vectors`` with its defaults, into ``shards`` primary shards."""
     with tempfile.TemporaryDirectory() as state:
         done = _cli(["ingest", "--index", index, "--corpus", str(corpus), "--vectors", str(corpus / "vectors.jsonl"),
-                     "--model", MODEL, "--url", url, "--no-progress", "--json", "--state-dir", state, *extra])
+                     "--model", MODEL, "--url", url, "--no-progress", "--json", "--state-dir", state,
+                     "--shards", str(shards), *extra])
     summary = done["summary"]
     return {"docs": summary["indexed"] + summary.get("resumed", 0), "seconds": done["seconds"]}
 
@@ -206,7 +207,7 @@ def _queries(corpus: Path, texts: dict[str, str], limit: int) -> list[tuple[str,
 def measure_queries(url: str, corpus: Path, names: dict[str, str], args: argparse.Namespace) -> dict:
     """Each method's latency, its medians against BM25's, recall@10 against the full query and nDCG@10.
 
-    The methods take turns query by query (:func:`schedule`), so a slow moment of this shared machine
+    The methods take turns step by step (:func:`schedule`), so a slow moment of this shared machine
     lands on all of them alike and the ratios to BM25 are side by side, not minutes apart."""
     from splade_es.toolkit.engines.connect import connect
     from splade_es.toolkit.eval.beir import load_beir
@@ -228,7 +229,8 @@ def measure_queries(url: str, corpus: Path, names: dict[str, str], args: argpars
         methods[f"splade top-{k}"] = (lambda k: lambda text, vector: (
             names["ingest"], exact.sparse_body(split_heaviest(vector, k)[0], 10)))(k)
     for n in args.two_phase:
-        phased = Searcher(engine, names["ingest"], two_phase=n, use_tuned=False)
+        phased = Searcher(engine, names["ingest"], two_phase=n, two_phase_window=args.two_phase_window,
+                          use_tuned=False)
         methods[f"two-phase {n}"] = (lambda phased: lambda text, vector: (
             names["ingest"], phased.sparse_body(vector, 10)))(phased)
     methods["splade full, pruned documents"] = lambda text, vector: (names["pruned"], pruned.sparse_body(vector, 10))
@@ -262,8 +264,9 @@ def measure_queries(url: str, corpus: Path, names: dict[str, str], args: argpars
                          "qps_one_client": round(1000 * len(wall) / sum(wall), 1),
                          "recall@10_vs_full": round(float(np.mean(recall)), 4),
                          "ndcg@10": round(float(means["ndcg@10"]), 4)}
-    return {"queries": len(queries), "timed_per_method": 2 * len(queries), "order": "interleaved per query",
-            "methods": results}
+    return {"queries": len(queries), "timed_per_method": {name: len(timing["wall"]) for name, timing in timings.items()},
+            "order": "interleaved (Williams design), a different query per method at each step",
+            "two_phase_window": args.two_phase_window, "methods": results}
 
 
 def _ratio(median: float, bm25: float) -> float | None:
@@ -272,18 +275,44 @@ def _ratio(median: float, bm25: float) -> float | None:
 
 
 def schedule(methods: list[str], queries: int) -> Iterator[tuple[int, str]]:
-    """(query position, method) in timing order. The methods take turns, the order rotated by one at
-    each step, so none always runs first or right after another; at one step each method runs a
-    different query (method ``j`` is ``j * queries // len(methods)`` queries ahead), so no method
-    finds the postings another just read for the same query still in the CPU's caches. Every
-    method runs every query once per pass; the second pass reverses the order."""
+    """(query position, method) in timing order, ``2 * queries`` steps of one search per method.
+
+    The order within a step follows a Williams design (rows of a Latin square, cycled step by step),
+    so each method runs first, and right after each other method, equally often over a cycle: none
+    always follows a heavy one (whose garbage or cold caches it would inherit). Within a step each
+    method runs a different query (method ``j`` is ``j * queries // len(methods)`` queries ahead), so
+    none finds the postings another just read for the same query in the CPU's caches; with fewer
+    queries than methods some must share. Over the two passes every method runs every query twice."""
+    rows = williams_rows(len(methods))
     stride = max(queries // len(methods), 1)
-    ahead = {name: j * stride for j, name in enumerate(methods)}
-    for order in (methods, methods[::-1]):
-        for step in range(queries):
-            turn = step % len(order)
-            for name in order[turn:] + order[:turn]:
-                yield (step + ahead[name]) % queries, name
+    for step in range(2 * queries):
+        for j in rows[step % len(rows)]:
+            yield (step + j * stride) % queries, methods[j]
+
+
+def williams_rows(n: int) -> list[list[int]]:
+    """A Williams design for ``n`` treatments: ``n`` orders (``2n`` when ``n`` is odd) in which each
+    treatment comes first once per order set and each ordered pair is adjacent equally often."""
+    first, low, high = [0], 1, n - 1
+    for position in range(1, n):
+        if position % 2:
+            first.append(low)
+            low += 1
+        else:
+            first.append(high)
+            high -= 1
+    rows = [[(value + shift) % n for value in first] for shift in range(n)]
+    return rows + [row[::-1] for row in rows] if n % 2 else rows
+
+
+def _positive(value: str) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        number = 0
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a positive whole number")
+    return number
 
 
 def _counts(value: str) -> list[int]:
@@ -356,6 +385,14 @@ def mark(url: str, corpus: Path, names: dict[str, str]) -> None:
         set_splade_meta(engine, names[step], MARK, held)
 
 
+def shard_count(engine, names: dict[str, str]) -> int:
+    """The queried indices' primary shards, read back (one count: the methods compare like with like)."""
+    counts = {(engine.shard_layout(names[step]) or (0, 0))[0] for step in QUERIED}
+    if len(counts) != 1 or 0 in counts:
+        raise SystemExit(f"{', '.join(names[step] for step in QUERIED)}: primary shards {sorted(counts)}, not one count")
+    return counts.pop()
+
+
 def requery(url: str, corpus: Path, names: dict[str, str], args: argparse.Namespace) -> dict:
     """Only the queries, on the indices an earlier run loaded with this same corpus."""
     from splade_es.toolkit.engines.connect import connect
@@ -380,7 +417,7 @@ def requery(url: str, corpus: Path, names: dict[str, str], args: argparse.Namesp
                              f"({wanted}): run once without --reuse first")
     return {"corpus": str(corpus), "docs": engine.count(names["ingest"]), "reused": True,
             "doc_min_weight": metas["pruned"]["pruning"]["min_weight"],
-            "shards": engine.shard_layout(names["ingest"])[0], **measure_queries(url, corpus, names, args)}
+            "shards": shard_count(engine, names), **measure_queries(url, corpus, names, args)}
 
 
 def measure(url: str, corpus: Path, names: dict[str, str], args: argparse.Namespace) -> dict:
@@ -391,11 +428,9 @@ def measure(url: str, corpus: Path, names: dict[str, str], args: argparse.Namesp
     for index in names.values():  # ingest adds to an existing index: every load starts empty
         engine.delete_index(index)
     prefix = args.index_prefix
-    shards = ["--shards", str(args.shards)]
     loads = {"bulk": run_child("bulk", url, corpus, prefix, args.shards, []),
-             "ingest": run_child("ingest", url, corpus, prefix, args.shards, shards),
-             "pruned": run_child("pruned", url, corpus, prefix, args.shards,
-                                 [*shards, "--doc-min-weight", str(doc_min_weight)]),
+             "ingest": run_child("ingest", url, corpus, prefix, args.shards, []),
+             "pruned": run_child("pruned", url, corpus, prefix, args.shards, ["--doc-min-weight", str(doc_min_weight)]),
              "text": run_child("text", url, corpus, prefix, args.shards, [])}
     loads["ingest"]["ratio_to_bulk"] = round(loads["ingest"]["docs_per_s"] / loads["bulk"]["docs_per_s"], 3)
     sizes = merged_sizes(url, names)
@@ -404,26 +439,29 @@ def measure(url: str, corpus: Path, names: dict[str, str], args: argparse.Namesp
     disk = {step: {"bytes": sizes[names[step]], "gb_per_million_docs": round(sizes[names[step]] / docs * 1e6 / 1e9, 3)}
             for step in ("ingest", "pruned", "text")}
     return {"corpus": str(corpus), "docs": docs, "doc_min_weight": doc_min_weight, "loads": loads, "disk": disk,
-            "eval": run_child("eval", url, corpus, prefix, args.shards, []), "shards": args.shards,
+            "eval": run_child("eval", url, corpus, prefix, args.shards, []), "shards": shard_count(engine, names),
             **measure_queries(url, corpus, names, args)}
 
 
 def chart(records: list[dict], path: Path, title: str) -> None:
     """p50 against corpus size per method, and each method's p50 over BM25's with the 2x target: the
-    client's round trip, whose resolution the engine's whole-millisecond ``took`` lacks at 100k."""
+    client's round trip, whose resolution the engine's whole-millisecond ``took`` lacks at 100k. A
+    method measured at some sizes only (runs with other ``--top-k`` lists) is drawn where it was."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     figure, (latency, ratio) = plt.subplots(1, 2, figsize=(11, 4.5))
-    sizes = [r["docs"] for r in records]
+    methods = list(dict.fromkeys(method for record in records for method in record["methods"]))
     markers = "osD^v<>Px*"
-    for number, method in enumerate(records[0]["methods"]):
-        p50 = [r["methods"][method]["client_ms"]["p50"] for r in records]
+    for number, method in enumerate(methods):
+        measured = [r for r in records if method in r["methods"]]
+        sizes = [r["docs"] for r in measured]
+        p50 = [r["methods"][method]["client_ms"]["p50"] for r in measured]
         style = {"marker": markers[number % len(markers)], "label": method}
         latency.plot(sizes, p50, **style)
-        ratio.plot(sizes, [ms / r["methods"]["bm25"]["client_ms"]["p50"] for ms, r in zip(p50, records)], **style)
+        ratio.plot(sizes, [ms / r["methods"]["bm25"]["client_ms"]["p50"] for ms, r in zip(p50, measured)], **style)
     ratio.axhline(2.0, color="black", linestyle="--", linewidth=1, label="target: 2x BM25")
     latency.set_ylabel("p50 latency (client round trip, ms)")
     ratio.set_ylabel("p50 / BM25's p50")
@@ -431,10 +469,17 @@ def chart(records: list[dict], path: Path, title: str) -> None:
         axis.set_xscale("log")
         axis.set_xlabel("documents")
         axis.grid(True, alpha=0.3)
-    ratio.legend(fontsize=7)
+    figure.legend(*ratio.get_legend_handles_labels(), loc="center right", fontsize=7)
     figure.suptitle(title)
-    figure.tight_layout()
+    figure.tight_layout(rect=(0, 0, 0.82, 1))
     figure.savefig(path, dpi=120)
+
+
+def chart_title(engine: str, records: list[dict]) -> str:
+    shards = sorted({record.get("shards", 1) for record in records})
+    layout = f"{shards[0]} shard{'s' if shards[0] > 1 else ''}" if len(shards) == 1 else "shards " + "/".join(
+        map(str, shards))
+    return f"{engine}, {layout}: query p50 against corpus size"
 
 
 def merged_results(paths: list[Path]) -> tuple[str, list[dict]]:
@@ -462,12 +507,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--url", help="one engine node (a scratch cluster: the --index-prefix indices are replaced)")
     parser.add_argument("--corpora", help="comma-separated generated corpus directories, smallest first")
-    parser.add_argument("--queries", type=int, default=200, help="queries per method (default 200)")
+    parser.add_argument("--queries", type=_positive, default=200, help="queries per method (default 200)")
     parser.add_argument("--top-k", type=_counts, default=[16], metavar="K,K,...",
                         help="terms kept by the pruned query, one method per value (default 16)")
     parser.add_argument("--two-phase", type=_counts, default=[8], metavar="N,N,...",
                         help="first-phase terms of two-phase search, one method per value (default 8)")
-    parser.add_argument("--shards", type=int, choices=range(1, 65), metavar="N",
+    parser.add_argument("--two-phase-window", type=_positive, default=100, metavar="W",
+                        help="hits each shard rescores in two-phase search (default 100)")
+    parser.add_argument("--shards", type=_positive, metavar="N",
                         help="primary shards of every loaded index (default 1; --reuse keeps the indices' own)")
     parser.add_argument("--doc-min-weight", type=float,
                         help="static document pruning of the pruned index (default: the stored weights' lower "
@@ -490,7 +537,7 @@ def main() -> None:
         if not args.chart or args.url or args.corpora:
             parser.error("--chart-from needs --chart and measures nothing (no --url, no --corpora)")
         engine, runs = merged_results(args.chart_from)
-        chart(runs, args.chart, f"{engine}: query p50 against corpus size")
+        chart(runs, args.chart, chart_title(engine, runs))
         return
     if not args.url or not args.corpora:
         parser.error("--url and --corpora are required (unless --chart-from)")
@@ -515,7 +562,7 @@ def main() -> None:
         elif args.child in ("bulk", "text"):
             record = bulk_load(args.url, corpora[0], names[args.child], args.child == "text", args.shards)
         else:
-            record = ingest_load(args.url, corpora[0], names[args.child], extra)
+            record = ingest_load(args.url, corpora[0], names[args.child], args.shards, extra)
         print(json.dumps({**record, "peak_rss_mb": round(peak_rss_bytes() / 2**20, 1)}))
         return
     from splade_es.toolkit.engines.connect import connect
@@ -532,7 +579,7 @@ def main() -> None:
             args.out.write_text(text + "\n")
     print(text)
     if args.chart:
-        chart(result["runs"], args.chart, f"{result['engine']}: query p50 against corpus size")
+        chart(result["runs"], args.chart, chart_title(result["engine"], result["runs"]))
 
 
 if __name__ == "__main__":

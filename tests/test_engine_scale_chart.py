@@ -33,6 +33,37 @@ def test_runs_of_two_files_make_one_png(tmp_path):
     assert (tmp_path / "out.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_methods_measured_at_some_sizes_only_are_drawn_where_they_were(tmp_path, engine_scale, monkeypatch):
+    """A 1M run with --top-k 16,24 beside a 100k run with --top-k 16: every method on its own sizes."""
+    import matplotlib.axes
+
+    small = _result(tmp_path / "small.json", "opensearch 3.3.2", [100_000])
+    large = json.loads(_result(tmp_path / "large.json", "opensearch 3.3.2", [1_000_000]).read_text())
+    large["runs"][0]["methods"]["splade top-24"] = {"client_ms": {"p50": 15.0}}
+    (tmp_path / "large.json").write_text(json.dumps(large))
+    drawn = {}
+    real_plot = matplotlib.axes.Axes.plot
+
+    def plot(axis, x, y, **style):
+        drawn.setdefault(style["label"], []).append((list(x), list(y)))
+        return real_plot(axis, x, y, **style)
+
+    monkeypatch.setattr(matplotlib.axes.Axes, "plot", plot)
+    for order in ([small, tmp_path / "large.json"], [tmp_path / "large.json", small]):
+        drawn.clear()
+        _, runs = engine_scale.merged_results(order)
+        engine_scale.chart(runs, tmp_path / "out.png", "t")
+        assert drawn["splade top-24"] == [([1_000_000], [15.0]), ([1_000_000], [15.0 / 10.0])]
+        assert drawn["splade full"] == [([100_000, 1_000_000], [2.0, 20.0]), ([100_000, 1_000_000], [2.0, 2.0])]
+
+
+def test_the_title_names_the_shard_layout(engine_scale):
+    assert engine_scale.chart_title("opensearch 3.3.2", [{"shards": 2}, {"shards": 2}]) == (
+        "opensearch 3.3.2, 2 shards: query p50 against corpus size")
+    assert engine_scale.chart_title("e", [{}]) == "e, 1 shard: query p50 against corpus size"  # before --shards
+    assert engine_scale.chart_title("e", [{"shards": 1}, {"shards": 3}]).startswith("e, shards 1/3:")
+
+
 def test_runs_are_merged_across_files_and_sorted_by_size(tmp_path, engine_scale):
     small = _result(tmp_path / "small.json", "opensearch 3.3.2", [300_000, 100_000])
     large = _result(tmp_path / "large.json", "opensearch 3.3.2", [1_000_000])

@@ -71,11 +71,14 @@ def test_a_run_loads_every_document_and_measures_every_form(first_run):
         assert 0.2 < methods[method]["recall@10_vs_full"] < 1.0, method
     assert methods["splade full"]["ndcg@10"] >= methods["splade top-16"]["ndcg@10"]
     # Every method timed on every query, twice (the interleaved passes); BM25 is its own yardstick.
-    assert run["timed_per_method"] == 60
+    assert run["timed_per_method"] == dict.fromkeys(methods, 60)
     # (On 600 documents BM25's took median may be 0 ms: no took ratio then, rather than a made-up one.)
     assert methods["bm25"]["p50_vs_bm25"]["client"] == 1.0
     took_ratios = {name: method["p50_vs_bm25"]["took"] for name, method in methods.items()}
     assert took_ratios["bm25"] in (1.0, None) and len({ratio is None for ratio in took_ratios.values()}) == 1
+    for name, method in methods.items():  # over BM25's median, not under it, and not another method's
+        expected = method["client_ms"]["p50"] / methods["bm25"]["client_ms"]["p50"]
+        assert method["p50_vs_bm25"]["client"] == pytest.approx(expected, abs=0.011), name
     # The pruned index drops postings: it is smaller than the full one, which is larger than text alone.
     disk = run["disk"]
     assert disk["text"]["bytes"] < disk["pruned"]["bytes"] < disk["ingest"]["bytes"]
@@ -158,7 +161,9 @@ def test_reuse_refuses_indices_it_did_not_mark(first_run):
     ("a,b", ["--reuse"], "--reuse takes one corpus, the one the indices hold (2 given)"),
     ("a", ["--reuse", "--doc-min-weight", "0.5"], "--reuse takes no --doc-min-weight"),
     ("a", ["--reuse", "--shards", "2"], "--reuse takes no --shards"),
-    ("a", ["--shards", "0"], "argument --shards: invalid choice: 0"),
+    ("a", ["--shards", "0"], "argument --shards: '0' is not a positive whole number"),
+    ("a", ["--queries", "0"], "argument --queries: '0' is not a positive whole number"),
+    ("a", ["--two-phase-window", "x"], "argument --two-phase-window: 'x' is not a positive whole number"),
     ("a", ["--two-phase", "8,0"], "'8,0' is not a comma-separated list of distinct positive counts"),
     ("a", ["--top-k", "16,16"], "'16,16' is not a comma-separated list of distinct positive counts"),
     ("a", ["--top-k", "sixteen"], "'sixteen' is not a comma-separated list of distinct positive counts"),
@@ -188,20 +193,32 @@ def test_fingerprint_sees_one_byte_in_the_middle_and_the_queries(tmp_path, finge
     assert prints[0] == prints[3] and len(set(prints[:3])) == 3
 
 
-def test_schedule_times_every_method_on_every_query_twice_and_rotates_the_lead(engine_scale):
+def test_schedule_times_every_method_on_every_query_twice(engine_scale):
     methods = ["bm25", "full", "top", "phased"]
     turns = list(engine_scale.schedule(methods, 10))
     assert len(turns) == 2 * 10 * len(methods)
     assert {pair: turns.count(pair) for pair in set(turns)} == {(q, m): 2 for q in range(10) for m in methods}
-    steps = [turns[i:i + len(methods)] for i in range(0, len(turns), len(methods))]
     # At each step every method runs once, each on another query.
-    for step in steps:
+    for start in range(0, len(turns), len(methods)):
+        step = turns[start:start + len(methods)]
         assert sorted(m for _, m in step) == sorted(methods) and len({q for q, _ in step}) == len(methods)
-    # The lead rotates: each method runs first at a quarter of the steps.
-    leads = [step[0][1] for step in steps]
-    assert {m: leads.count(m) for m in methods} == dict.fromkeys(methods, 5)
-    # The second pass reverses the order: what ran right after BM25 now runs right before it.
-    assert [m for _, m in steps[0]] == methods and [m for _, m in steps[10]] == methods[::-1]
+
+
+@pytest.mark.parametrize("count", [2, 3, 4, 5, 9])
+def test_schedule_balances_who_runs_first_and_who_runs_after_whom(engine_scale, count):
+    """Over a whole cycle of the design (n steps, 2n for odd n) each method leads equally often and
+    follows each other method equally often: no method always inherits a heavy one's aftermath."""
+    methods = [f"m{i}" for i in range(count)]
+    cycle = len(engine_scale.williams_rows(count))
+    assert cycle == (2 * count if count % 2 else count)
+    turns = list(engine_scale.schedule(methods, 3 * cycle))  # 6 whole cycles over the two passes
+    steps = [[m for _, m in turns[i:i + count]] for i in range(0, len(turns), count)]
+    leads = [step[0] for step in steps]
+    assert {m: leads.count(m) for m in methods} == dict.fromkeys(methods, len(steps) // count)
+    pairs = [(a, b) for step in steps for a, b in zip(step, step[1:])]
+    expected = len(pairs) // (count * (count - 1))
+    assert {(a, b): pairs.count((a, b)) for a in methods for b in methods if a != b} == dict.fromkeys(
+        ((a, b) for a in methods for b in methods if a != b), expected)
 
 
 def test_schedule_with_fewer_queries_than_methods_still_runs_each_pair_twice(engine_scale):
