@@ -124,6 +124,40 @@ def _shards(url: str, index: str) -> int:
         return engine.shard_layout(index)[0]
 
 
+def test_a_smaller_window_rescores_fewer_candidates(first_run):
+    """The rescore window reaches two-phase search: with 10 hits per shard instead of 100, two-phase
+    can only reorder its first phase's top hits, so it keeps less of the exact top 10 (never more:
+    the exact top 10 among the candidates always surfaces)."""
+    url, corpus, tmp, _ = first_run
+    recall = {}
+    for window in (10, 100):
+        done = _run(url, corpus, tmp / f"window-{window}.json", "--reuse", "--two-phase", "2",
+                    "--two-phase-window", str(window))
+        assert done.returncode == 0, done.stderr[-3000:]
+        run = json.loads((tmp / f"window-{window}.json").read_text())["runs"][0]
+        assert run["two_phase_window"] == window
+        recall[window] = run["methods"]["two-phase 2"]["recall@10_vs_full"]
+    assert recall[10] < recall[100]
+
+
+class _Layouts:
+    """An engine stand-in that knows only each index's (primary shards, replicas), or None."""
+
+    def __init__(self, layouts: dict[str, tuple[int, int] | None]) -> None:
+        self.layouts = layouts
+
+    def shard_layout(self, index: str) -> tuple[int, int] | None:
+        return self.layouts.get(index)
+
+
+def test_shard_count_reads_the_queried_indices_and_refuses_a_mixed_layout(engine_scale):
+    names = engine_scale.index_names("p-")
+    assert engine_scale.shard_count(_Layouts({"p-splade": (3, 1), "p-pruned": (3, 1)}), names) == 3
+    for layouts in ({"p-splade": (2, 1), "p-pruned": (1, 1)}, {"p-splade": (2, 1)}):
+        with pytest.raises(SystemExit, match="p-splade, p-pruned: primary shards"):
+            engine_scale.shard_count(_Layouts(layouts), names)
+
+
 @pytest.mark.parametrize(("docs", "seed"), [(300, 5), (600, 6)])
 def test_reuse_refuses_indices_of_another_corpus(first_run, fingerprint, docs, seed):
     """Another size, or the same size from another seed: the indices hold another corpus."""
