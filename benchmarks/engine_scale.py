@@ -56,11 +56,15 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import orjson
 
 from memory import peak_rss_bytes
+
+if TYPE_CHECKING:
+    from splade_es.toolkit.engines.base import Engine
 
 SUFFIXES = {"bulk": "bulk", "ingest": "splade", "pruned": "pruned", "text": "text"}  # index name per load
 MODEL = "generated"  # the name recorded in the indices' _meta (the vectors come from the generator)
@@ -226,13 +230,12 @@ def measure_queries(url: str, corpus: Path, names: dict[str, str], args: argpars
         "splade full": lambda text, vector: (names["ingest"], exact.sparse_body(vector, 10)),
     }
     for k in args.top_k:
-        methods[f"splade top-{k}"] = (lambda k: lambda text, vector: (
-            names["ingest"], exact.sparse_body(split_heaviest(vector, k)[0], 10)))(k)
+        methods[f"splade top-{k}"] = lambda text, vector, k=k: (
+            names["ingest"], exact.sparse_body(split_heaviest(vector, k)[0], 10))
     for n in args.two_phase:
         phased = Searcher(engine, names["ingest"], two_phase=n, two_phase_window=args.two_phase_window,
                           use_tuned=False)
-        methods[f"two-phase {n}"] = (lambda phased: lambda text, vector: (
-            names["ingest"], phased.sparse_body(vector, 10)))(phased)
+        methods[f"two-phase {n}"] = lambda text, vector, phased=phased: (names["ingest"], phased.sparse_body(vector, 10))
     methods["splade full, pruned documents"] = lambda text, vector: (names["pruned"], pruned.sparse_body(vector, 10))
     for _, text, vector in queries[:20]:  # warm-up: caches and JIT, untimed
         for build in methods.values():
@@ -250,17 +253,17 @@ def measure_queries(url: str, corpus: Path, names: dict[str, str], args: argpars
     wanted = {q for q, _, _ in queries}
     qrels = {q: judged for q, judged in dataset.qrels.items() if q in wanted}
     reference = runs["splade full"]
-    bm25 = {kind: float(np.median(timings["bm25"][kind])) for kind in ("took", "wall")}
+    medians = {name: {kind: percentiles(values) for kind, values in timing.items()} for name, timing in timings.items()}
     results = {}
     for name, run in runs.items():
         means, _ = evaluate(qrels, run)
         recall = [len(_top10(run.get(q, {})) & _top10(reference[q])) / max(len(_top10(reference[q])), 1)
                   for q in reference]
-        took, wall = percentiles(timings[name]["took"]), timings[name]["wall"]
+        took, client, wall = medians[name]["took"], medians[name]["wall"], timings[name]["wall"]
         results[name] = {"took_ms": {"p50": took["p50"], "p99": took["p99"]},
-                         "client_ms": {"p50": percentiles(wall)["p50"]},
-                         "p50_vs_bm25": {"took": _ratio(float(np.median(timings[name]["took"])), bm25["took"]),
-                                         "client": _ratio(float(np.median(wall)), bm25["wall"])},
+                         "client_ms": {"p50": client["p50"]},
+                         "p50_vs_bm25": {"took": _ratio(took["p50"], medians["bm25"]["took"]["p50"]),
+                                         "client": _ratio(client["p50"], medians["bm25"]["wall"]["p50"])},
                          "qps_one_client": round(1000 * len(wall) / sum(wall), 1),
                          "recall@10_vs_full": round(float(np.mean(recall)), 4),
                          "ndcg@10": round(float(means["ndcg@10"]), 4)}
@@ -387,7 +390,7 @@ def mark(url: str, corpus: Path, names: dict[str, str]) -> None:
         set_splade_meta(engine, names[step], MARK, held)
 
 
-def shard_count(engine, names: dict[str, str]) -> int:
+def shard_count(engine: Engine, names: dict[str, str]) -> int:
     """The queried indices' primary shards, read back (one count: the methods compare like with like)."""
     counts = {(engine.shard_layout(names[step]) or (0, 0))[0] for step in QUERIED}
     if len(counts) != 1 or 0 in counts:
@@ -478,9 +481,12 @@ def chart(records: list[dict], path: Path, title: str) -> None:
 
 
 def chart_title(engine: str, records: list[dict]) -> str:
+    """The engine and its shard layout (runs before ``--shards`` had one shard)."""
     shards = sorted({record.get("shards", 1) for record in records})
-    layout = f"{shards[0]} shard{'s' if shards[0] > 1 else ''}" if len(shards) == 1 else "shards " + "/".join(
-        map(str, shards))
+    if len(shards) > 1:
+        layout = "shards " + "/".join(map(str, shards))
+    else:
+        layout = f"{shards[0]} shard" + ("s" if shards[0] > 1 else "")
     return f"{engine}, {layout}: query p50 against corpus size"
 
 
