@@ -19,8 +19,10 @@ Then each index is flushed and force-merged to one segment (so sizes and query t
 like with like), its primary store size read, and the queries run one at a time, ``size`` 10
 without sources, the methods taking turns (:func:`schedule`): BM25 (BEIR's ``multi_match``), the
 full SPLADE query, its ``--top-k`` heaviest terms, two-phase (``--two-phase`` terms first, the
-rest rescoring ``--two-phase-window`` hits per shard), and the full query on the pruned index
-(``--top-k`` and ``--two-phase`` take lists: one method per value). Each method reports the
+rest rescoring ``--two-phase-window`` hits per shard), the full query on the pruned index, and on
+Elasticsearch its own token pruning (``--token-pruning``: the engine drops frequent light tokens,
+a rescore of the window adds them back) (``--top-k``, ``--two-phase`` and ``--token-pruning``
+take lists: one method per value). Each method reports the
 engine's ``took`` p50/p99, the client's p50, both medians over BM25's, QPS of one client,
 recall@10 against the full query's top 10 (the exact ranking), and nDCG@10 against the generated
 judgments (pytrec_eval). ``--shards`` lays every index out in that many primary shards (replicas
@@ -65,6 +67,7 @@ from memory import peak_rss_bytes
 
 if TYPE_CHECKING:
     from splade_es.toolkit.engines.base import Engine
+    from splade_es.toolkit.query.forms import TokenPruning
 
 SUFFIXES = {"bulk": "bulk", "ingest": "splade", "pruned": "pruned", "text": "text"}  # index name per load
 MODEL = "generated"  # the name recorded in the indices' _meta (the vectors come from the generator)
@@ -236,6 +239,11 @@ def measure_queries(url: str, corpus: Path, names: dict[str, str], args: argpars
         phased = Searcher(engine, names["ingest"], two_phase=n, two_phase_window=args.two_phase_window,
                           use_tuned=False)
         methods[f"two-phase {n}"] = lambda text, vector, phased=phased: (names["ingest"], phased.sparse_body(vector, 10))
+    for pruning in args.token_pruning:
+        engine_pruned = Searcher(engine, names["ingest"], two_phase_window=args.two_phase_window, use_tuned=False,
+                                 token_pruning=pruning)
+        methods[f"token pruning {pruning.label}"] = lambda text, vector, searcher=engine_pruned: (
+            names["ingest"], searcher.sparse_body(vector, 10))
     methods["splade full, pruned documents"] = lambda text, vector: (names["pruned"], pruned.sparse_body(vector, 10))
     for _, text, vector in queries[:20]:  # warm-up: caches and JIT, untimed
         for build in methods.values():
@@ -329,6 +337,20 @@ def _counts(value: str) -> list[int]:
     if not counts or min(counts) < 1 or len(set(counts)) != len(counts):
         raise argparse.ArgumentTypeError(f"{value!r} is not a comma-separated list of distinct positive counts")
     return counts
+
+
+def _token_prunings(value: str) -> list[TokenPruning]:
+    """``--token-pruning``: space-separated FREQ_RATIO,WEIGHT pairs (Elastic's default: 5,0.4)."""
+    from splade_es.errors import ConfigError
+    from splade_es.toolkit.query.forms import TokenPruning
+
+    try:
+        found = [TokenPruning.parse(part) for part in value.split()]
+    except ConfigError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    if not found or len(set(found)) != len(found):
+        raise argparse.ArgumentTypeError(f"{value!r} is not a list of distinct FREQ_RATIO,WEIGHT pairs")
+    return found
 
 
 def _no_source(pair: tuple[str, dict]) -> tuple[str, dict]:
@@ -521,7 +543,10 @@ def main() -> None:
     parser.add_argument("--two-phase", type=_counts, default=[8], metavar="N,N,...",
                         help="first-phase terms of two-phase search, one method per value (default 8)")
     parser.add_argument("--two-phase-window", type=_positive, default=100, metavar="W",
-                        help="hits each shard rescores in two-phase search (default 100)")
+                        help="hits each shard rescores in two-phase search and token pruning (default 100)")
+    parser.add_argument("--token-pruning", type=_token_prunings, default=[], metavar="'R,W R,W ...'",
+                        help="Elasticsearch 8.15+: its token pruning with these FREQ_RATIO,WEIGHT thresholds, then "
+                             "the window rescored with the pruned tokens, one method per pair (e.g. '5,0.4 3,0.4')")
     parser.add_argument("--shards", type=_positive, metavar="N",
                         help="primary shards of every loaded index (default 1; --reuse keeps the indices' own)")
     parser.add_argument("--doc-min-weight", type=float,
@@ -576,6 +601,9 @@ def main() -> None:
     from splade_es.toolkit.engines.connect import connect
 
     info = connect(args.url).info
+    if args.token_pruning and not info.capabilities.token_pruning:
+        parser.error(f"--token-pruning needs Elasticsearch 8.15+ (the sparse_vector query's pruning_config), "
+                     f"not {info.kind} {info.version}")
     result = {"engine": f"{info.kind} {info.version}", "machine": f"{platform.machine()}, {os.cpu_count()} cores",
               "date": time.strftime("%Y-%m-%d"), "load_average_start": list(os.getloadavg()),
               "command": " ".join(sys.argv), "runs": []}

@@ -1,6 +1,7 @@
-"""benchmarks/engine_scale.py end to end on a real OpenSearch node, on a tiny generated corpus:
-every load counted, the exact form agreeing with itself, and ``--reuse`` timing other settings
-on the indices a run left (and refusing indices that hold another corpus)."""
+"""benchmarks/engine_scale.py end to end on a real OpenSearch node (and Elasticsearch for its token
+pruning), on a tiny generated corpus: every load counted, the exact form agreeing with itself, and
+``--reuse`` timing other settings on the indices a run left (and refusing indices that hold another
+corpus)."""
 
 from __future__ import annotations
 
@@ -140,6 +141,52 @@ def test_a_smaller_window_rescores_fewer_candidates(first_run):
     assert recall[10] < recall[100]
 
 
+@pytest.fixture(scope="module")
+def elastic_run(request, tmp_path_factory):
+    """One run on Elasticsearch with its token pruning at two settings (one shard)."""
+    url = engine_url("elasticsearch")
+    prefix = f"test-scale-es-{uuid.uuid4().hex[:8]}-"
+
+    def drop_indices() -> None:
+        from splade_es.toolkit.engines.connect import connect
+
+        with connect(url) as engine:
+            for suffix in ("bulk", "splade", "pruned", "text"):
+                engine.delete_index(prefix + suffix)
+
+    request.addfinalizer(drop_indices)
+    tmp = tmp_path_factory.mktemp("engine-scale-es")
+    corpus = _generate(tmp / "corpus", 600)
+    done = _run(url, corpus, tmp / "es.json", "--two-phase", "4", "--token-pruning", "1,0.5 5,0.4", prefix=prefix)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return url, corpus, tmp, prefix, json.loads((tmp / "es.json").read_text())["runs"][0]
+
+
+def test_token_pruning_is_measured_beside_the_other_forms_on_elasticsearch(elastic_run):
+    url, corpus, tmp, prefix, run = elastic_run
+    methods = run["methods"]
+    assert {"token pruning 1,0.5", "token pruning 5,0.4", "two-phase 4"} <= set(methods)
+    assert run["timed_per_method"] == dict.fromkeys(methods, 60)
+    for name in ("token pruning 1,0.5", "token pruning 5,0.4"):
+        assert 0.5 < methods[name]["recall@10_vs_full"] <= 1.0, name
+        expected = methods[name]["client_ms"]["p50"] / methods["bm25"]["client_ms"]["p50"]
+        assert methods[name]["p50_vs_bm25"]["client"] == pytest.approx(expected, abs=0.011), name
+    # The window reaches token pruning too: ten rescored hits keep less of the exact top 10 than a hundred.
+    narrow = _run(url, corpus, tmp / "narrow.json", "--reuse", "--token-pruning", "1,0.5", "--two-phase-window", "10",
+                  prefix=prefix)
+    assert narrow.returncode == 0, narrow.stderr[-3000:]
+    recall = json.loads((tmp / "narrow.json").read_text())["runs"][0]["methods"]["token pruning 1,0.5"][
+        "recall@10_vs_full"]
+    assert recall < methods["token pruning 1,0.5"]["recall@10_vs_full"]
+
+
+def test_token_pruning_on_opensearch_is_refused_in_one_line(first_run):
+    url, corpus, tmp, _ = first_run
+    done = _run(url, corpus, tmp / "refused-pruning.json", "--reuse", "--token-pruning", "5,0.4")
+    assert done.returncode == 2 and not (tmp / "refused-pruning.json").exists()
+    assert "--token-pruning needs Elasticsearch 8.15+" in done.stderr.strip().splitlines()[-1]
+
+
 class _Layouts:
     """An engine stand-in that knows only each index's (primary shards, replicas), or None."""
 
@@ -202,6 +249,9 @@ def test_reuse_refuses_indices_it_did_not_mark(first_run):
     ("a", ["--top-k", "16,16"], "'16,16' is not a comma-separated list of distinct positive counts"),
     ("a", ["--top-k", "sixteen"], "'sixteen' is not a comma-separated list of distinct positive counts"),
     ("{tmp}", [], "{tmp}: not a generated corpus (no corpus.jsonl, vectors.jsonl, query-vectors.jsonl"),
+    ("a", ["--token-pruning", "5"], "token pruning takes FREQ_RATIO,WEIGHT (e.g. 5,0.4), not '5'"),
+    ("a", ["--token-pruning", "0,0.4"], "token pruning's frequency ratio must be between 1 and 100, not 0"),
+    ("a", ["--token-pruning", "5,0.4 5,0.4"], "'5,0.4 5,0.4' is not a list of distinct FREQ_RATIO,WEIGHT pairs"),
     ("a", ["--index-prefix", "*"], "'*' is not a lowercase index-name prefix"),
     ("a", ["--index-prefix", ""], "'' is not a lowercase index-name prefix"),
 ])

@@ -8,6 +8,7 @@ import os
 import uuid
 from dataclasses import replace
 
+import numpy as np
 import pytest
 from click.testing import CliRunner
 
@@ -16,10 +17,12 @@ from splade_es.errors import ConfigError, InputError
 from splade_es.toolkit.cli import main
 from splade_es.toolkit.engines.base import Capabilities, EngineError
 from splade_es.toolkit.engines.connect import connect
+from splade_es.toolkit.ingest import set_splade_meta
 from splade_es.toolkit.query import fusion
-from splade_es.toolkit.query.forms import (bm25_query, capped, filtered, leaf_clauses, split_heaviest, supported_forms,
-                                          vector_query)
+from splade_es.toolkit.query.forms import (TokenPruning, bm25_query, capped, filtered, leaf_clauses, split_heaviest,
+                                          supported_forms, vector_query)
 from splade_es.toolkit.query.searcher import Searcher
+from splade_es.toolkit.query.tuned import describe
 
 CRANFIELD = SHARED_DATA / "cranfield"
 N_QUERIES = 60
@@ -396,3 +399,138 @@ def test_hybrid_and_filtered_queries_stay_under_the_clause_limit(indexed, query_
     unbudgeted = {"size": 1, "query": {"bool": {"filter": [bm25_part, searcher.sparse_query(vector, filters)]}}}
     with pytest.raises(EngineError, match="too_many_nested_clauses"):
         engine.search(index, unbudgeted)
+
+
+# ---------------------------------------------------------------- Elasticsearch's token pruning
+def test_token_pruning_parses_and_refuses_out_of_range_values():
+    assert TokenPruning.parse(" 5, 0.4 ") == TokenPruning(5.0, 0.4)
+    assert TokenPruning().config(True) == {"tokens_freq_ratio_threshold": 5.0, "tokens_weight_threshold": 0.4,
+                                           "only_score_pruned_tokens": True}
+    for text, message in [("5", "FREQ_RATIO,WEIGHT"), ("5,0.4,1", "FREQ_RATIO,WEIGHT"), ("a,0.4", "FREQ_RATIO"),
+                          ("0.5,0.4", "between 1 and 100"), ("101,0.4", "between 1 and 100"),
+                          ("nan,0.4", "between 1 and 100"), ("5,1.5", "between 0 and 1"), ("5,-0.1", "between 0 and 1")]:
+        with pytest.raises(ConfigError, match=message):
+            TokenPruning.parse(text)
+    with pytest.raises(ConfigError, match="not of rank_feature"):
+        vector_query({"a": 1.0}, "v", "rank_feature", pruning=TokenPruning())
+
+
+def _stored_statistics(engine, index: str, field: str) -> tuple[dict[str, int], int, float]:
+    """Document frequency per token, documents with the field, and Elasticsearch's average token
+    frequency ratio (sum of document frequencies / documents / distinct tokens: one segment)."""
+    reply = engine.search(index, {"query": {"exists": {"field": field}}, "size": 10_000, "_source": [field]})
+    frequency: dict[str, int] = {}
+    for hit in reply["hits"]["hits"]:
+        for token in hit["_source"][field]:
+            frequency[token] = frequency.get(token, 0) + 1
+    documents = len(reply["hits"]["hits"])
+    return frequency, documents, sum(frequency.values()) / documents / len(frequency)
+
+
+def _kept_tokens(vector: dict[str, float], pruning: TokenPruning, statistics) -> dict[str, float]:
+    """The tokens Elasticsearch keeps, computed here from the stored vectors (float32, as Java)."""
+    frequency, documents, average = statistics
+    best = np.float32(max(vector.values()))
+    kept = {}
+    for token, weight in vector.items():
+        count = frequency.get(token, 0)
+        rare = np.float32(count) / np.float32(documents) < np.float32(pruning.freq_ratio) * np.float32(average)
+        if count and (rare or np.float32(weight) > np.float32(pruning.weight) * best):
+            kept[token] = weight
+    return kept
+
+
+@pytest.mark.parametrize("indexed", ["elasticsearch"], indirect=True)
+def test_token_pruned_query_scores_the_tokens_an_independent_count_keeps(indexed, local_index, query_vectors):
+    """The engine's pruned first phase, checked against a reimplementation of its rule on the
+    stored vectors: same top 10 and scores as the exact search over the tokens kept here."""
+    engine, index = indexed["engine"], indexed["index"]
+    engine.force_merge(index, 1)  # the average below is exact on one segment
+    searcher, exact = Searcher(engine, index), Searcher(local_index["engine"], local_index["index"])
+    statistics = _stored_statistics(engine, index, searcher.meta.field)
+    vectors = [vector for _, _, vector in query_vectors[:20]]
+    for pruning in (TokenPruning(1, 1.0), TokenPruning(1, 0.5), TokenPruning(2, 0.4)):
+        kept = [_kept_tokens(vector, pruning, statistics) for vector in vectors]
+        dropped = sum(len(v) - len(k) for v, k in zip(vectors, kept))
+        assert dropped > 0 and all(kept), f"{pruning}: the check needs tokens dropped and some kept"
+        for vector, tokens in zip(vectors, kept):
+            query = vector_query(vector, searcher.meta.field, "sparse_vector", pruning=pruning)
+            hits = engine.search(index, {"query": query, "size": 10, "_source": False})["hits"]["hits"]
+            want = exact.search(tokens, k=10)
+            assert {h["_id"] for h in hits} == {h.id for h in want.hits} or _tied_at_10(hits, want)
+            assert [h["_score"] for h in hits] == pytest.approx([h.score for h in want.hits], rel=2 ** -7)
+
+
+def _tied_at_10(hits, want) -> bool:
+    """Top tens may differ only where the tenth score is tied."""
+    return sum(1 for h in want.hits if h.score == pytest.approx(want.hits[-1].score, rel=2 ** -7)) > 1
+
+
+@pytest.mark.parametrize("indexed", ["elasticsearch"], indirect=True)
+def test_token_pruning_rescores_the_window_to_exact_scores(indexed, local_index, query_vectors):
+    engine, index = indexed["engine"], indexed["index"]
+    exact = Searcher(local_index["engine"], local_index["index"])
+    vectors = [vector for _, _, vector in query_vectors[:15]]
+    pruning = TokenPruning(1, 0.5)
+    whole = Searcher(engine, index, two_phase_window=1400, token_pruning=pruning).search_many(vectors, k=10)
+    want = exact.search_many(vectors, k=10)
+    assert sum(_overlap(got, ref) for got, ref in zip(whole, want)) / len(vectors) >= 0.98
+    narrow = Searcher(engine, index, two_phase_window=20, token_pruning=pruning)
+    body = narrow.sparse_body(vectors[0], 10, filters=[{"ids": {"values": ["1", "2"]}}])
+    assert body["query"]["bool"]["filter"] == [{"ids": {"values": ["1", "2"]}}]
+    first = body["query"]["bool"]["must"][0]["sparse_vector"]
+    second = body["rescore"]["query"]["rescore_query"]["sparse_vector"]
+    assert first["prune"] is second["prune"] is True and first["query_vector"] == second["query_vector"] == vectors[0]
+    assert first["pruning_config"]["only_score_pruned_tokens"] is False
+    assert second["pruning_config"]["only_score_pruned_tokens"] is True and body["rescore"]["window_size"] == 20
+    for vector, result in zip(vectors, narrow.search_many(vectors, k=10)):
+        for hit in result.hits:  # inside the window every score is the full dot product
+            assert hit.score == pytest.approx(exact.search(vector, k=1, filters=[{"ids": {"values": [hit.id]}}])
+                                              .hits[0].score, rel=2 ** -7)
+
+
+@pytest.mark.parametrize("indexed", ["elasticsearch"], indirect=True)
+def test_token_pruning_replaces_a_tuned_two_phase_and_refuses_an_explicit_one(indexed, query_vectors):
+    engine, index = indexed["engine"], indexed["index"]
+    with pytest.raises(ConfigError, match="both rescore the top hits: choose one"):
+        Searcher(engine, index, two_phase=8, token_pruning=TokenPruning())
+    searcher = Searcher(engine, index, two_phase=0, token_pruning=TokenPruning(3, 0.2))
+    assert searcher.settings == {"two_phase": None, "two_phase_window": 100,
+                                 "token_pruning": {"freq_ratio": 3.0, "weight": 0.2}}
+    set_splade_meta(engine, index, "tuned", {"two_phase": 8, "two_phase_window": 50})
+    try:
+        assert Searcher(engine, index).two_phase == 8
+        given_way = Searcher(engine, index, token_pruning=TokenPruning())
+        assert given_way.two_phase is None and given_way.two_phase_window == 50
+        assert given_way.sources == {"two_phase": "flag", "two_phase_window": "tuned", "token_pruning": "flag"}
+        assert "rescore" in given_way.sparse_body(query_vectors[0][2], 10)
+        assert describe(given_way.settings, given_way.sources, None) == (
+            "two-phase off (flag), window 50 (tuned), token pruning 5,0.4 (flag)")
+    finally:
+        set_splade_meta(engine, index, "tuned", None)
+
+
+@pytest.mark.parametrize("indexed", ["local", "opensearch"], indirect=True)
+def test_token_pruning_where_the_engine_has_no_such_query_is_one_clear_line(indexed):
+    with pytest.raises(ConfigError, match="token pruning is Elasticsearch's sparse_vector query option"):
+        Searcher(indexed["engine"], indexed["index"], token_pruning=TokenPruning())
+
+
+def test_search_and_eval_cli_take_token_pruning(indexed, query_vectors, tiny_mistral_dir):
+    text = query_vectors[0][1]
+    args = ["--index", indexed["index"], *indexed["args"], "--model", str(tiny_mistral_dir)]
+    bad = CliRunner().invoke(main, ["search", *args, "--token-pruning", "5", text])
+    assert bad.exit_code == 2 and "FREQ_RATIO,WEIGHT" in bad.output
+    found = CliRunner().invoke(main, ["search", *args, "--token-pruning", "2,0.5", "--json", text])
+    if indexed["kind"] != "elasticsearch":
+        assert found.exit_code == 1 and found.output.count("\n") == 1, found.output
+        assert "Error: token pruning is Elasticsearch's sparse_vector query option" in found.output
+        return
+    assert found.exit_code == 0, found.output
+    report = json.loads(found.output)
+    assert report["settings"]["token_pruning"] == {"value": {"freq_ratio": 2.0, "weight": 0.5}, "source": "flag"}
+    assert len(report["hits"]) == 10
+    scored = CliRunner().invoke(main, ["eval", "--dataset", str(CRANFIELD), *args, "--token-pruning", "2,0.5",
+                                       "--k", "10", "--no-progress"])
+    assert scored.exit_code == 0, scored.output
+    assert "token pruning 2,0.5 (flag)" in scored.output

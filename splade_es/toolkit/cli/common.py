@@ -140,10 +140,28 @@ def _tuned_options() -> list[Callable[[F], F]]:
                           "(default: the index's tuned setting, else off)."),
         click.option("--two-phase-window", type=click.IntRange(min=1),
                      help="Candidates rescored by the second phase (default: the index's tuned setting, else 100)."),
+        click.option("--token-pruning", callback=_token_pruning, metavar="FREQ_RATIO,WEIGHT",
+                     help="Elasticsearch 8.15+, sparse_vector fields: the engine leaves out the query tokens whose "
+                          "document frequency is over FREQ_RATIO times the field's average and whose weight is "
+                          "under WEIGHT times the heaviest, then rescores the top --two-phase-window hits with "
+                          "them (exact scores there). Elastic's defaults: 5,0.4. Replaces two-phase search; "
+                          "hybrid lists keep the full query."),
         click.option("--no-tuned", is_flag=True,
                      help="Ignore the settings 'splade-es tune' recorded in the index: the model's pruning, "
                           "no two-phase search, unless flags say otherwise."),
     ]
+
+
+def _token_pruning(context: click.Context, parameter: click.Parameter, value: str | None):
+    """``--token-pruning FREQ_RATIO,WEIGHT`` as a :class:`TokenPruning`, refused in one line."""
+    from splade_es.toolkit.query.forms import TokenPruning
+
+    if value is None:
+        return None
+    try:
+        return TokenPruning.parse(value)
+    except SpladeError as exc:
+        raise click.BadParameter(str(exc), context, parameter) from None
 
 
 def open_engine(url: str | tuple[str, ...] | None, engine_kind: str | None, data_dir: str | None, api_key: str | None,

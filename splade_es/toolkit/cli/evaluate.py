@@ -13,6 +13,7 @@ from splade_es.toolkit.eval.download import dataset_dir
 from splade_es.toolkit.eval.harness import EvalSettings, evaluate_index
 from splade_es.toolkit.eval.methods import METHODS
 from splade_es.toolkit.eval.runner import EvalResult, write_trec_run
+from splade_es.toolkit.query.forms import TokenPruning
 from splade_es.toolkit.query.fusion import MODES
 from splade_es.toolkit.query.tuned import describe
 
@@ -52,7 +53,7 @@ def dataset_option(command):
 def evaluate(dataset_spec: str, index: str, method: str, model_path: str | None, adapter: str | None,
              url, engine_kind, data_dir, api_key, username, password, ca_certs, insecure,
              query_top_k: int | None, query_min_weight: float | None, two_phase: int | None,
-             two_phase_window: int | None, no_tuned: bool, split: str, k: int, query_vectors: str | None, hybrid_mode: str,
+             two_phase_window: int | None, token_pruning: TokenPruning | None, no_tuned: bool, split: str, k: int, query_vectors: str | None, hybrid_mode: str,
              inference_id: str | None, batch_size: int, check_corpus: bool, run_file: str | None,
              device: str | None, as_json: bool, no_progress: bool) -> None:
     """Run every judged query of a BEIR split through one method and score the ranking.
@@ -80,7 +81,7 @@ def evaluate(dataset_spec: str, index: str, method: str, model_path: str | None,
             dataset.unknown_documents()
         settings = EvalSettings(method, model_path, adapter, query_vectors, query_top_k, query_min_weight, two_phase,
                                 two_phase_window, not no_tuned, k, batch_size, hybrid_mode, inference_id, device,
-                                not no_progress)
+                                not no_progress, token_pruning=token_pruning)
         result = evaluate_index(engine, dataset, index, settings)
     finally:
         engine.close()

@@ -10,6 +10,7 @@ import click
 from splade_es.errors import InputError
 from splade_es.toolkit.cli.common import engine_options, friendly_errors, open_engine, query_options, quiet_libraries
 from splade_es.toolkit.inspection.terms import TermOrigin
+from splade_es.toolkit.query.forms import TokenPruning
 from splade_es.toolkit.query.fusion import MODES
 from splade_es.toolkit.query.pipeline import QueryPipeline
 from splade_es.toolkit.query.searcher import Searcher, SearchResult
@@ -34,7 +35,8 @@ from splade_es.toolkit.query.searcher import Searcher, SearchResult
 @friendly_errors
 def search(query: str, index: str, model_path: str | None, adapter: str | None, query_top_k: int | None,
            query_min_weight: float | None, query_form: str | None, max_clauses: int, two_phase: int | None,
-           two_phase_window: int | None, no_tuned: bool, device: str | None,
+           two_phase_window: int | None, token_pruning: TokenPruning | None, no_tuned: bool,
+           device: str | None,
            url, engine_kind, data_dir, api_key, username, password, ca_certs, insecure,
            k: int, explain: bool, explain_terms: int, hybrid: str | None, hybrid_weight: float,
            filters: tuple[str, ...], track_total_hits: bool, as_json: bool) -> None:
@@ -60,7 +62,7 @@ def search(query: str, index: str, model_path: str | None, adapter: str | None, 
     engine = open_engine(url, engine_kind, data_dir, api_key, username, password, ca_certs, insecure)
     try:
         searcher = Searcher(engine, index, query_form, max_clauses, two_phase, two_phase_window,
-                            use_tuned=not no_tuned)
+                            use_tuned=not no_tuned, token_pruning=token_pruning)
         quiet_libraries()
         pipeline = QueryPipeline.open(searcher, model_path, adapter, device, query_top_k, query_min_weight)
         started = time.perf_counter()

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+from typing import TYPE_CHECKING
 
 import click
 
 from splade_es.toolkit.cli.common import (engine_options, friendly_errors, open_engine_with_secrets, query_options,
                                           quiet_libraries)
+
+if TYPE_CHECKING:
+    from splade_es.toolkit.query.forms import TokenPruning
 
 
 @click.command(short_help="Serve an index over HTTP (search, encode, an inspection page).")
@@ -33,7 +37,8 @@ from splade_es.toolkit.cli.common import (engine_options, friendly_errors, open_
 @friendly_errors
 def serve(index: str, model_path: str | None, adapter: str | None, query_top_k: int | None,
           query_min_weight: float | None, query_form: str | None, max_clauses: int, two_phase: int | None,
-          two_phase_window: int | None, no_tuned: bool, device: str | None,
+          two_phase_window: int | None, token_pruning: TokenPruning | None, no_tuned: bool,
+          device: str | None,
           url, engine_kind, data_dir, api_key, username, password, ca_certs, insecure,
           host: str, port: int, max_batch: int, batch_window_ms: float, max_k: int, max_texts: int,
           max_body_bytes: int) -> None:
@@ -66,7 +71,7 @@ def serve(index: str, model_path: str | None, adapter: str | None, query_top_k: 
                                                insecure)
     try:
         searcher = Searcher(engine, index, query_form, max_clauses, two_phase, two_phase_window,
-                            use_tuned=not no_tuned)
+                            use_tuned=not no_tuned, token_pruning=token_pruning)
         quiet_libraries()
         pipeline = QueryPipeline.open(searcher, model_path, adapter, device, query_top_k, query_min_weight)
         settings = ServiceSettings(max_k, max_texts, max_body_bytes, max_batch, batch_window_ms)

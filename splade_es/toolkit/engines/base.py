@@ -50,6 +50,7 @@ class Capabilities:
     rrf_retriever: bool = False  # Elasticsearch's native reciprocal rank fusion
     hybrid_query: bool = False  # OpenSearch neural-search: hybrid query + normalization pipelines
     score_ranker: bool = False  # OpenSearch 2.19+: RRF in the hybrid query (score-ranker-processor, pagination_depth)
+    token_pruning: bool = False  # Elasticsearch 8.15+: the sparse_vector query's pruning_config
 
     def field_types(self) -> list[str]:
         return [name for name, ok in (("rank_features", self.rank_features),

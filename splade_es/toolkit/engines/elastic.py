@@ -51,11 +51,12 @@ class ElasticsearchEngine(RestEngine):
 
     @classmethod
     def detect_capabilities(cls, version: str, modules: set[str], queries: set[str]) -> Capabilities:
-        # The sparse_vector field (8.11) predates the query of that name (8.15).
+        # The sparse_vector field (8.11) predates the query of that name (8.15), which came with pruning_config.
         return Capabilities(
             rank_features=has_rank_features(modules, queries),
             sparse_vector_field=version_tuple(version) >= (8, 11) or "sparse_vector" in queries,
             sparse_vector_query="sparse_vector" in queries,
+            token_pruning="sparse_vector" in queries,
         )
 
     def _send(self, method: str, path: str, body: Any = None, params: dict[str, Any] | None = None,

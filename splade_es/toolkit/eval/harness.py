@@ -15,6 +15,7 @@ from splade_es.toolkit.engines.base import Engine
 from splade_es.toolkit.eval.beir import BeirDataset
 from splade_es.toolkit.eval.methods import Bm25Method, ElserMethod, HybridMethod, Method, SpladeMethod
 from splade_es.toolkit.eval.runner import EvalResult, evaluate_method
+from splade_es.toolkit.query.forms import TokenPruning
 from splade_es.toolkit.query.pipeline import QueryPipeline
 from splade_es.toolkit.query.searcher import Searcher
 from splade_es.toolkit.query.tuned import as_report, resolve
@@ -38,6 +39,7 @@ class EvalSettings:
     device: str | None = None
     show_progress: bool = True
     encoder: Any = None  # an already loaded SparseEncoder of ``model`` (the benchmark's); else loaded here
+    token_pruning: TokenPruning | None = None  # Elasticsearch's, in place of two-phase search
 
 
 def check_index(engine: Engine, index: str) -> int:
@@ -56,7 +58,7 @@ def evaluate_index(engine: Engine, dataset: BeirDataset, index: str, settings: E
     method: Method
     if settings.method in ("splade", "hybrid"):
         searcher = Searcher(engine, index, two_phase=settings.two_phase, two_phase_window=settings.two_phase_window,
-                            use_tuned=settings.use_tuned)
+                            use_tuned=settings.use_tuned, token_pruning=settings.token_pruning)
         if searcher.meta.field not in searcher.meta.field_names:
             raise ConfigError(f"index {index!r} has no vector field {searcher.meta.field!r} in its mapping")
         vectors, encode_seconds, query_settings = query_vectors(searcher, dataset, settings)

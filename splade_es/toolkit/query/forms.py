@@ -14,6 +14,12 @@ Two-phase search (optional) runs the heaviest terms as the query and adds the re
 ``rescore`` on a window of candidates: exact scores inside the window, at about the cost of the
 short query (a long disjunction is what makes learned sparse queries slow).
 
+Token pruning (Elasticsearch 8.15+, ``sparse_vector`` only) is the engine's own two-phase
+search: each shard leaves out of the query the tokens that are frequent in its index and light in
+the query (:class:`TokenPruning`), and a rescore with only those tokens makes the window's scores
+exact again. Which terms are costly is the engine's knowledge (document frequencies), so it can
+beat cutting by weight alone.
+
 The clause limit (``indices.query.bool.max_clause_count``) counts every leaf query of the whole
 query, nested ones included (Lucene's ``TooManyNestedClauses``), so the sparse query gets what
 its filters (and, in one hybrid query, BM25) leave: see :func:`leaf_clauses`.
@@ -24,6 +30,7 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from splade_es.errors import ConfigError, InputError
@@ -59,6 +66,41 @@ def choose_form(capabilities: Capabilities, field_type: str, requested: str | No
     return requested
 
 
+@dataclass(frozen=True)
+class TokenPruning:
+    """Elasticsearch's ``pruning_config``: a query token is left out when its document frequency
+    is over ``freq_ratio`` times the field's average AND its weight is under ``weight`` times the
+    query's heaviest (Elastic's defaults: 5 and 0.4). Bounds are the engine's own."""
+
+    freq_ratio: float = 5.0
+    weight: float = 0.4
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.freq_ratio <= 100:
+            raise ConfigError(f"token pruning's frequency ratio must be between 1 and 100, not {self.freq_ratio:g}")
+        if not 0 <= self.weight <= 1:
+            raise ConfigError(f"token pruning's weight ratio must be between 0 and 1, not {self.weight:g}")
+
+    @classmethod
+    def parse(cls, text: str) -> TokenPruning:
+        """``"FREQ_RATIO,WEIGHT"``, e.g. ``"5,0.4"``."""
+        parts = [part.strip() for part in text.split(",")]
+        try:
+            freq_ratio, weight = (float(part) for part in parts)
+        except ValueError:
+            raise ConfigError(f"token pruning takes FREQ_RATIO,WEIGHT (e.g. 5,0.4), not {text!r}") from None
+        return cls(freq_ratio, weight)
+
+    @property
+    def label(self) -> str:
+        return f"{self.freq_ratio:g},{self.weight:g}"
+
+    def config(self, only_pruned: bool) -> dict[str, Any]:
+        """The query's ``pruning_config``: the kept tokens, or (``only_pruned``) the left-out ones."""
+        return {"tokens_freq_ratio_threshold": self.freq_ratio, "tokens_weight_threshold": self.weight,
+                "only_score_pruned_tokens": only_pruned}
+
+
 def capped(vector: Mapping[str, float], max_clauses: int) -> dict[str, float]:
     """The vector, or its ``max_clauses`` heaviest terms with a warning: engines refuse longer
     boolean queries outright (``too_many_clauses``), a slightly shorter query still ranks."""
@@ -70,11 +112,18 @@ def capped(vector: Mapping[str, float], max_clauses: int) -> dict[str, float]:
 
 
 def vector_query(vector: Mapping[str, float], field: str, form: str,
-                 max_clauses: int = DEFAULT_MAX_CLAUSES) -> dict[str, Any]:
-    """The query clause whose score is ``sum_j q_j * d_j`` over the stored vector ``field``."""
+                 max_clauses: int = DEFAULT_MAX_CLAUSES, pruning: TokenPruning | None = None,
+                 only_pruned: bool = False) -> dict[str, Any]:
+    """The query clause whose score is ``sum_j q_j * d_j`` over the stored vector ``field``;
+    with ``pruning``, the sum over the tokens the engine keeps (or, ``only_pruned``, leaves out)."""
     if not vector:
         raise InputError("the query vector is empty: nothing to search for")
     terms = capped(vector, max_clauses)
+    if pruning is not None:
+        if form != "sparse_vector":
+            raise ConfigError(f"token pruning is an option of the sparse_vector query, not of {form}")
+        return {"sparse_vector": {"field": field, "query_vector": terms, "prune": True,
+                                  "pruning_config": pruning.config(only_pruned)}}
     if form == "rank_feature":
         return {"bool": {"should": [{"rank_feature": {"field": f"{field}.{term}", "linear": {}, "boost": weight}}
                                     for term, weight in terms.items()]}}

@@ -16,8 +16,8 @@ from splade_es.errors import ConfigError, InputError
 from splade_es.toolkit.engines.base import Engine
 from splade_es.toolkit.mappings import analysed_text_fields, recorded_meta, same_model, terms_field_of
 from splade_es.toolkit.query import fusion
-from splade_es.toolkit.query.forms import (DEFAULT_MAX_CLAUSES, bm25_query, capped, choose_form, filtered,
-                                          leaf_clauses, rescore, split_heaviest, vector_query)
+from splade_es.toolkit.query.forms import (DEFAULT_MAX_CLAUSES, TokenPruning, bm25_query, capped, choose_form,
+                                          filtered, leaf_clauses, rescore, split_heaviest, vector_query)
 from splade_es.toolkit.query.tuned import DEFAULT_WINDOW, resolve
 
 SNIPPET_CHARS = 200
@@ -118,10 +118,13 @@ class Searcher:
 
     def __init__(self, engine: Engine, index: str, form: str | None = None,
                  max_clauses: int = DEFAULT_MAX_CLAUSES, two_phase: int | None = None,
-                 two_phase_window: int | None = None, native_fusion: bool = True, use_tuned: bool = True) -> None:
+                 two_phase_window: int | None = None, native_fusion: bool = True, use_tuned: bool = True,
+                 token_pruning: TokenPruning | None = None) -> None:
         """``two_phase``: query with that many heaviest terms, rescore ``two_phase_window``
         candidates (default 100) with the rest; 0 is off. Unset (None), both come from the index's
         tuned record (``splade-es tune``) unless ``use_tuned`` is False, else two-phase is off.
+        ``token_pruning``: the engine leaves frequent, light tokens out instead, and the window is
+        rescored with them (Elasticsearch's ``sparse_vector`` only; replaces a tuned two-phase).
         ``native_fusion``: let the engine fuse hybrid lists where it can (False: always here,
         e.g. to compare the two)."""
         self.engine = engine
@@ -135,13 +138,32 @@ class Searcher:
             raise ConfigError("two-phase search needs at least 1 first-phase term and a window of at least 1")
         where = f"{engine.info.kind} {engine.info.version} at {engine.info.location}"
         self.form = choose_form(engine.info.capabilities, self.meta.field_type, form, where)
+        self.token_pruning = token_pruning
+        self.sources["token_pruning"] = "default" if token_pruning is None else "flag"
+        if token_pruning is not None:
+            self._check_token_pruning(where)
         self.max_clauses = max_clauses
         self.native_fusion = native_fusion
 
+    def _check_token_pruning(self, where: str) -> None:
+        """Token pruning needs the engine's ``sparse_vector`` query, and replaces two-phase search
+        (both rescore the window): a tuned two-phase gives way, an explicit one is refused."""
+        if self.form != "sparse_vector" or not self.engine.info.capabilities.token_pruning:
+            raise ConfigError(f"token pruning is Elasticsearch's sparse_vector query option (8.15+, sparse_vector "
+                              f"fields): {where} runs the {self.form} query on index {self.meta.index!r}")
+        if self.two_phase is not None and self.sources["two_phase"] == "flag":
+            raise ConfigError("two-phase search and token pruning both rescore the top hits: choose one "
+                              "(--two-phase 0 turns two-phase off)")
+        self.two_phase, self.sources["two_phase"] = None, "flag"
+
     @property
     def settings(self) -> dict[str, Any]:
-        """Two-phase search as configured (see :attr:`sources` for where each value came from)."""
-        return {"two_phase": self.two_phase, "two_phase_window": self.two_phase_window}
+        """Two-phase search and token pruning as configured (see :attr:`sources` for where each
+        value came from)."""
+        pruning = self.token_pruning
+        return {"two_phase": self.two_phase, "two_phase_window": self.two_phase_window,
+                "token_pruning": None if pruning is None else {"freq_ratio": pruning.freq_ratio,
+                                                               "weight": pruning.weight}}
 
     # ---------------------------------------------------------------- bodies
     def clause_budget(self, filters: Sequence[dict[str, Any]] = (), reserved: int = 0) -> int:
@@ -165,8 +187,15 @@ class Searcher:
 
     def sparse_body(self, vector: Mapping[str, float], size: int, filters: Sequence[dict[str, Any]] = (),
                     track_total_hits: bool = False, explain: bool = False) -> dict[str, Any]:
-        """The search body for a query vector, two-phase when configured and worth it."""
+        """The search body for a query vector, two-phase (or token-pruned) when configured and worth it."""
         vector = capped(vector, self.clause_budget(filters)) if vector else vector
+        if self.token_pruning is not None:
+            field, pruning = self.meta.field, self.token_pruning
+            kept = filtered(vector_query(vector, field, self.form, pruning=pruning), list(filters))
+            body = self.body(kept, size, track_total_hits, explain)
+            body["rescore"] = rescore(vector_query(vector, field, self.form, pruning=pruning, only_pruned=True),
+                                      max(self.two_phase_window, size))
+            return body
         if self.two_phase is None or len(vector) <= self.two_phase:
             return self.body(self.sparse_query(vector, filters), size, track_total_hits, explain)
         head, tail = split_heaviest(vector, self.two_phase)

@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from typing import Any
 
 QUERY_KEYS = ("query_top_k", "query_min_weight")  # the query encoder's pruning
-SEARCH_KEYS = ("two_phase", "two_phase_window")  # the search request
+SEARCH_KEYS = ("two_phase", "two_phase_window", "token_pruning")  # the search request ('tune' records two-phase only)
 KEYS = QUERY_KEYS + SEARCH_KEYS
 SOURCES = ("flag", "tuned", "default")
 DEFAULT_WINDOW = 100
@@ -38,16 +38,19 @@ def describe(values: Mapping[str, Any], sources: Mapping[str, str], tuned: Mappi
     """One line for people: ``query top-k 16 (tuned on cranfield/test 2026-12-02), ...``."""
     def shown(name: str) -> str:
         value = values.get(name)
-        if name == "two_phase" and not value:
+        if name in ("two_phase", "token_pruning") and not value:
             return "off"
+        if name == "token_pruning":
+            return f"{value['freq_ratio']:g},{value['weight']:g}"
         return "-" if value is None else f"{value:g}" if isinstance(value, float) else str(value)
 
     origin = {"tuned": f"tuned on {tuned.get('dataset')}/{tuned.get('split')} {tuned.get('date')}" if tuned else "tuned",
               "flag": "flag", "default": "default"}
     labels = {"query_top_k": "query top-k", "query_min_weight": "min weight", "two_phase": "two-phase",
-              "two_phase_window": "window"}
+              "two_phase_window": "window", "token_pruning": "token pruning"}
+    rescoring = values.get("two_phase") or values.get("token_pruning")
     return ", ".join(f"{labels[name]} {shown(name)} ({origin[sources[name]]})" for name in KEYS if name in sources
-                     and not (name == "two_phase_window" and not values.get("two_phase")))
+                     and not (name == "two_phase_window" and not rescoring))
 
 
 def as_report(values: Mapping[str, Any], sources: Mapping[str, str]) -> dict[str, dict[str, Any]]:
