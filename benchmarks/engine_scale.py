@@ -19,9 +19,9 @@ Then each index is flushed and force-merged to one segment (so sizes and query t
 like with like), its primary store size read, and the queries run one at a time, ``size`` 10
 without sources, the methods taking turns (:func:`schedule`): BM25 (BEIR's ``multi_match``), the
 full SPLADE query, its ``--top-k`` heaviest terms, two-phase (``--two-phase`` terms first, the
-rest rescoring ``--two-phase-window`` hits per shard), the full query on the pruned index, and on
-Elasticsearch its own token pruning (``--token-pruning``: the engine drops frequent light tokens,
-a rescore of the window adds them back) (``--top-k``, ``--two-phase`` and ``--token-pruning``
+rest rescoring ``--two-phase-window`` hits per shard), the full query on the pruned index, and
+Elasticsearch's token pruning (``--token-pruning``: the engine drops frequent light tokens, a
+rescore of the window adds them back) (``--top-k``, ``--two-phase`` and ``--token-pruning``
 take lists: one method per value). Each method reports the
 engine's ``took`` p50/p99, the client's p50, both medians over BM25's, QPS of one client,
 recall@10 against the full query's top 10 (the exact ranking), and nDCG@10 against the generated

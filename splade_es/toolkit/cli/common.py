@@ -6,12 +6,15 @@ import functools
 import logging
 import warnings
 from collections.abc import Callable
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import click
 from click.core import ParameterSource
 
 from splade_es.errors import SpladeError
+
+if TYPE_CHECKING:
+    from splade_es.toolkit.query.forms import TokenPruning
 
 F = TypeVar("F", bound=Callable)
 
@@ -144,7 +147,8 @@ def _tuned_options() -> list[Callable[[F], F]]:
                      help="Elasticsearch 8.15+, sparse_vector fields: the engine leaves out the query tokens whose "
                           "document frequency is over FREQ_RATIO times the field's average and whose weight is "
                           "under WEIGHT times the heaviest, then rescores the top --two-phase-window hits with "
-                          "them (exact scores there). Elastic's defaults: 5,0.4. Replaces two-phase search; "
+                          "them (exact scores there). FREQ_RATIO is a whole number 1-100, WEIGHT 0-1; Elastic's "
+                          "defaults: 5,0.4. Takes the place of a tuned two-phase search (not with --two-phase N); "
                           "hybrid lists keep the full query."),
         click.option("--no-tuned", is_flag=True,
                      help="Ignore the settings 'splade-es tune' recorded in the index: the model's pruning, "
@@ -152,7 +156,7 @@ def _tuned_options() -> list[Callable[[F], F]]:
     ]
 
 
-def _token_pruning(context: click.Context, parameter: click.Parameter, value: str | None):
+def _token_pruning(context: click.Context, parameter: click.Parameter, value: str | None) -> TokenPruning | None:
     """``--token-pruning FREQ_RATIO,WEIGHT`` as a :class:`TokenPruning`, refused in one line."""
     from splade_es.toolkit.query.forms import TokenPruning
 

@@ -53,7 +53,8 @@ def dataset_option(command):
 def evaluate(dataset_spec: str, index: str, method: str, model_path: str | None, adapter: str | None,
              url, engine_kind, data_dir, api_key, username, password, ca_certs, insecure,
              query_top_k: int | None, query_min_weight: float | None, two_phase: int | None,
-             two_phase_window: int | None, token_pruning: TokenPruning | None, no_tuned: bool, split: str, k: int, query_vectors: str | None, hybrid_mode: str,
+             two_phase_window: int | None, token_pruning: TokenPruning | None, no_tuned: bool, split: str, k: int,
+             query_vectors: str | None, hybrid_mode: str,
              inference_id: str | None, batch_size: int, check_corpus: bool, run_file: str | None,
              device: str | None, as_json: bool, no_progress: bool) -> None:
     """Run every judged query of a BEIR split through one method and score the ranking.

@@ -72,12 +72,14 @@ class TokenPruning:
     is over ``freq_ratio`` times the field's average AND its weight is under ``weight`` times the
     query's heaviest (Elastic's defaults: 5 and 0.4). Bounds are the engine's own."""
 
-    freq_ratio: float = 5.0
+    freq_ratio: int = 5
     weight: float = 0.4
 
     def __post_init__(self) -> None:
-        if not 1 <= self.freq_ratio <= 100:
-            raise ConfigError(f"token pruning's frequency ratio must be between 1 and 100, not {self.freq_ratio:g}")
+        ratio = self.freq_ratio
+        if isinstance(ratio, bool) or not isinstance(ratio, int) or not 1 <= ratio <= 100:
+            # Elasticsearch reads the ratio as an integer and would cut 2.5 to 2 without a word.
+            raise ConfigError(f"token pruning's frequency ratio must be a whole number from 1 to 100, not {ratio:g}")
         if not 0 <= self.weight <= 1:
             raise ConfigError(f"token pruning's weight ratio must be between 0 and 1, not {self.weight:g}")
 
@@ -86,14 +88,15 @@ class TokenPruning:
         """``"FREQ_RATIO,WEIGHT"``, e.g. ``"5,0.4"``."""
         parts = [part.strip() for part in text.split(",")]
         try:
-            freq_ratio, weight = (float(part) for part in parts)
+            ratio, weight = (float(part) for part in parts)
         except ValueError:
             raise ConfigError(f"token pruning takes FREQ_RATIO,WEIGHT (e.g. 5,0.4), not {text!r}") from None
-        return cls(freq_ratio, weight)
+        return cls(int(ratio) if ratio.is_integer() else ratio, weight)  # a fraction is refused there
 
     @property
     def label(self) -> str:
-        return f"{self.freq_ratio:g},{self.weight:g}"
+        """``"5,0.4"``: how flags and reports name it."""
+        return f"{self.freq_ratio},{self.weight:g}"
 
     def config(self, only_pruned: bool) -> dict[str, Any]:
         """The query's ``pruning_config``: the kept tokens, or (``only_pruned``) the left-out ones."""

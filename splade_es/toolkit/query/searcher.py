@@ -139,7 +139,6 @@ class Searcher:
         where = f"{engine.info.kind} {engine.info.version} at {engine.info.location}"
         self.form = choose_form(engine.info.capabilities, self.meta.field_type, form, where)
         self.token_pruning = token_pruning
-        self.sources["token_pruning"] = "default" if token_pruning is None else "flag"
         if token_pruning is not None:
             self._check_token_pruning(where)
         self.max_clauses = max_clauses
@@ -147,14 +146,19 @@ class Searcher:
 
     def _check_token_pruning(self, where: str) -> None:
         """Token pruning needs the engine's ``sparse_vector`` query, and replaces two-phase search
-        (both rescore the window): a tuned two-phase gives way, an explicit one is refused."""
+        (both rescore the window): a tuned two-phase gives way, an explicit one is refused, and a
+        window tuned for two-phase is not taken for this (the default is, unless a flag says)."""
         if self.form != "sparse_vector" or not self.engine.info.capabilities.token_pruning:
             raise ConfigError(f"token pruning is Elasticsearch's sparse_vector query option (8.15+, sparse_vector "
                               f"fields): {where} runs the {self.form} query on index {self.meta.index!r}")
         if self.two_phase is not None and self.sources["two_phase"] == "flag":
             raise ConfigError("two-phase search and token pruning both rescore the top hits: choose one "
                               "(--two-phase 0 turns two-phase off)")
-        self.two_phase, self.sources["two_phase"] = None, "flag"
+        self.two_phase = None
+        del self.sources["two_phase"]
+        self.sources["token_pruning"] = "flag"
+        if self.sources["two_phase_window"] == "tuned":
+            self.two_phase_window, self.sources["two_phase_window"] = DEFAULT_WINDOW, "default"
 
     @property
     def settings(self) -> dict[str, Any]:
@@ -187,20 +191,21 @@ class Searcher:
 
     def sparse_body(self, vector: Mapping[str, float], size: int, filters: Sequence[dict[str, Any]] = (),
                     track_total_hits: bool = False, explain: bool = False) -> dict[str, Any]:
-        """The search body for a query vector, two-phase (or token-pruned) when configured and worth it."""
-        vector = capped(vector, self.clause_budget(filters)) if vector else vector
-        if self.token_pruning is not None:
-            field, pruning = self.meta.field, self.token_pruning
-            kept = filtered(vector_query(vector, field, self.form, pruning=pruning), list(filters))
-            body = self.body(kept, size, track_total_hits, explain)
-            body["rescore"] = rescore(vector_query(vector, field, self.form, pruning=pruning, only_pruned=True),
-                                      max(self.two_phase_window, size))
-            return body
-        if self.two_phase is None or len(vector) <= self.two_phase:
+        """The search body for a query vector: one query, or (two-phase search, token pruning) a
+        cheaper first query whose top hits a rescore with the rest of the vector makes exact."""
+        budget = self.clause_budget(filters)
+        vector = capped(vector, budget) if vector else vector
+        field, form, pruning = self.meta.field, self.form, self.token_pruning
+        if pruning is not None:
+            first = vector_query(vector, field, form, budget, pruning)
+            second = vector_query(vector, field, form, budget, pruning, only_pruned=True)
+        elif self.two_phase is not None and len(vector) > self.two_phase:
+            head, tail = split_heaviest(vector, self.two_phase)
+            first, second = vector_query(head, field, form, budget), vector_query(tail, field, form, budget)
+        else:
             return self.body(self.sparse_query(vector, filters), size, track_total_hits, explain)
-        head, tail = split_heaviest(vector, self.two_phase)
-        body = self.body(self.sparse_query(head, filters), size, track_total_hits, explain)
-        body["rescore"] = rescore(vector_query(tail, self.meta.field, self.form), max(self.two_phase_window, size))
+        body = self.body(filtered(first, list(filters)), size, track_total_hits, explain)
+        body["rescore"] = rescore(second, max(self.two_phase_window, size))
         return body
 
     def body(self, query: dict[str, Any], size: int, track_total_hits: bool = False,

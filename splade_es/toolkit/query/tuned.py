@@ -38,7 +38,7 @@ def describe(values: Mapping[str, Any], sources: Mapping[str, str], tuned: Mappi
     """One line for people: ``query top-k 16 (tuned on cranfield/test 2026-12-02), ...``."""
     def shown(name: str) -> str:
         value = values.get(name)
-        if name in ("two_phase", "token_pruning") and not value:
+        if name == "two_phase" and not value:
             return "off"
         if name == "token_pruning":
             return f"{value['freq_ratio']:g},{value['weight']:g}"
