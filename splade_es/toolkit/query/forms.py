@@ -70,7 +70,8 @@ def choose_form(capabilities: Capabilities, field_type: str, requested: str | No
 class TokenPruning:
     """Elasticsearch's ``pruning_config``: a query token is left out when its document frequency
     is over ``freq_ratio`` times the field's average AND its weight is under ``weight`` times the
-    query's heaviest (Elastic's defaults: 5 and 0.4). Bounds are the engine's own."""
+    query's heaviest (Elastic's defaults: 5 and 0.4). Bounds are the engine's own; at weight 1 no
+    token is heavy enough to be kept by weight, so frequency alone decides."""
 
     freq_ratio: int = 5
     weight: float = 0.4
